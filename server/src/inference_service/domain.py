@@ -1,0 +1,89 @@
+"""Domain model: plain, immutable values that know nothing of gRPC or Cassandra."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from types import MappingProxyType
+
+
+class State(enum.Enum):
+    """Where an invocation is in its life."""
+
+    PENDING = "PENDING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BoundingBox:
+    """An axis-aligned box in pixels of the original (EXIF-oriented) image."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Detection:
+    """One object the model found."""
+
+    box: BoundingBox
+    score: float
+    label: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """Everything a detector returns for one image."""
+
+    detections: tuple[Detection, ...]
+    image_width: int
+    image_height: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelInput:
+    """An encoded image with its client-chosen id and metadata."""
+
+    id: str
+    content: bytes
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What names a loaded model: its public name and its version (file sha256)."""
+
+    name: str
+    version: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invocation:
+    """A stored input and, once the model has run, its output or error.
+
+    ``content_sha256`` (lowercase hex) and ``content_type`` (a MIME type sniffed
+    from the content's magic bytes) are always set; ``input.content`` may be
+    empty when the invocation was read without its content (the BASIC view).
+    """
+
+    input: ModelInput
+    content_sha256: str
+    state: State
+    model: ModelInfo
+    create_time: dt.datetime
+    content_type: str = "application/octet-stream"
+    output: ModelOutput | None = None
+    complete_time: dt.datetime | None = None
+    error: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.input.id

@@ -1,0 +1,57 @@
+"""Domain errors.
+
+Each error carries the gRPC status code it maps to, so that the one mapping
+place (``inference_service.grpc.errors``) needs no table of its own and no
+layer below the servicer imports grpc. The ``code`` is the *name* of a
+``grpc.StatusCode`` member.
+"""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """Base class of every error a client may see; its message is client-safe."""
+
+    code: str = "INTERNAL"
+
+
+class InvalidArgumentError(InferenceError):
+    """The request is malformed: bad id, empty or undecodable content, ..."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class ContentTooLargeError(InferenceError):
+    """The content is over the configured size limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class NotFoundError(InferenceError):
+    """No invocation (or no model) has that name."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(InferenceError):
+    """The id is taken by an input with different content."""
+
+    code = "ALREADY_EXISTS"
+
+
+class StoreUnavailableError(InferenceError):
+    """The invocation store cannot be reached or timed out."""
+
+    code = "UNAVAILABLE"
+
+
+class ModelNotReadyError(InferenceError):
+    """The model is not loaded (yet)."""
+
+    code = "UNAVAILABLE"
+
+
+class ModelError(InferenceError):
+    """The model failed on an input. The message is not shown to clients."""
+
+    code = "INTERNAL"

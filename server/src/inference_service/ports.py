@@ -1,0 +1,60 @@
+"""The seams of the service: what the service layer needs, as Protocols."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from inference_service.domain import Invocation, ModelInfo, ModelOutput
+
+
+class Detector(Protocol):
+    """Runs one model on decoded images.
+
+    ``detect`` takes an RGB ``uint8`` array of shape (H, W, 3) (EXIF orientation
+    already applied) and returns detections in pixels of that array. It is
+    blocking and CPU-bound: callers run it off the event loop. Implementations
+    must be safe to call from several threads at once.
+    """
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def detect(self, image: np.ndarray) -> ModelOutput: ...
+
+    def close(self) -> None: ...
+
+
+class ModelSource(Protocol):
+    """Finds a model file and returns a local path to it (fetching it if needed)."""
+
+    def fetch(self) -> str: ...
+
+
+class InvocationStore(Protocol):
+    """Keeps invocations, keyed by input id. All methods are coroutines.
+
+    Errors: a store that cannot be reached raises ``StoreUnavailableError``.
+    """
+
+    async def claim(self, invocation: Invocation) -> Invocation | None:
+        """Insert ``invocation`` (state PENDING) unless its id exists.
+
+        Returns ``None`` when this call inserted it (the caller owns the id),
+        else the invocation already stored under that id, unchanged, with its
+        content. First writer wins under concurrency.
+        """
+        ...
+
+    async def complete(self, invocation: Invocation) -> None:
+        """Record the final state (SUCCEEDED with output, or FAILED with error)
+        of an invocation this process claimed. Never touches the input."""
+        ...
+
+    async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        """Return the stored invocation, or ``None``. Without content,
+        ``input.content`` is ``b""`` (``content_sha256`` is still set)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,112 @@
+"""All configuration, read once at start-up from ``INFERENCE_*`` variables and CLI flags.
+
+Nothing else in the package reads the environment: the entry point builds a
+``Settings`` and hands the parts that each component needs to its constructor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_FILE = "models/tflite/version-RFB-320_without_postprocessing.tflite"
+DEFAULT_MODEL_URL = (
+    "https://raw.githubusercontent.com/Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB/"
+    "dffdddda9794a50607cba8f318507a28c1c27cab/tflite/pretrained/"
+    "version-RFB-320_without_postprocessing.tflite"
+)
+DEFAULT_MODEL_SHA256 = "2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866"
+
+
+class Settings(BaseSettings):
+    """Settings of the inference server. Every field is ``INFERENCE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
+
+    # --- gRPC server -------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds to."""
+    port: int = Field(50051, ge=0, le=65535)
+    """Port of the gRPC server; 0 picks a free one (tests)."""
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    """On SIGTERM, how long in-flight calls may run before they are cancelled."""
+
+    # --- requests ----------------------------------------------------------
+    max_content_bytes: int = Field(8 * 1024 * 1024, ge=1)
+    """Largest accepted ``input.content``, in bytes (8 MiB). The gRPC message limit derives from it."""
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Largest accepted decoded image, in pixels (width x height); guards against decompression bombs."""
+    max_metadata_entries: int = Field(64, ge=0)
+    """Most metadata entries an input may carry."""
+
+    # --- model -------------------------------------------------------------
+    shared_dir: Path = Path("../shared")
+    """Folder holding the shared test data and models (``models/``, ``images/``)."""
+    model_path: Path | None = None
+    """TFLite model file. Default: ``<shared_dir>/models/tflite/version-RFB-320_without_postprocessing.tflite``
+    when it exists, else the file downloaded from ``model_url`` into ``model_cache_dir``."""
+    model_url: str = DEFAULT_MODEL_URL
+    """Where the default model is downloaded from when no local copy exists."""
+    model_sha256: str = DEFAULT_MODEL_SHA256
+    """Expected sha256 of a downloaded model; a mismatch refuses to load it."""
+    model_cache_dir: Path = Path("~/.cache/inference-service/models")
+    """Where downloaded models are kept."""
+    model_name: str = "face-detector"
+    """Public name of the model (``InvokeRequest.model``; empty selects it too)."""
+    model_threads: int = Field(1, ge=1)
+    """Threads the TFLite interpreter uses for one image."""
+    workers: int = Field(2, ge=1)
+    """Images decoded and detected at once (a pool of threads, each with its own interpreter)."""
+    score_threshold: float = Field(0.7, gt=0, lt=1)
+    """Face score above which a candidate is kept."""
+    iou_threshold: float = Field(0.3, gt=0, lt=1)
+    """IoU above which overlapping faces are suppressed (hard NMS)."""
+
+    # --- store -------------------------------------------------------------
+    store: Literal["cassandra", "memory"] = "cassandra"
+    """Where invocations live: ``cassandra`` (default) or ``memory`` (lost on exit; for tests and demos)."""
+    cassandra_contact_points: Annotated[list[str], NoDecode] = ["127.0.0.1"]
+    """Cassandra hosts to connect to (comma-separated or a JSON list in the environment)."""
+    cassandra_port: int = 9042
+    """CQL native port."""
+    cassandra_local_dc: str = "datacenter1"
+    """Local data centre for DC-aware, token-aware routing."""
+    cassandra_keyspace: str = "inference"
+    """Keyspace holding the ``invocations`` table."""
+    cassandra_username: str | None = None
+    """Username for PasswordAuthenticator; none means no authentication."""
+    cassandra_password: SecretStr | None = None
+    """Password for PasswordAuthenticator."""
+    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    """Replication map used when the keyspace is created (a CQL map literal)."""
+    cassandra_consistency: str = "LOCAL_QUORUM"
+    """Consistency level of reads and writes (serial consistency of the claim is LOCAL_SERIAL)."""
+    cassandra_request_timeout_s: float = Field(5.0, gt=0)
+    """Per-statement timeout; a timed-out statement fails the call with UNAVAILABLE."""
+    cassandra_connect_timeout_s: float = Field(5.0, gt=0)
+    """Connection timeout."""
+    cassandra_default_ttl_s: int = Field(0, ge=0)
+    """Default TTL of stored invocations in seconds; 0 keeps them forever."""
+    cassandra_create_schema: bool = True
+    """Create the keyspace and table at start-up (idempotent). Turn off where operators run ``migrate``."""
+
+    # --- logging -----------------------------------------------------------
+    log_level: str = "INFO"
+    """Root log level."""
+
+    @field_validator("cassandra_contact_points", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
+    def resolved_shared_dir(self) -> Path:
+        return self.shared_dir.expanduser().resolve()

@@ -1,0 +1,49 @@
+"""An invocation store that lives in the process: for unit tests and demos. Lost on exit."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from inference_service.domain import Invocation, ModelInput
+
+
+class InMemoryInvocationStore:
+    """``InvocationStore`` on a dict, guarded by an asyncio lock (first writer wins)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Invocation] = {}
+        self._lock = asyncio.Lock()
+
+    async def claim(self, invocation: Invocation) -> Invocation | None:
+        async with self._lock:
+            existing = self._items.get(invocation.id)
+            if existing is not None:
+                return existing
+            self._items[invocation.id] = invocation
+            return None
+
+    async def complete(self, invocation: Invocation) -> None:
+        async with self._lock:
+            stored = self._items.get(invocation.id)
+            if stored is None:
+                raise KeyError(invocation.id)
+            # The input is never rewritten: only the outcome fields change.
+            self._items[invocation.id] = dataclasses.replace(
+                stored,
+                state=invocation.state,
+                output=invocation.output,
+                complete_time=invocation.complete_time,
+                error=invocation.error,
+                model=invocation.model,
+            )
+
+    async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        stored = self._items.get(invocation_id)
+        if stored is None or with_content:
+            return stored
+        basic_input = ModelInput(id=stored.input.id, content=b"", metadata=stored.input.metadata)
+        return dataclasses.replace(stored, input=basic_input)
+
+    async def close(self) -> None:
+        self._items.clear()
