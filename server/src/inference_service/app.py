@@ -1,0 +1,158 @@
+"""Bootstrap: the one place that builds every component from ``Settings`` and wires them.
+
+Tests pass their own store or detector in; everything else comes from settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from inference_service.detection.image import decode_image
+from inference_service.detection.model_source import default_model_source
+from inference_service.detection.tflite import TFLiteFaceDetector
+from inference_service.grpc.errors import ErrorMappingInterceptor
+from inference_service.grpc.servicer import InferenceServicer
+from inference_service.ports import Detector, InvocationStore
+from inference_service.service import InferenceService, RequestLimits
+from inference_service.settings import Settings
+from inference_service.stores.memory import InMemoryInvocationStore
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+# Room for the rest of an InvokeRequest (id, metadata, model) around the content.
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+def build_detector(settings: Settings) -> Detector:
+    """Fetch the model file (local copy or download) and load it. Blocking."""
+    source = default_model_source(
+        model_path=settings.model_path,
+        shared_dir=settings.resolved_shared_dir(),
+        model_url=settings.model_url,
+        model_sha256=settings.model_sha256,
+        cache_dir=settings.model_cache_dir.expanduser(),
+    )
+    detector = TFLiteFaceDetector(
+        source.fetch(),
+        name=settings.model_name,
+        num_threads=settings.model_threads,
+        score_threshold=settings.score_threshold,
+        iou_threshold=settings.iou_threshold,
+    )
+    detector.warm_up()
+    return detector
+
+
+async def build_store(settings: Settings) -> InvocationStore:
+    """The configured store, connected (and its schema created when asked)."""
+    if settings.store == "memory":
+        return InMemoryInvocationStore()
+    from inference_service.stores.cassandra import CassandraInvocationStore
+
+    return await CassandraInvocationStore.from_settings(settings)
+
+
+def _decode(content: bytes, max_pixels: int):  # noqa: ANN202 - ImageDecoder
+    return decode_image(content, max_pixels=max_pixels)
+
+
+class Application:
+    """The running server: detector, store, service, gRPC server, health and reflection."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: InvocationStore | None = None,
+        detector: Detector | None = None,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._detector = detector
+        self._executor: ThreadPoolExecutor | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="inference"
+        )
+        loop = asyncio.get_running_loop()
+        if self._detector is None:
+            self._detector = await loop.run_in_executor(None, build_detector, settings)
+        logger.info(
+            "model %s version %s loaded", self._detector.info.name, self._detector.info.version
+        )
+        if self._store is None:
+            self._store = await build_store(settings)
+
+        service = InferenceService(
+            store=self._store,
+            detector=self._detector,
+            decode=_decode,
+            executor=self._executor,
+            limits=RequestLimits(
+                max_content_bytes=settings.max_content_bytes,
+                max_image_pixels=settings.max_image_pixels,
+                max_metadata_entries=settings.max_metadata_entries,
+            ),
+        )
+        max_message = settings.max_content_bytes + MESSAGE_OVERHEAD_BYTES
+        server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(service), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise RuntimeError(f"cannot bind the gRPC server to {address}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving %s on %s:%d", SERVICE_NAME, settings.host, self.port)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, let in-flight ones finish (up to ``grace`` s), release all."""
+        if grace is None:
+            grace = self.settings.shutdown_grace_s
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._store is not None:
+            await self._store.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._detector is not None:
+            self._detector.close()
+        logger.info("stopped")

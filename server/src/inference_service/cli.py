@@ -1,0 +1,99 @@
+"""The ``inference-service`` command: ``serve`` and ``migrate``.
+
+The only place that reads the environment (through ``Settings``) and
+configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inference_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference-service",
+        description="Face-detection inference service (gRPC; REST/JSON through Envoy). "
+        "Every setting is also read from INFERENCE_<NAME> environment variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server until SIGTERM/SIGINT")
+    serve.add_argument("--host", help="bind address (INFERENCE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gRPC port (INFERENCE_PORT, default 50051)")
+    serve.add_argument(
+        "--store", choices=("cassandra", "memory"), help="invocation store (INFERENCE_STORE)"
+    )
+    serve.add_argument("--workers", type=int, help="images processed at once (INFERENCE_WORKERS)")
+    serve.add_argument("--model-path", type=Path, help="TFLite model file (INFERENCE_MODEL_PATH)")
+    serve.add_argument("--shared-dir", type=Path, help="shared data folder (INFERENCE_SHARED_DIR)")
+    serve.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
+
+    migrate = commands.add_parser(
+        "migrate", help="create the Cassandra keyspace and table (idempotent), then exit"
+    )
+    migrate.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name != "command" and value is not None
+    }
+    return Settings(**overrides)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(settings: Settings) -> None:
+    from inference_service.app import Application
+
+    app = Application(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+        logger.info("signal received: draining in-flight calls")
+    finally:
+        await app.stop()
+
+
+async def _migrate(settings: Settings) -> None:
+    from inference_service.stores.cassandra import migrate
+
+    await migrate(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    if args.command == "serve":
+        asyncio.run(_serve(settings))
+    elif args.command == "migrate":
+        asyncio.run(_migrate(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

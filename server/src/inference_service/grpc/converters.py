@@ -1,0 +1,70 @@
+"""Proto <-> domain conversion for the gRPC API. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+from inference.v1 import inference_service_pb2 as pb
+
+from inference_service.domain import Invocation, ModelInput, ModelOutput, State
+
+_STATE_TO_PROTO = {
+    State.PENDING: pb.Invocation.STATE_PENDING,
+    State.SUCCEEDED: pb.Invocation.STATE_SUCCEEDED,
+    State.FAILED: pb.Invocation.STATE_FAILED,
+}
+
+
+def model_input_from_proto(message: pb.ModelInput) -> ModelInput:
+    return ModelInput(id=message.id, content=message.content, metadata=dict(message.metadata))
+
+
+def wants_content(view: int) -> bool:
+    """FULL (and the unspecified default) include the content; BASIC omits it."""
+    return view != pb.INVOCATION_VIEW_BASIC
+
+
+def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def output_to_proto(output: ModelOutput) -> pb.ModelOutput:
+    return pb.ModelOutput(
+        detections=[
+            pb.Detection(
+                box=pb.BoundingBox(
+                    x_min=d.box.x_min, y_min=d.box.y_min, x_max=d.box.x_max, y_max=d.box.y_max
+                ),
+                score=d.score,
+                label=d.label,
+            )
+            for d in output.detections
+        ],
+        image_width=output.image_width,
+        image_height=output.image_height,
+    )
+
+
+def invocation_to_proto(invocation: Invocation) -> pb.Invocation:
+    message = pb.Invocation(
+        id=invocation.id,
+        input=pb.ModelInput(
+            id=invocation.input.id,
+            content=invocation.input.content,
+            metadata=dict(invocation.input.metadata),
+        ),
+        state=_STATE_TO_PROTO[invocation.state],
+        model=invocation.model.name,
+        model_version=invocation.model.version,
+        create_time=_timestamp(invocation.create_time),
+        error=invocation.error,
+        content_sha256=invocation.content_sha256,
+    )
+    if invocation.output is not None:
+        message.output.CopyFrom(output_to_proto(invocation.output))
+    if invocation.complete_time is not None:
+        message.complete_time.CopyFrom(_timestamp(invocation.complete_time))
+    return message

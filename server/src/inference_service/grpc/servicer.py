@@ -1,0 +1,34 @@
+"""The gRPC servicer: proto in, domain to the service, proto out. Nothing else."""
+
+from __future__ import annotations
+
+import grpc
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from inference_service.grpc import converters
+from inference_service.service import InferenceService
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """``inference.v1.InferenceService`` over an ``InferenceService``; errors are
+    mapped by ``inference_service.grpc.errors.ErrorMappingInterceptor``."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def Invoke(  # noqa: N802 - gRPC method name
+        self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InvokeResponse:
+        invocation = await self._service.invoke(
+            converters.model_input_from_proto(request.input), request.model
+        )
+        return pb.InvokeResponse(invocation=converters.invocation_to_proto(invocation))
+
+    async def GetInvocation(  # noqa: N802 - gRPC method name
+        self, request: pb.GetInvocationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInvocationResponse:
+        invocation = await self._service.get_invocation(
+            request.id, with_content=converters.wants_content(request.view)
+        )
+        return pb.GetInvocationResponse(invocation=converters.invocation_to_proto(invocation))

@@ -1,0 +1,225 @@
+"""The use cases of the inference service, shared by every protocol.
+
+``InferenceService`` knows the domain, the store and the detector through
+their protocols; it knows nothing of gRPC, HTTP or Cassandra. Blocking work
+(image decoding, the model) runs in an executor, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+from inference_service.domain import Invocation, ModelInput, ModelOutput, State
+from inference_service.errors import (
+    AlreadyExistsError,
+    ContentTooLargeError,
+    InvalidArgumentError,
+    ModelError,
+    NotFoundError,
+)
+from inference_service.ports import Detector, InvocationStore
+
+logger = logging.getLogger(__name__)
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+MAX_METADATA_KEY_BYTES = 128
+MAX_METADATA_VALUE_BYTES = 1024
+FAILED_MESSAGE = "the model failed on this input"
+
+# (magic prefix, offset, MIME type); RIFF/WEBP is checked on its own.
+_MAGIC = (
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"BM", 0, "image/bmp"),
+    (b"II*\x00", 0, "image/tiff"),
+    (b"MM\x00*", 0, "image/tiff"),
+)
+
+
+def sniff_content_type(content: bytes) -> str:
+    """The MIME type of an encoded image from its magic bytes."""
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, offset, mime in _MAGIC:
+        if content[offset : offset + len(magic)] == magic:
+            return mime
+    return "application/octet-stream"
+
+
+def validate_id(invocation_id: str) -> None:
+    """Raise ``InvalidArgumentError`` unless the id is 1-128 chars of ``[A-Za-z0-9._~-]``."""
+    if not ID_PATTERN.fullmatch(invocation_id):
+        shown = invocation_id if len(invocation_id) <= 64 else invocation_id[:64] + "..."
+        raise InvalidArgumentError(
+            f"id {shown!r} is invalid: it must be 1 to 128 characters of [A-Za-z0-9._~-]"
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What a single request may carry."""
+
+    max_content_bytes: int = 8 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_metadata_entries: int = 64
+
+
+ImageDecoder = Callable[[bytes, int], np.ndarray]
+"""Decodes content into an RGB uint8 (H, W, 3) array, given the pixel limit;
+raises ``InvalidArgumentError`` for content that is not a usable image."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class InferenceService:
+    """Invoke the model on inputs and read stored invocations back."""
+
+    def __init__(
+        self,
+        *,
+        store: InvocationStore,
+        detector: Detector,
+        decode: ImageDecoder,
+        executor: Executor,
+        limits: RequestLimits | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        pending_wait_s: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._detector = detector
+        self._decode = decode
+        self._executor = executor
+        self._limits = limits or RequestLimits()
+        self._clock = clock
+        self._new_id = new_id
+        self._pending_wait_s = pending_wait_s
+
+    @property
+    def default_model(self) -> str:
+        return self._detector.info.name
+
+    async def invoke(self, model_input: ModelInput, model: str = "") -> Invocation:
+        """Validate, claim the id, run the model, store and return the invocation.
+
+        Idempotent per id: the same id with the same content returns the stored
+        invocation without running the model; with other content it raises
+        ``AlreadyExistsError``. Invalid input raises before anything is stored.
+        """
+        self._check_model(model)
+        if not model_input.id:
+            model_input = dataclasses.replace(model_input, id=self._new_id())
+        validate_id(model_input.id)
+        self._check_content(model_input)
+        self._check_metadata(model_input)
+        loop = asyncio.get_running_loop()
+        image = await loop.run_in_executor(
+            self._executor, self._decode, model_input.content, self._limits.max_image_pixels
+        )
+
+        sha256 = hashlib.sha256(model_input.content).hexdigest()
+        pending = Invocation(
+            input=model_input,
+            content_sha256=sha256,
+            content_type=sniff_content_type(model_input.content),
+            state=State.PENDING,
+            model=self._detector.info,
+            create_time=self._clock(),
+        )
+        existing = await self._store.claim(pending)
+        if existing is not None:
+            return await self._resolve_existing(existing, sha256)
+
+        try:
+            output: ModelOutput = await loop.run_in_executor(
+                self._executor, self._detector.detect, image
+            )
+        except Exception as exc:
+            logger.exception("model %s failed on input %s", pending.model.name, pending.id)
+            failed = dataclasses.replace(
+                pending, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
+            )
+            await self._store.complete(failed)
+            raise ModelError("the model failed") from exc
+
+        done = dataclasses.replace(
+            pending, state=State.SUCCEEDED, output=output, complete_time=self._clock()
+        )
+        await self._store.complete(done)
+        return done
+
+    async def get_invocation(self, invocation_id: str, *, with_content: bool = True) -> Invocation:
+        """The stored invocation; ``NotFoundError`` when there is none."""
+        validate_id(invocation_id)
+        invocation = await self._store.get(invocation_id, with_content=with_content)
+        if invocation is None:
+            raise NotFoundError(f"invocation {invocation_id!r} not found")
+        return invocation
+
+    # -- helpers -------------------------------------------------------------
+
+    def _check_model(self, model: str) -> None:
+        if model and model != self._detector.info.name:
+            raise NotFoundError(
+                f"model {model!r} not found; this server serves {self._detector.info.name!r}"
+            )
+
+    def _check_content(self, model_input: ModelInput) -> None:
+        size = len(model_input.content)
+        if size == 0:
+            raise InvalidArgumentError("input.content is empty: send an encoded image")
+        if size > self._limits.max_content_bytes:
+            raise ContentTooLargeError(
+                f"input.content is {size} bytes; the limit is {self._limits.max_content_bytes}"
+            )
+
+    def _check_metadata(self, model_input: ModelInput) -> None:
+        metadata = model_input.metadata
+        if len(metadata) > self._limits.max_metadata_entries:
+            raise InvalidArgumentError(
+                f"input.metadata has {len(metadata)} entries; "
+                f"the limit is {self._limits.max_metadata_entries}"
+            )
+        for key, value in metadata.items():
+            if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
+                raise InvalidArgumentError(
+                    f"input.metadata key {key[:32]!r} must be 1 to {MAX_METADATA_KEY_BYTES} bytes"
+                )
+            if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
+                raise InvalidArgumentError(
+                    f"input.metadata[{key!r}] is longer than {MAX_METADATA_VALUE_BYTES} bytes"
+                )
+
+    async def _resolve_existing(self, existing: Invocation, sha256: str) -> Invocation:
+        """A second Invoke of a taken id: the same content gets the stored invocation."""
+        if existing.content_sha256 != sha256:
+            raise AlreadyExistsError(
+                f"id {existing.id!r} is already used by an input with different content"
+            )
+        # The first caller may still be running the model: wait a little for its result.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._pending_wait_s
+        delay = 0.01
+        while existing.state is State.PENDING and loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            refreshed = await self._store.get(existing.id)
+            if refreshed is None:  # removed meanwhile (TTL): report what we saw
+                break
+            existing = refreshed
+        return existing
+

@@ -1,0 +1,240 @@
+"""The service layer's semantics, with the in-memory store and a counting fake detector."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from inference_service.domain import (
+    BoundingBox,
+    Detection,
+    ModelInfo,
+    ModelInput,
+    ModelOutput,
+    State,
+)
+from inference_service.errors import (
+    AlreadyExistsError,
+    ContentTooLargeError,
+    InvalidArgumentError,
+    ModelError,
+    NotFoundError,
+)
+from inference_service.service import (
+    FAILED_MESSAGE,
+    InferenceService,
+    RequestLimits,
+    sniff_content_type,
+    validate_id,
+)
+from inference_service.stores.memory import InMemoryInvocationStore
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"rest-of-a-png"
+JPEG = b"\xff\xd8\xff\xe0" + b"rest-of-a-jpeg"
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+class FakeDetector:
+    def __init__(self, *, fail: bool = False, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.fail = fail
+        self.delay = delay
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(name="face-detector", version="v-test")
+
+    def detect(self, image: np.ndarray) -> ModelOutput:
+        self.calls += 1
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("boom: secret internal detail")
+        height, width = image.shape[:2]
+        box = BoundingBox(1.0, 2.0, 3.0, 4.0)
+        return ModelOutput((Detection(box, 0.9, "face"),), width, height)
+
+    def close(self) -> None:
+        pass
+
+
+def fake_decode(content: bytes, max_pixels: int) -> np.ndarray:
+    if not content.startswith((b"\x89PNG", b"\xff\xd8")):
+        raise InvalidArgumentError("input.content is not a decodable image")
+    if b"huge" in content and max_pixels < 10_000:
+        raise InvalidArgumentError("image is too large")
+    return np.zeros((6, 8, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def store() -> InMemoryInvocationStore:
+    return InMemoryInvocationStore()
+
+
+@pytest.fixture
+def detector() -> FakeDetector:
+    return FakeDetector()
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def make_service(store, detector, executor, **kwargs) -> InferenceService:
+    return InferenceService(
+        store=store,
+        detector=detector,
+        decode=fake_decode,
+        executor=executor,
+        limits=kwargs.pop("limits", RequestLimits(max_content_bytes=1000, max_image_pixels=100)),
+        clock=lambda: NOW,
+        new_id=lambda: "server-assigned",
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("good", ["a", "A.b_c~d-9", "x" * 128, "123e4567-e89b-12d3-a456-426614174000"])
+def test_valid_ids(good: str) -> None:
+    validate_id(good)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "a/b", "a b", "é", "a?b", "../x", "a%2F"])
+def test_invalid_ids(bad: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="must be 1 to 128 characters"):
+        validate_id(bad)
+
+
+def test_sniff_content_type() -> None:
+    assert sniff_content_type(PNG) == "image/png"
+    assert sniff_content_type(JPEG) == "image/jpeg"
+    assert sniff_content_type(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
+    assert sniff_content_type(b"GIF89a...") == "image/gif"
+    assert sniff_content_type(b"nothing") == "application/octet-stream"
+
+
+async def test_invoke_stores_input_and_output(store, detector, executor) -> None:
+    service = make_service(store, detector, executor)
+    result = await service.invoke(ModelInput("img-1", PNG, {"camera": "front"}))
+
+    assert result.state is State.SUCCEEDED
+    assert result.output is not None and result.output.image_width == 8
+    assert result.output.detections[0].label == "face"
+    assert result.content_sha256 == hashlib.sha256(PNG).hexdigest()
+    assert result.content_type == "image/png"
+    assert result.model == ModelInfo("face-detector", "v-test")
+    assert result.create_time == NOW and result.complete_time == NOW
+
+    stored = await service.get_invocation("img-1")
+    assert stored == result
+    assert stored.input.content == PNG
+    assert dict(stored.input.metadata) == {"camera": "front"}
+
+
+async def test_empty_id_gets_a_server_assigned_one(store, detector, executor) -> None:
+    service = make_service(store, detector, executor)
+    result = await service.invoke(ModelInput("", PNG))
+    assert result.id == "server-assigned"
+    assert (await store.get("server-assigned")) is not None
+
+
+async def test_same_id_same_content_returns_stored_without_running_model(
+    store, detector, executor
+) -> None:
+    service = make_service(store, detector, executor)
+    first = await service.invoke(ModelInput("dup", PNG, {"a": "1"}))
+    again = await service.invoke(ModelInput("dup", PNG, {"a": "other metadata is ignored"}))
+    assert again == first
+    assert detector.calls == 1
+
+
+async def test_same_id_different_content_is_already_exists_and_keeps_data(
+    store, detector, executor
+) -> None:
+    service = make_service(store, detector, executor)
+    first = await service.invoke(ModelInput("dup", PNG))
+    with pytest.raises(AlreadyExistsError, match="different content"):
+        await service.invoke(ModelInput("dup", JPEG))
+    assert await service.get_invocation("dup") == first
+    assert detector.calls == 1
+
+
+async def test_concurrent_identical_invokes_run_model_once(store, executor) -> None:
+    detector = FakeDetector(delay=0.05)
+    service = make_service(store, detector, executor)
+    results = await asyncio.gather(*(service.invoke(ModelInput("same", PNG)) for _ in range(10)))
+    assert detector.calls == 1
+    assert {r.state for r in results} == {State.SUCCEEDED}
+
+
+@pytest.mark.parametrize(
+    ("model_input", "error", "message"),
+    [
+        (ModelInput("ok", b""), InvalidArgumentError, "input.content is empty"),
+        (ModelInput("ok", b"not an image"), InvalidArgumentError, "not a decodable image"),
+        (ModelInput("ok", PNG + b"huge"), InvalidArgumentError, "too large"),
+        (ModelInput("bad id!", PNG), InvalidArgumentError, "invalid"),
+        (ModelInput("ok", PNG + b"x" * 2000), ContentTooLargeError, "limit is 1000"),
+        (ModelInput("ok", PNG, {"k": "v" * 1025}), InvalidArgumentError, "longer than 1024"),
+        (ModelInput("ok", PNG, {"": "v"}), InvalidArgumentError, "key"),
+        (
+            ModelInput("ok", PNG, {f"k{i}": "v" for i in range(65)}),
+            InvalidArgumentError,
+            "65 entries",
+        ),
+    ],
+)
+async def test_invalid_input_is_rejected_and_nothing_is_stored(
+    store, detector, executor, model_input, error, message
+) -> None:
+    service = make_service(store, detector, executor)
+    with pytest.raises(error, match=message):
+        await service.invoke(model_input)
+    assert await store.get("ok") is None
+    assert detector.calls == 0
+
+
+async def test_unknown_model_is_not_found(store, detector, executor) -> None:
+    service = make_service(store, detector, executor)
+    with pytest.raises(NotFoundError, match="model 'other' not found"):
+        await service.invoke(ModelInput("m", PNG), model="other")
+    result = await service.invoke(ModelInput("m", PNG), model="face-detector")
+    assert result.state is State.SUCCEEDED
+
+
+async def test_model_failure_marks_failed_and_hides_details(store, executor) -> None:
+    service = make_service(store, FakeDetector(fail=True), executor)
+    with pytest.raises(ModelError) as raised:
+        await service.invoke(ModelInput("f", PNG))
+    assert "secret" not in str(raised.value)
+    stored = await service.get_invocation("f")
+    assert stored.state is State.FAILED
+    assert stored.error == FAILED_MESSAGE
+    assert stored.input.content == PNG
+    assert stored.complete_time == NOW
+
+
+async def test_get_unknown_and_malformed_ids(store, detector, executor) -> None:
+    service = make_service(store, detector, executor)
+    with pytest.raises(NotFoundError, match="'nope' not found"):
+        await service.get_invocation("nope")
+    with pytest.raises(InvalidArgumentError):
+        await service.get_invocation("no/pe")
+
+
+async def test_get_without_content_keeps_hash(store, detector, executor) -> None:
+    service = make_service(store, detector, executor)
+    await service.invoke(ModelInput("basic", PNG, {"k": "v"}))
+    basic = await service.get_invocation("basic", with_content=False)
+    assert basic.input.content == b""
+    assert basic.content_sha256 == hashlib.sha256(PNG).hexdigest()
+    assert dict(basic.input.metadata) == {"k": "v"}
+    assert basic.output is not None
