@@ -102,7 +102,9 @@ def make_service(store, detector, executor, **kwargs) -> InferenceService:
     )
 
 
-@pytest.mark.parametrize("good", ["a", "A.b_c~d-9", "x" * 128, "123e4567-e89b-12d3-a456-426614174000"])
+@pytest.mark.parametrize(
+    "good", ["a", "A.b_c~d-9", "x" * 128, "123e4567-e89b-12d3-a456-426614174000"]
+)
 def test_valid_ids(good: str) -> None:
     validate_id(good)
 

@@ -61,7 +61,7 @@ async def build_store(settings: Settings) -> InvocationStore:
     return await CassandraInvocationStore.from_settings(settings)
 
 
-def _decode(content: bytes, max_pixels: int):  # noqa: ANN202 - ImageDecoder
+def _decode(content: bytes, max_pixels: int):
     return decode_image(content, max_pixels=max_pixels)
 
 

@@ -47,9 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
-        name: value
-        for name, value in vars(args).items()
-        if name != "command" and value is not None
+        name: value for name, value in vars(args).items() if name != "command" and value is not None
     }
     return Settings(**overrides)
 

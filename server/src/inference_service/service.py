@@ -222,4 +222,3 @@ class InferenceService:
                 break
             existing = refreshed
         return existing
-

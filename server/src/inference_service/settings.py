@@ -25,7 +25,9 @@ DEFAULT_MODEL_SHA256 = "2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f
 class Settings(BaseSettings):
     """Settings of the inference server. Every field is ``INFERENCE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="INFERENCE_", extra="ignore", use_attribute_docstrings=True
+    )
 
     # --- gRPC server -------------------------------------------------------
     host: str = "127.0.0.1"
@@ -37,9 +39,13 @@ class Settings(BaseSettings):
 
     # --- requests ----------------------------------------------------------
     max_content_bytes: int = Field(8 * 1024 * 1024, ge=1)
-    """Largest accepted ``input.content``, in bytes (8 MiB). The gRPC message limit derives from it."""
+    """Largest accepted ``input.content``, in bytes (8 MiB). The gRPC message limit derives from
+    it.
+    """
     max_image_pixels: int = Field(40_000_000, ge=1)
-    """Largest accepted decoded image, in pixels (width x height); guards against decompression bombs."""
+    """Largest accepted decoded image, in pixels (width x height); guards against decompression
+    bombs.
+    """
     max_metadata_entries: int = Field(64, ge=0)
     """Most metadata entries an input may carry."""
 
@@ -47,8 +53,8 @@ class Settings(BaseSettings):
     shared_dir: Path = Path("../shared")
     """Folder holding the shared test data and models (``models/``, ``images/``)."""
     model_path: Path | None = None
-    """TFLite model file. Default: ``<shared_dir>/models/tflite/version-RFB-320_without_postprocessing.tflite``
-    when it exists, else the file downloaded from ``model_url`` into ``model_cache_dir``."""
+    """TFLite model file. Default: ``<shared_dir>/`` + ``DEFAULT_MODEL_FILE`` when it exists,
+    else the file downloaded from ``model_url`` into ``model_cache_dir``."""
     model_url: str = DEFAULT_MODEL_URL
     """Where the default model is downloaded from when no local copy exists."""
     model_sha256: str = DEFAULT_MODEL_SHA256
@@ -68,7 +74,9 @@ class Settings(BaseSettings):
 
     # --- store -------------------------------------------------------------
     store: Literal["cassandra", "memory"] = "cassandra"
-    """Where invocations live: ``cassandra`` (default) or ``memory`` (lost on exit; for tests and demos)."""
+    """Where invocations live: ``cassandra`` (default) or ``memory`` (lost on exit; for tests and
+    demos).
+    """
     cassandra_contact_points: Annotated[list[str], NoDecode] = ["127.0.0.1"]
     """Cassandra hosts to connect to (comma-separated or a JSON list in the environment)."""
     cassandra_port: int = 9042
@@ -92,7 +100,9 @@ class Settings(BaseSettings):
     cassandra_default_ttl_s: int = Field(0, ge=0)
     """Default TTL of stored invocations in seconds; 0 keeps them forever."""
     cassandra_create_schema: bool = True
-    """Create the keyspace and table at start-up (idempotent). Turn off where operators run ``migrate``."""
+    """Create the keyspace and table at start-up (idempotent). Turn off where operators run
+    ``migrate``.
+    """
 
     # --- logging -----------------------------------------------------------
     log_level: str = "INFO"

@@ -1,0 +1,249 @@
+"""The real gRPC server (real model, in-memory store) called by a real gRPC client."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from PIL import Image
+from support.reference import assert_matches_reference
+
+from inference_service.app import Application
+from inference_service.devstack.process import free_port, port_open
+from inference_service.settings import Settings
+
+MAX_CONTENT = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+async def server(shared_dir: Path):
+    settings = Settings(port=0, store="memory", shared_dir=shared_dir, workers=2)
+    app = Application(settings)
+    await app.start()
+    yield app
+    await app.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+async def channel(server: Application):
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}",
+        options=[("grpc.max_send_message_length", 2 * MAX_CONTENT)],
+    ) as chan:
+        yield chan
+
+
+@pytest.fixture(scope="module")
+def stub(channel) -> pb_grpc.InferenceServiceStub:
+    return pb_grpc.InferenceServiceStub(channel)
+
+
+def boxes(output: pb.ModelOutput) -> list[tuple[float, ...]]:
+    return [
+        (d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max, d.score) for d in output.detections
+    ]
+
+
+async def test_every_shared_image_matches_reference_and_reads_back(stub, shared_dir, reference):
+    for name, expected in reference["images"].items():
+        content = (shared_dir / "images" / name).read_bytes()
+        request = pb.InvokeRequest(
+            input=pb.ModelInput(id=f"ref-{name}", content=content, metadata={"file": name})
+        )
+        response = await stub.Invoke(request)
+        invocation = response.invocation
+        assert invocation.state == pb.Invocation.STATE_SUCCEEDED
+        assert invocation.model == "face-detector"
+        assert len(invocation.model_version) == 64
+        assert (invocation.output.image_width, invocation.output.image_height) == (
+            expected["width"],
+            expected["height"],
+        )
+        assert_matches_reference(boxes(invocation.output), expected["boxes"], name)
+
+        read = (await stub.GetInvocation(pb.GetInvocationRequest(id=f"ref-{name}"))).invocation
+        assert read == invocation
+        assert read.input.content == content
+        assert read.content_sha256 == hashlib.sha256(content).hexdigest()
+        assert dict(read.input.metadata) == {"file": name}
+
+
+async def test_face_1_has_46_faces(stub, shared_dir):
+    content = (shared_dir / "images" / "face-1.jpg").read_bytes()
+    response = await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(content=content)))
+    assert len(response.invocation.output.detections) == 46
+    assert response.invocation.id  # server-assigned
+    assert all(d.label == "face" for d in response.invocation.output.detections)
+
+
+async def test_basic_view_omits_content(stub, shared_dir):
+    content = (shared_dir / "images" / "lenna.png").read_bytes()
+    await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="basic-view", content=content)))
+    basic = (
+        await stub.GetInvocation(
+            pb.GetInvocationRequest(id="basic-view", view=pb.INVOCATION_VIEW_BASIC)
+        )
+    ).invocation
+    assert basic.input.content == b""
+    assert basic.content_sha256 == hashlib.sha256(content).hexdigest()
+    assert len(basic.output.detections) >= 1
+
+
+async def test_idempotent_and_already_exists(stub, shared_dir):
+    first = (shared_dir / "images" / "face-2.jpg").read_bytes()
+    other = (shared_dir / "images" / "face-3.jpg").read_bytes()
+    a = await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=first)))
+    b = await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=first)))
+    assert a == b
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=other)))
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    stored = await stub.GetInvocation(pb.GetInvocationRequest(id="same-id"))
+    assert stored.invocation.input.content == first
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("input_", "code", "message"),
+    [
+        (pb.ModelInput(id="bad/id", content=b"x"), grpc.StatusCode.INVALID_ARGUMENT, "invalid"),
+        (pb.ModelInput(id="empty"), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        (
+            pb.ModelInput(id="garbage", content=b"this is not an image"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "image",
+        ),
+        (
+            pb.ModelInput(id="truncated", content=_png(64, 64)[:60]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "image",
+        ),
+        (
+            pb.ModelInput(id="bomb", content=_png(8000, 6000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "pixels",
+        ),
+        (
+            pb.ModelInput(id="huge", content=b"\xff\xd8\xff" + bytes(MAX_CONTENT)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "limit",
+        ),
+    ],
+    ids=["bad-id", "empty", "garbage", "truncated", "pixel-bomb", "too-large"],
+)
+async def test_bad_input_is_rejected_and_not_stored(stub, input_, code, message):
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Invoke(pb.InvokeRequest(input=input_))
+    assert raised.value.code() == code
+    assert message in raised.value.details()
+    if input_.id and "/" not in input_.id:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetInvocation(pb.GetInvocationRequest(id=input_.id))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unknown_model_is_not_found(stub, shared_dir):
+    content = (shared_dir / "images" / "face-5.jpg").read_bytes()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Invoke(
+            pb.InvokeRequest(input=pb.ModelInput(id="m", content=content), model="yolo")
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_get_errors(stub):
+    for invocation_id, code in (
+        ("never-stored", grpc.StatusCode.NOT_FOUND),
+        ("bad id", grpc.StatusCode.INVALID_ARGUMENT),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.GetInvocation(pb.GetInvocationRequest(id=invocation_id))
+        assert raised.value.code() == code, invocation_id
+
+
+async def test_health_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "inference.v1.InferenceService"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = reflection.ServerReflectionInfo()
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    response = await call.read()
+    await call.done_writing()
+    names = {s.name for s in response.list_services_response.service}
+    assert "inference.v1.InferenceService" in names
+    assert "grpc.health.v1.Health" in names
+
+
+def test_sigterm_drains_in_flight_calls_then_exits_0(shared_dir, tmp_path):
+    """`inference-service serve` as a real process: a call in flight when SIGTERM
+    arrives still completes OK, and the process exits with status 0."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "INFERENCE_STORE": "memory",
+        "INFERENCE_PORT": str(port),
+        "INFERENCE_SHARED_DIR": str(shared_dir),
+    }
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference_service", "serve"], env=env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open("127.0.0.1", port):
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        # A big noisy image takes long enough to decode that SIGTERM lands mid-call.
+        noise = Image.effect_noise((6000, 4000), 60).convert("RGB")
+        buffer = io.BytesIO()
+        noise.save(buffer, format="PNG", compress_level=1)
+        content = buffer.getvalue()
+        assert len(content) < MAX_CONTENT
+
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 2 * MAX_CONTENT)]
+        ) as chan:
+            grpc.channel_ready_future(chan).result(timeout=10)
+            stub = pb_grpc.InferenceServiceStub(chan)
+            future = stub.Invoke.future(
+                pb.InvokeRequest(input=pb.ModelInput(id="drain", content=content))
+            )
+            time.sleep(0.3)
+            assert not future.done(), "the call finished before SIGTERM could interrupt it"
+            process.send_signal(signal.SIGTERM)
+            response = future.result(timeout=30)
+        assert response.invocation.state == pb.Invocation.STATE_SUCCEEDED
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_reference_file_lists_every_shared_image(shared_dir, reference):
+    images = {p.name for p in (shared_dir / "images").iterdir() if p.suffix in {".jpg", ".png"}}
+    assert images == set(reference["images"])
+    assert len(images) == 16
