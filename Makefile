@@ -23,7 +23,15 @@ help:
 	@echo "make lint     ruff + buf lint"
 	@echo "make bench    benchmarks against the local stack"
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: $(VENV)/.installed node_modules/.installed build/.compose-schema
+
+# compose.yaml is validated against the compose-spec schema that compose-go ships
+# (from the Go module proxy); without Go that one test is skipped.
+COMPOSE_GO := github.com/compose-spec/compose-go/v2@v2.16.2
+build/.compose-schema:
+	mkdir -p build
+	if command -v go >/dev/null; then go mod download $(COMPOSE_GO); else echo "go not found: compose.yaml schema test will be skipped"; fi
+	touch $@
 
 # Dependencies first; the package itself is installed (editable) again once the
 # stubs exist, so that its import finder maps the generated `inference` package.

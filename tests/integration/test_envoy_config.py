@@ -1,0 +1,379 @@
+"""envoy/envoy.yaml run by the real Envoy: validation, REST/JSON transcoding, gRPC pass-through.
+
+The upstream is a small fake gRPC server with canned answers, so that these tests pin down
+what Envoy does (routes, transcoding, status mapping, JSON errors), not what the service does.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from inference_service.devstack.envoy import EnvoyError, LocalEnvoy, render_config
+from inference_service.devstack.process import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+REST_BODY_LIMIT = 12 * 1024 * 1024  # the buffer filter's max_request_bytes in envoy.yaml
+ERROR_PREFIX = "error-"  # an Invoke input id "error-NOT_FOUND" fails with NOT_FOUND
+
+
+class FakeInferenceService(pb_grpc.InferenceServiceServicer):
+    """Canned answers; records the requests it gets."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.metadata: list[dict[str, str]] = []
+        self.time_remaining: list[float | None] = []
+
+    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> Any:
+        self.requests.append(request)
+        self.metadata.append(dict(context.invocation_metadata()))
+        self.time_remaining.append(context.time_remaining())
+        if request.input.id.startswith(ERROR_PREFIX):
+            code = grpc.StatusCode[request.input.id.removeprefix(ERROR_PREFIX)]
+            context.abort(code, f"canned {code.name}")
+        detection = pb.Detection(
+            box=pb.BoundingBox(x_min=1.5, y_min=2.0, x_max=10.0, y_max=12.25),
+            score=0.9,
+            label="face",
+        )
+        invocation = pb.Invocation(
+            id=request.input.id,
+            input=request.input,
+            output=pb.ModelOutput(detections=[detection], image_width=64, image_height=0),
+            state=pb.Invocation.STATE_SUCCEEDED,
+            model="face-detector",
+        )
+        return pb.InvokeResponse(invocation=invocation)
+
+    def GetInvocation(self, request: pb.GetInvocationRequest, context: grpc.ServicerContext) -> Any:
+        self.requests.append(request)
+        if request.id == "missing":
+            context.abort(grpc.StatusCode.NOT_FOUND, "no invocation with id missing")
+        invocation = pb.Invocation(
+            id=request.id, input=pb.ModelInput(id=request.id), state=pb.Invocation.STATE_PENDING
+        )
+        return pb.GetInvocationResponse(invocation=invocation)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[tuple[FakeInferenceService, int]]:
+    """The fake service (with health and reflection) on a free port, in its own threads."""
+    service = FakeInferenceService()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+    )
+    pb_grpc.add_InferenceServiceServicer_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    reflection.enable_server_reflection(
+        [
+            pb.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield service, port
+    finally:
+        server.stop(grace=None)
+
+
+def make_envoy(build_dir: Path, upstream_ports: list[int]) -> LocalEnvoy:
+    return LocalEnvoy.for_repo(
+        REPO,
+        build_dir=build_dir,
+        listen_port=free_port(),
+        admin_port=free_port(),
+        upstreams=[("127.0.0.1", port) for port in upstream_ports],
+    )
+
+
+@pytest.fixture(scope="module")
+def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
+    proxy = make_envoy(tmp_path_factory.mktemp("envoy"), [fake[1]])
+    proxy.start(timeout=60)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def envoy_without_upstream(tmp_path_factory) -> Iterator[LocalEnvoy]:
+    """An Envoy whose only upstream port has nothing listening."""
+    proxy = make_envoy(tmp_path_factory.mktemp("envoy-down"), [free_port()])
+    proxy.start(timeout=60)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+class Reply:
+    """An HTTP response, read whole."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        assert self.headers.get("content-type", "").startswith("application/json"), self.headers
+        return json.loads(self.body)
+
+
+def rest(proxy: LocalEnvoy, method: str, path: str, body: bytes | None = None) -> Reply:
+    """One REST call through Envoy; checks that no grpc-* header leaks out."""
+    conn = http.client.HTTPConnection(proxy.listen_host, proxy.listen_port, timeout=30)
+    try:
+        headers = {"content-type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        reply = Reply(
+            response.status,
+            {name.lower(): value for name, value in response.getheaders()},
+            response.read(),
+        )
+    finally:
+        conn.close()
+    leaked = [name for name in reply.headers if name.startswith("grpc-")]
+    assert not leaked, f"grpc headers in a REST response: {leaked}"
+    return reply
+
+
+def post_json(proxy: LocalEnvoy, path: str, payload: Any) -> Reply:
+    return rest(proxy, "POST", path, json.dumps(payload).encode())
+
+
+def assert_status_json(reply: Reply, http_status: int, grpc_code: grpc.StatusCode) -> dict:
+    assert reply.status == http_status, reply.body[:500]
+    body = reply.json()
+    assert body["code"] == grpc_code.value[0], body
+    assert isinstance(body["message"], str), body
+    assert body["details"] == [], body
+    return body
+
+
+def test_rendered_config_passes_envoy_validation(tmp_path):
+    proxy = make_envoy(tmp_path, [50051, 50052])
+    output = proxy.validate()
+    assert "OK" in output
+    config = proxy.config_path.read_text()
+    assert "${" not in config
+    assert '"port_value": 50052' in config
+
+
+def test_render_refuses_values_that_would_break_the_yaml():
+    template = (REPO / "envoy" / "envoy.yaml").read_text()
+    with pytest.raises(EnvoyError):
+        render_config(template, descriptor=Path("d.binpb"), listen_host="0.0.0.0\nadmin: {}")
+    with pytest.raises(EnvoyError):
+        render_config(template, descriptor=Path("d.binpb"), upstreams=[("server\n", 50051)])
+    with pytest.raises(EnvoyError):
+        render_config(template, descriptor=Path("d.binpb"), upstreams=[])
+    with pytest.raises(EnvoyError):
+        render_config(template, descriptor=Path("d.binpb"), admin_port=70000)
+
+
+def test_rest_invoke_is_transcoded_with_proto_names_and_defaults(envoy, fake):
+    content = b"\x89PNG fake image bytes"
+    reply = post_json(
+        envoy,
+        "/v1/invocations",
+        {"input": {"id": "img-1", "content": base64.b64encode(content).decode(), "metadata": {}}},
+    )
+    assert reply.status == 200, reply.body
+    invocation = reply.json()["invocation"]
+    assert invocation["id"] == "img-1"
+    assert invocation["state"] == "STATE_SUCCEEDED"
+    assert base64.b64decode(invocation["input"]["content"]) == content
+    # Proto field names, and primitive fields printed even at their default value.
+    assert invocation["model_version"] == ""
+    assert invocation["content_sha256"] == ""
+    assert invocation["error"] == ""
+    assert invocation["output"]["image_width"] == 64
+    assert invocation["output"]["image_height"] == 0
+    assert invocation["output"]["detections"][0]["box"]["x_min"] == 1.5
+    received = fake[0].requests[-1]
+    assert isinstance(received, pb.InvokeRequest)
+    assert received.input.content == content
+
+
+def test_rest_get_invocation_maps_path_and_query(envoy, fake):
+    reply = rest(envoy, "GET", "/v1/invocations/img-1?view=INVOCATION_VIEW_BASIC")
+    assert reply.status == 200, reply.body
+    assert reply.json()["invocation"]["id"] == "img-1"
+    received = fake[0].requests[-1]
+    assert isinstance(received, pb.GetInvocationRequest)
+    assert (received.id, received.view) == ("img-1", pb.INVOCATION_VIEW_BASIC)
+
+
+def test_unknown_query_parameter_is_400_json(envoy):
+    reply = rest(envoy, "GET", "/v1/invocations/img-1?colour=blue")
+    assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def test_bad_enum_in_query_is_400_json(envoy):
+    reply = rest(envoy, "GET", "/v1/invocations/img-1?view=EVERYTHING")
+    assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("path", ["/v2/invocations", "/", "/ready", "/stats", "/v1/invocations"])
+def test_unknown_path_is_404_json(envoy, path):
+    # /ready and /stats are admin paths: the listener never leads to the admin interface.
+    reply = rest(envoy, "GET", path)
+    assert_status_json(reply, 404, grpc.StatusCode.NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"input": ', b"not json", b'{"input": {"content": "not base64!"}}', b'{"input": 7}'],
+)
+def test_malformed_json_is_400_json(envoy, body):
+    reply = rest(envoy, "POST", "/v1/invocations", body)
+    assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.ALREADY_EXISTS, 409),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.INTERNAL, 500),
+    ],
+)
+def test_grpc_errors_map_to_http_status_with_json_status(envoy, code, http_status):
+    reply = post_json(
+        envoy, "/v1/invocations", {"input": {"id": f"{ERROR_PREFIX}{code.name}", "content": "AA=="}}
+    )
+    body = assert_status_json(reply, http_status, code)
+    assert body["message"] == f"canned {code.name}"
+
+
+def test_get_unknown_id_is_404_json(envoy):
+    body = assert_status_json(
+        rest(envoy, "GET", "/v1/invocations/missing"), 404, grpc.StatusCode.NOT_FOUND
+    )
+    assert body["message"] == "no invocation with id missing"
+
+
+def test_rest_body_over_the_limit_is_413_json_before_the_server(envoy, fake):
+    calls = len(fake[0].requests)
+    content = base64.b64encode(b"\0" * (REST_BODY_LIMIT * 3 // 4 + 1024)).decode()
+    reply = post_json(envoy, "/v1/invocations", {"input": {"id": "too-big", "content": content}})
+    assert_status_json(reply, 413, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert len(fake[0].requests) == calls
+
+
+def test_rest_body_of_8_mib_content_reaches_the_server(envoy, fake):
+    content = b"\1" * (8 * 1024 * 1024)
+    payload = {"input": {"id": "eight-mib", "content": base64.b64encode(content).decode()}}
+    reply = post_json(envoy, "/v1/invocations", payload)
+    assert reply.status == 200, reply.body[:500]
+    assert fake[0].requests[-1].input.content == content
+
+
+def test_upstream_down_is_503_json(envoy_without_upstream):
+    reply = post_json(
+        envoy_without_upstream, "/v1/invocations", {"input": {"id": "a", "content": "AA=="}}
+    )
+    assert_status_json(reply, 503, grpc.StatusCode.UNAVAILABLE)
+    reply = rest(envoy_without_upstream, "GET", "/v1/invocations/a")
+    assert_status_json(reply, 503, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_native_grpc_passes_through(envoy, fake):
+    limits = [
+        ("grpc.max_send_message_length", 32 * 1024 * 1024),
+        ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ]
+    with grpc.insecure_channel(envoy.grpc_target, options=limits) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        request = pb.InvokeRequest(input=pb.ModelInput(id="grpc-1", content=b"\1\2\3"))
+        invocation = stub.Invoke(request, timeout=10).invocation
+        assert (invocation.id, invocation.input.content) == ("grpc-1", b"\1\2\3")
+
+        # Native gRPC bodies are not held to the REST limit (the server has its own).
+        big = pb.InvokeRequest(input=pb.ModelInput(id="grpc-big", content=b"\1" * REST_BODY_LIMIT))
+        assert len(stub.Invoke(big, timeout=30).invocation.input.content) == REST_BODY_LIMIT
+
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Invoke(
+                pb.InvokeRequest(input=pb.ModelInput(id="error-RESOURCE_EXHAUSTED")), timeout=10
+            )
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.value.details() == "canned RESOURCE_EXHAUSTED"
+
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetInvocation(pb.GetInvocationRequest(id="missing"), timeout=10)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_rest_calls_get_a_route_timeout_and_grpc_calls_keep_their_deadline(envoy, fake):
+    timeout_header = "x-envoy-expected-rq-timeout-ms"
+    post_json(envoy, "/v1/invocations", {"input": {"id": "timed", "content": "AA=="}})
+    assert fake[0].metadata[-1][timeout_header] == "60000"
+    with grpc.insecure_channel(envoy.grpc_target) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="no-deadline")))
+        assert timeout_header not in fake[0].metadata[-1]
+        stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="deadline")), timeout=5)
+        assert timeout_header not in fake[0].metadata[-1]
+        assert 0 < fake[0].time_remaining[-1] < 6  # grpc-timeout is rounded up
+
+
+def test_grpc_health_and_reflection_pass_through(envoy):
+    with grpc.insecure_channel(envoy.grpc_target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+
+        reflection_stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        (response,) = list(reflection_stub.ServerReflectionInfo(requests, timeout=10))
+        names = {service.name for service in response.list_services_response.service}
+        assert "inference.v1.InferenceService" in names
+        assert "grpc.health.v1.Health" in names
+
+
+def test_grpc_through_envoy_without_upstream_is_unavailable_in_plain_text(envoy_without_upstream):
+    with (
+        grpc.insecure_channel(envoy_without_upstream.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as error,
+    ):
+        pb_grpc.InferenceServiceStub(channel).GetInvocation(
+            pb.GetInvocationRequest(id="a"), timeout=10
+        )
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not error.value.details().startswith("{"), error.value.details()
+
+
+def test_stop_ends_the_process(fake, tmp_path):
+    proxy = make_envoy(tmp_path, [fake[1]])
+    proxy.start(timeout=60)
+    pid = proxy.pid
+    assert pid is not None and proxy.running_pid() == pid
+    proxy.stop()
+    assert proxy.running_pid() is None
+    assert not proxy.pid_file.exists()
+    assert not proxy.ready()
