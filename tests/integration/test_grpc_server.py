@@ -204,6 +204,7 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(shared_dir, tmp_path):
         "INFERENCE_STORE": "memory",
         "INFERENCE_PORT": str(port),
         "INFERENCE_SHARED_DIR": str(shared_dir),
+        "INFERENCE_WORKERS": "1",
     }
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
@@ -215,10 +216,10 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(shared_dir, tmp_path):
             assert process.poll() is None, (tmp_path / "server.log").read_text()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.1)
-        # A big noisy image takes long enough to decode that SIGTERM lands mid-call.
-        noise = Image.effect_noise((6000, 4000), 60).convert("RGB")
+        # Large images on one worker: the calls queue up, so SIGTERM lands while they run.
+        big = Image.linear_gradient("L").resize((6000, 4000)).convert("RGB")
         buffer = io.BytesIO()
-        noise.save(buffer, format="PNG", compress_level=1)
+        big.save(buffer, format="JPEG", quality=90)
         content = buffer.getvalue()
         assert len(content) < MAX_CONTENT
 
@@ -227,14 +228,17 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(shared_dir, tmp_path):
         ) as chan:
             grpc.channel_ready_future(chan).result(timeout=10)
             stub = pb_grpc.InferenceServiceStub(chan)
-            future = stub.Invoke.future(
-                pb.InvokeRequest(input=pb.ModelInput(id="drain", content=content))
-            )
-            time.sleep(0.3)
-            assert not future.done(), "the call finished before SIGTERM could interrupt it"
+            futures = [
+                stub.Invoke.future(
+                    pb.InvokeRequest(input=pb.ModelInput(id=f"drain-{i}", content=content))
+                )
+                for i in range(4)
+            ]
+            time.sleep(0.2)
+            assert not all(f.done() for f in futures), "calls ended before SIGTERM was sent"
             process.send_signal(signal.SIGTERM)
-            response = future.result(timeout=30)
-        assert response.invocation.state == pb.Invocation.STATE_SUCCEEDED
+            responses = [f.result(timeout=30) for f in futures]
+        assert all(r.invocation.state == pb.Invocation.STATE_SUCCEEDED for r in responses)
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _configure_logging(level: str) -> None:
+    # TensorFlow warns at every tf.lite.Interpreter that it moves to ai-edge-litert; the
+    # interpreter is what this version of the service runs, so say it once, not per worker.
+    warnings.filterwarnings(
+        "once", message=r"\s*Warning: tf.lite.Interpreter is deprecated", category=UserWarning
+    )
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,161 @@
+"""``TFLiteFaceDetector``: the Ultra-Light RFB-320 face detector run by TensorFlow Lite."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from inference_service.detection.postprocessing import FaceBoxDecoder
+from inference_service.detection.preprocessing import Preprocessor
+from inference_service.domain import Detection, ModelInfo, ModelOutput
+from inference_service.errors import ModelError, ModelNotReadyError
+
+logger = logging.getLogger(__name__)
+
+
+class _Runner:
+    """One TFLite interpreter, used by one thread at a time."""
+
+    def __init__(self, interpreter: Any) -> None:
+        interpreter.allocate_tensors()
+        (input_detail,) = interpreter.get_input_details()
+        outputs = {
+            int(d["shape_signature"][-1]): d["index"] for d in interpreter.get_output_details()
+        }
+        if sorted(outputs) != [2, 4]:
+            raise ValueError(f"unexpected model outputs: {interpreter.get_output_details()}")
+        self.interpreter: Any | None = interpreter
+        self.input_index: int = input_detail["index"]
+        self.input_shape = tuple(int(n) for n in input_detail["shape"][1:])
+        self.boxes_index: int = outputs[4]
+        self.scores_index: int = outputs[2]
+
+    def run(self, image: np.ndarray, preprocess: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocess ``image`` straight into the input tensor, invoke, and return
+        (box offsets (N, 4), scores (N, 2)) of the single image."""
+        interpreter = self.interpreter
+        if interpreter is None:
+            raise ModelNotReadyError("the model is closed")
+        # Write into the interpreter's own buffer; the view must be gone before invoke().
+        preprocess(image, out=interpreter.tensor(self.input_index)()[0])
+        interpreter.invoke()
+        boxes = interpreter.get_tensor(self.boxes_index)[0]
+        scores = interpreter.get_tensor(self.scores_index)[0]
+        return boxes, scores
+
+
+class TFLiteFaceDetector:
+    """Face detector on a ``*_without_postprocessing.tflite`` model of the Ultra-Light family.
+
+    Implements ``inference_service.ports.Detector``. ``detect`` is safe to call from several
+    threads at once: each thread lazily gets its own interpreter (TFLite's ``invoke`` releases
+    the GIL, so N threads run N images in parallel). TensorFlow is imported here, on
+    construction, not when the module is imported.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        name: str = "face-detector",
+        num_threads: int = 1,
+        score_threshold: float = 0.7,
+        iou_threshold: float = 0.3,
+    ) -> None:
+        """Load the model file at ``model_path``.
+
+        ``name`` is the public model name; ``num_threads`` the threads TFLite uses for one
+        image; ``score_threshold`` keeps faces scoring strictly above it; ``iou_threshold`` is
+        the hard-NMS overlap limit. Raises ``OSError`` when the file cannot be read and
+        ``ValueError`` when it is not a usable model.
+        """
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be positive, got {num_threads}")
+        from tensorflow import lite  # heavy (seconds): only when a detector is built
+
+        self._interpreter_class = lite.Interpreter
+        with open(model_path, "rb") as file:
+            self._model = file.read()
+        self._info = ModelInfo(name=name, version=hashlib.sha256(self._model).hexdigest())
+        self._num_threads = num_threads
+        self._decode = FaceBoxDecoder(score_threshold=score_threshold, iou_threshold=iou_threshold)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._runners: list[_Runner] = []
+        self._closed = False
+        self._preprocess = Preprocessor()
+        first = self._runner()  # fail now on a bad model, not on the first request
+        input_width, input_height = self._preprocess.size
+        if first.input_shape != (input_height, input_width, 3):
+            raise ValueError(
+                f"model input is {first.input_shape}, expected ({input_height}, {input_width}, 3)"
+            )
+        logger.info(
+            "loaded model %s version %s from %s (%d thread(s) per image)",
+            name,
+            self._info.version,
+            model_path,
+            num_threads,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        """Name and version (sha256 hex of the model file) of the loaded model."""
+        return self._info
+
+    def _runner(self) -> _Runner:
+        runner: _Runner | None = getattr(self._local, "runner", None)
+        if runner is not None:
+            return runner
+        with self._lock:
+            if self._closed:
+                raise ModelNotReadyError("the model is closed")
+            runner = _Runner(
+                self._interpreter_class(model_content=self._model, num_threads=self._num_threads)
+            )
+            self._runners.append(runner)
+        self._local.runner = runner
+        logger.debug(
+            "created interpreter %d for thread %s",
+            len(self._runners),
+            threading.current_thread().name,
+        )
+        return runner
+
+    def detect(self, image: np.ndarray) -> ModelOutput:
+        """Detect faces in an RGB ``uint8`` image of shape (H, W, 3).
+
+        Boxes are in pixels of ``image`` (float, not clipped), sorted by score, descending.
+        Raises ``ValueError`` for an array of the wrong type or shape, ``ModelNotReadyError``
+        after ``close()`` and ``ModelError`` when the interpreter fails.
+        """
+        if self._closed:
+            raise ModelNotReadyError("the model is closed")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        runner = self._runner()
+        try:
+            boxes, scores = runner.run(image, self._preprocess)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError("the model failed on the input") from exc
+        detections: tuple[Detection, ...] = self._decode(boxes, scores, width, height)
+        return ModelOutput(detections=detections, image_width=width, image_height=height)
+
+    def warm_up(self) -> None:
+        """Run one dummy image through the calling thread's interpreter (first runs are slower)."""
+        self.detect(np.zeros((240, 320, 3), dtype=np.uint8))
+
+    def close(self) -> None:
+        """Release the interpreters; later ``detect`` calls raise ``ModelNotReadyError``."""
+        with self._lock:
+            self._closed = True
+            for runner in self._runners:
+                runner.interpreter = None
+            self._runners.clear()
+        logger.info("closed model %s", self._info.name)
