@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from support.reference import MIN_IOU, mismatches
 
 from inference_service.detection.image import decode_image
 from inference_service.detection.tflite import TFLiteFaceDetector
@@ -19,8 +20,6 @@ from inference_service.errors import ModelNotReadyError
 
 MODEL_SHA256 = "2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866"
 MAX_PIXELS = 40_000_000
-MIN_IOU = 0.97
-SCORE_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -41,38 +40,8 @@ def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     return buffer.getvalue()
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    overlap = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - overlap
-    return overlap / union
-
-
 def as_rows(detections: Sequence[Detection]) -> list[tuple[float, float, float, float, float]]:
     return [(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max, d.score) for d in detections]
-
-
-def mismatches(
-    got: Sequence[Detection], expected: Sequence[Sequence[float]], *, min_iou: float
-) -> list[str]:
-    """Match every expected ``[x0, y0, x1, y1, score]`` to a distinct detection (best IoU first);
-    describe every count, IoU or score problem."""
-    problems = []
-    if len(got) != len(expected):
-        problems.append(f"{len(got)} faces, expected {len(expected)}")
-    free = as_rows(got)
-    for box in expected:
-        if not free:
-            problems.append(f"no detection left for {box}")
-            continue
-        best = max(free, key=lambda row: iou(row, box))
-        free.remove(best)
-        if iou(best, box) < min_iou:
-            problems.append(f"{box} best match {best} has IoU {iou(best, box):.4f}")
-        elif len(box) > 4 and abs(best[4] - box[4]) > SCORE_TOLERANCE:
-            problems.append(f"{box} matched with score {best[4]:.6f}")
-    return problems
 
 
 def test_info_names_the_model_and_its_hash(detector: TFLiteFaceDetector) -> None:
@@ -91,7 +60,7 @@ def test_every_reference_image(
         scores = [d.score for d in output.detections]
         assert scores == sorted(scores, reverse=True), name
         assert all(d.label == "face" and d.score > 0.7 for d in output.detections), name
-        if found := mismatches(output.detections, expected["boxes"], min_iou=MIN_IOU):
+        if found := mismatches(as_rows(output.detections), expected["boxes"], min_iou=MIN_IOU):
             problems[name] = found
     assert problems == {}
 
@@ -108,7 +77,7 @@ def test_exif_orientation_gives_the_rotated_pixels(
     output = detector.detect(decoded)
     assert (output.image_width, output.image_height) == (720, 478)
     expected = reference["images"]["face-1.jpg"]["boxes"]
-    assert mismatches(output.detections, expected, min_iou=MIN_IOU) == []
+    assert mismatches(as_rows(output.detections), expected, min_iou=MIN_IOU) == []
 
 
 def test_exif_orientation_in_jpeg(
@@ -126,7 +95,7 @@ def test_exif_orientation_in_jpeg(
     assert output == detector.detect(np.ascontiguousarray(np.rot90(raw, k=-1)))
     assert (output.image_width, output.image_height) == upright.size
     expected = reference["images"]["face-3.jpg"]["boxes"]
-    assert mismatches(output.detections, [box[:4] for box in expected], min_iou=0.8) == []
+    assert mismatches(as_rows(output.detections), [box[:4] for box in expected], min_iou=0.8) == []
 
 
 @pytest.mark.parametrize("variant", ["L", "LA", "RGBA", "P", "I;16"])
@@ -143,7 +112,7 @@ def test_other_modes_still_find_the_faces(
     assert Image.open(io.BytesIO(content)).mode == variant
     output = detector.detect(decode_image(content, max_pixels=MAX_PIXELS))
     expected = reference["images"]["face-3.jpg"]["boxes"]
-    assert mismatches(output.detections, [box[:4] for box in expected], min_iou=0.8) == []
+    assert mismatches(as_rows(output.detections), [box[:4] for box in expected], min_iou=0.8) == []
 
 
 def test_alpha_and_16_bit_lose_nothing(detector: TFLiteFaceDetector, images_dir: Path) -> None:
