@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+# Real-Cassandra fixtures (cassandra_endpoint, outage_cassandra) for integration and e2e tests.
+pytest_plugins = ("support.cassandra_fixtures",)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = "models/tflite/version-RFB-320_without_postprocessing.tflite"
 

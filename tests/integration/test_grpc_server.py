@@ -1,7 +1,9 @@
-"""The real gRPC server (real model, in-memory store) called by a real gRPC client."""
+"""The real gRPC server with the real model, on each store (in-memory and a real Cassandra),
+called by a real gRPC client."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -23,14 +25,19 @@ from support.reference import assert_matches_reference
 from inference_service.app import Application
 from inference_service.devstack.process import free_port, port_open
 from inference_service.settings import Settings
+from inference_service.stores.cassandra import CassandraInvocationStore
 
 MAX_CONTENT = 8 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-async def server(shared_dir: Path):
-    settings = Settings(port=0, store="memory", shared_dir=shared_dir, workers=2)
-    app = Application(settings)
+@pytest.fixture(scope="module", params=["memory", "cassandra"])
+async def server(request: pytest.FixtureRequest, shared_dir: Path):
+    settings = Settings(port=0, store=request.param, shared_dir=shared_dir, workers=2)
+    store = None
+    if request.param == "cassandra":
+        endpoint = request.getfixturevalue("cassandra_endpoint")
+        store = await CassandraInvocationStore.connect(endpoint.config())
+    app = Application(settings, store=store)
     await app.start()
     yield app
     await app.stop(grace=1)
@@ -112,6 +119,41 @@ async def test_idempotent_and_already_exists(stub, shared_dir):
     assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
     stored = await stub.GetInvocation(pb.GetInvocationRequest(id="same-id"))
     assert stored.invocation.input.content == first
+
+
+async def test_concurrent_invokes_of_one_id_first_writer_wins(stub, shared_dir):
+    """20 concurrent Invokes, one id, 20 different images: exactly one is stored and run."""
+    names = sorted(p.name for p in (shared_dir / "images").glob("*.jpg"))
+    contents = [(shared_dir / "images" / name).read_bytes() for name in names]
+    contents += [c + b"\0" for c in contents]  # still decodable, different bytes
+    contents = contents[:20]
+    assert len({hashlib.sha256(c).digest() for c in contents}) == 20
+
+    async def invoke(content: bytes):
+        try:
+            return await stub.Invoke(
+                pb.InvokeRequest(input=pb.ModelInput(id="contended", content=content))
+            )
+        except grpc.aio.AioRpcError as error:
+            return error
+
+    results = await asyncio.gather(*(invoke(c) for c in contents))
+    winners = [r for r in results if isinstance(r, pb.InvokeResponse)]
+    losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(winners) == 1
+    assert {e.code() for e in losers} == {grpc.StatusCode.ALREADY_EXISTS}
+    stored = (await stub.GetInvocation(pb.GetInvocationRequest(id="contended"))).invocation
+    assert stored.state == pb.Invocation.STATE_SUCCEEDED
+    assert stored == winners[0].invocation
+
+
+async def test_concurrent_identical_invokes_get_the_same_invocation(stub, shared_dir):
+    content = (shared_dir / "images" / "face-6.jpg").read_bytes()
+    request = pb.InvokeRequest(input=pb.ModelInput(id="identical", content=content))
+    results = await asyncio.gather(*(stub.Invoke(request) for _ in range(20)))
+    first = results[0].invocation
+    assert first.state == pb.Invocation.STATE_SUCCEEDED
+    assert all(r.invocation == first for r in results)
 
 
 def _png(width: int, height: int) -> bytes:

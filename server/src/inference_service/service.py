@@ -82,7 +82,9 @@ raises ``InvalidArgumentError`` for content that is not a usable image."""
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """Now, in UTC, to the millisecond: what every store (Cassandra too) keeps exactly."""
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class InferenceService:

@@ -92,7 +92,14 @@ class Settings(BaseSettings):
     cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
     """Replication map used when the keyspace is created (a CQL map literal)."""
     cassandra_consistency: str = "LOCAL_QUORUM"
-    """Consistency level of reads and writes (serial consistency of the claim is LOCAL_SERIAL)."""
+    """Consistency level of reads and writes."""
+    cassandra_serial_consistency: str = "LOCAL_SERIAL"
+    """Serial consistency of the lightweight transactions that claim and complete an id."""
+    cassandra_protocol_version: int = Field(5, ge=3, le=5)
+    """CQL native protocol version, set explicitly (no downgrade at connect): 5 for Cassandra
+    4.0 and later, 4 for 3.x clusters."""
+    cassandra_reconnect_delay_s: float = Field(1.0, gt=0)
+    """Delay between reconnection attempts to a node that went down."""
     cassandra_request_timeout_s: float = Field(5.0, gt=0)
     """Per-statement timeout; a timed-out statement fails the call with UNAVAILABLE."""
     cassandra_connect_timeout_s: float = Field(5.0, gt=0)

@@ -63,6 +63,10 @@ class LocalServer:
     def log_file(self) -> Path:
         return self._process.log_file
 
+    def poll(self) -> int | None:
+        """The exit status once the process has ended, else ``None``."""
+        return self._process.poll()
+
     def start(self, timeout: float = 120.0) -> None:
         self._process.start()
         self._process.wait_until(lambda: grpc_serving(self.address), timeout=timeout, interval=0.3)

@@ -1,0 +1,73 @@
+"""`python -m inference_service.devstack run`: the whole stack in the foreground (make run)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from inference_service.devstack.stack import LocalStack, StackSettings
+
+EXAMPLES = """\
+inference-service is up.
+  REST/JSON + gRPC (Envoy): {rest}    native gRPC also on {grpc}
+  gRPC server (direct):     {server}
+
+Try it (from the repository root):
+  printf '{{"input": {{"id": "face-1", "content": "%s"}}}}' "$(base64 -w0 {image})" \\
+    | curl -s -H 'content-type: application/json' --data-binary @- {rest}/v1/invocations
+  curl -s '{rest}/v1/invocations/face-1?view=INVOCATION_VIEW_BASIC'
+  grpcurl -plaintext {grpc} list
+  grpcurl -plaintext -d '{{"id": "face-1", "view": "INVOCATION_VIEW_BASIC"}}' \\
+    {grpc} inference.v1.InferenceService/GetInvocation
+
+Logs: {logs}
+Ctrl-C stops Envoy, the server and {cassandra}.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inference_service.devstack")
+    parser.add_argument("command", choices=("run",), help="run: start the stack until Ctrl-C")
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("cassandra", "cassandra.cluster", "cassandra.connection"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    settings = StackSettings()
+    repo_root = Path.cwd()
+    stack = LocalStack(settings, repo_root=repo_root, base_env=os.environ)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stack.start()
+    try:
+        image = settings.resolved_shared_dir() / "images" / "face-1.jpg"
+        print(
+            EXAMPLES.format(
+                rest=stack.rest_url,
+                grpc=stack.grpc_target,
+                server=stack.server.address,
+                image=os.path.relpath(image, repo_root),
+                logs=stack.build_dir,
+                cassandra="Cassandra" if stack.cassandra else "nothing else",
+            ),
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            if stack.server.poll() is not None:
+                print(f"the server exited; see {stack.server.log_file}", file=sys.stderr)
+                return 1
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The whole local stack: Cassandra, the inference server and Envoy, started and stopped together.
+
+Used by ``make run`` (``python -m inference_service.devstack run``) and by the end-to-end
+tests, so there is one implementation of the orchestration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field
+
+from inference_service.devstack.cassandra import LocalCassandra
+from inference_service.devstack.envoy import LocalEnvoy
+from inference_service.devstack.server import LocalServer
+from inference_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class StackSettings(Settings):
+    """The server's settings plus the ports of the other local processes (``INFERENCE_*``)."""
+
+    envoy_port: int = Field(8080, ge=1, le=65535)
+    """Envoy's listener: REST/JSON and native gRPC."""
+    envoy_admin_port: int = Field(9901, ge=1, le=65535)
+    """Envoy's admin interface (always on 127.0.0.1)."""
+    cassandra_storage_port: int = Field(7000, ge=1, le=65535)
+    """Inter-node port of the local Cassandra node."""
+    build_dir: Path = Path("build")
+    """Where the local processes keep their files (Cassandra data, logs, rendered configs)."""
+
+    def uses_local_cassandra(self) -> bool:
+        """A local node is started unless the store is memory or contact points were given."""
+        return self.store == "cassandra" and "cassandra_contact_points" not in self.model_fields_set
+
+
+class LocalStack:
+    """Starts Cassandra (unless an existing cluster is configured), the server, then Envoy."""
+
+    def __init__(
+        self, settings: StackSettings, *, repo_root: Path, base_env: Mapping[str, str]
+    ) -> None:
+        self.settings = settings
+        self.repo_root = repo_root
+        build_dir = (
+            settings.build_dir
+            if settings.build_dir.is_absolute()
+            else repo_root / settings.build_dir
+        )
+        self.build_dir = build_dir
+        self.cassandra: LocalCassandra | None = None
+        if settings.uses_local_cassandra():
+            self.cassandra = LocalCassandra(
+                build_dir / "cassandra",
+                host=settings.cassandra_contact_points[0],
+                native_port=settings.cassandra_port,
+                storage_port=settings.cassandra_storage_port,
+            )
+        server_env = {"INFERENCE_SHARED_DIR": str(settings.resolved_shared_dir())}
+        self.server = LocalServer(
+            host=settings.host,
+            port=settings.port,
+            settings_env=server_env,
+            run_dir=build_dir / "server",
+            base_env=base_env,
+        )
+        self.envoy = LocalEnvoy.for_repo(
+            repo_root,
+            listen_port=settings.envoy_port,
+            admin_port=settings.envoy_admin_port,
+            upstreams=[(settings.host, settings.port)],
+            build_dir=build_dir / "envoy",
+        )
+        self._started_cassandra = False
+
+    @property
+    def rest_url(self) -> str:
+        return self.envoy.url
+
+    @property
+    def grpc_target(self) -> str:
+        return self.envoy.grpc_target
+
+    def start(self) -> None:
+        """Start everything, each waited for until healthy; on failure stop what started."""
+        try:
+            if self.cassandra is not None:
+                self._started_cassandra = self.cassandra.start()
+            self.server.start()
+            self.envoy.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop Envoy, then the server (draining calls), then Cassandra if this stack started it."""
+        self.envoy.stop()
+        self.server.stop()
+        if self.cassandra is not None and self._started_cassandra:
+            self.cassandra.stop()
+            self._started_cassandra = False
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

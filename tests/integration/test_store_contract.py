@@ -1,0 +1,243 @@
+"""One contract for every ``InvocationStore``: the in-memory one and Cassandra.
+
+Times are given with millisecond precision, the precision of a Cassandra ``timestamp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from inference_service.domain import (
+    BoundingBox,
+    Detection,
+    Invocation,
+    ModelInfo,
+    ModelInput,
+    ModelOutput,
+    State,
+)
+from inference_service.ports import InvocationStore
+from inference_service.stores.cassandra import CassandraInvocationStore
+from inference_service.stores.memory import InMemoryInvocationStore
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MODEL = ModelInfo(name="face-detector", version="2c46b4b6")
+EIGHT_MIB = 8 * 1024 * 1024
+JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"
+
+
+def now_ms() -> dt.datetime:
+    """Now, in UTC, to the millisecond."""
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def pending(
+    invocation_id: str | None = None,
+    content: bytes = JPEG_HEADER + b"pixels",
+    metadata: dict[str, str] | None = None,
+) -> Invocation:
+    """A fresh PENDING invocation with a unique id."""
+    return Invocation(
+        input=ModelInput(
+            id=invocation_id or f"it-{uuid.uuid4()}",
+            content=content,
+            metadata=metadata if metadata is not None else {"camera": "front", "lang": "ünï"},
+        ),
+        content_sha256=hashlib.sha256(content).hexdigest(),
+        state=State.PENDING,
+        model=MODEL,
+        create_time=now_ms(),
+    )
+
+
+def succeeded(invocation: Invocation, detections: tuple[Detection, ...] = ()) -> Invocation:
+    return dataclasses.replace(
+        invocation,
+        state=State.SUCCEEDED,
+        output=ModelOutput(detections=detections, image_width=640, image_height=480),
+        complete_time=now_ms(),
+    )
+
+
+def without_content(invocation: Invocation) -> Invocation:
+    basic = ModelInput(id=invocation.id, content=b"", metadata=invocation.input.metadata)
+    return dataclasses.replace(invocation, input=basic)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def cassandra_store(cassandra_endpoint) -> AsyncIterator[CassandraInvocationStore]:
+    store = await CassandraInvocationStore.connect(cassandra_endpoint.config())
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["memory", "cassandra"])
+def store(request: pytest.FixtureRequest) -> Iterator[InvocationStore]:
+    """Each store under test; the Cassandra one is shared by the session."""
+    if request.param == "memory":
+        yield InMemoryInvocationStore()
+    else:
+        yield request.getfixturevalue("cassandra_store")
+
+
+@pytest.mark.parametrize("size", [1, 1000, EIGHT_MIB], ids=["1B", "1kB", "8MiB"])
+async def test_claim_then_get_round_trips_content_byte_identical(
+    store: InvocationStore, size: int
+) -> None:
+    content = (JPEG_HEADER + os.urandom(size))[:size]
+    invocation = pending(content=content)
+
+    assert await store.claim(invocation) is None
+
+    stored = await store.get(invocation.id)
+    assert stored == invocation
+    assert stored.input.content == content
+    assert dict(stored.input.metadata) == dict(invocation.input.metadata)
+    assert stored.state is State.PENDING
+
+
+async def test_get_unknown_id_returns_none(store: InvocationStore) -> None:
+    assert await store.get(f"unknown-{uuid.uuid4()}") is None
+    assert await store.get(f"unknown-{uuid.uuid4()}", with_content=False) is None
+
+
+async def test_get_without_content_omits_content_but_keeps_sha256(store: InvocationStore) -> None:
+    invocation = pending()
+    await store.claim(invocation)
+
+    basic = await store.get(invocation.id, with_content=False)
+
+    assert basic == without_content(invocation)
+    assert basic.content_sha256 == hashlib.sha256(invocation.input.content).hexdigest()
+
+
+async def test_empty_metadata_round_trips(store: InvocationStore) -> None:
+    invocation = pending(metadata={})
+    await store.claim(invocation)
+
+    assert await store.get(invocation.id) == invocation
+
+
+async def test_complete_records_success_with_output(store: InvocationStore) -> None:
+    invocation = pending()
+    await store.claim(invocation)
+    faces = (
+        Detection(box=BoundingBox(10.5, 20.25, 110.125, 220.0), score=0.987654321, label="face"),
+        Detection(box=BoundingBox(0.0, 0.0, 1.0, 1.0), score=0.71, label="face"),
+    )
+    done = succeeded(invocation, faces)
+
+    await store.complete(done)
+
+    assert await store.get(invocation.id) == done
+    assert await store.get(invocation.id, with_content=False) == without_content(done)
+
+
+async def test_complete_records_success_without_detections(store: InvocationStore) -> None:
+    invocation = pending()
+    await store.claim(invocation)
+    done = succeeded(invocation)
+
+    await store.complete(done)
+
+    stored = await store.get(invocation.id)
+    assert stored == done
+    assert stored.output is not None and stored.output.detections == ()
+
+
+async def test_complete_records_failure(store: InvocationStore) -> None:
+    invocation = pending()
+    await store.claim(invocation)
+    failed = dataclasses.replace(
+        invocation, state=State.FAILED, error="model error: bad input", complete_time=now_ms()
+    )
+
+    await store.complete(failed)
+
+    stored = await store.get(invocation.id)
+    assert stored == failed
+    assert stored.output is None
+
+
+async def test_complete_never_changes_the_input(store: InvocationStore) -> None:
+    invocation = pending()
+    await store.claim(invocation)
+    tampered = ModelInput(id=invocation.id, content=b"other bytes", metadata={"x": "y"})
+    done = dataclasses.replace(
+        succeeded(invocation), input=tampered, content_sha256="0" * 64, create_time=now_ms()
+    )
+
+    await store.complete(done)
+
+    stored = await store.get(invocation.id)
+    assert stored.input == invocation.input
+    assert stored.content_sha256 == invocation.content_sha256
+    assert stored.create_time == invocation.create_time
+    assert stored.state is State.SUCCEEDED
+
+
+async def test_complete_of_an_unclaimed_id_raises_key_error(store: InvocationStore) -> None:
+    with pytest.raises(KeyError):
+        await store.complete(succeeded(pending()))
+
+
+async def test_second_claim_returns_the_stored_invocation_unchanged(
+    store: InvocationStore,
+) -> None:
+    first = pending()
+    await store.claim(first)
+    second = pending(first.id, content=JPEG_HEADER + b"different", metadata={"other": "1"})
+
+    existing = await store.claim(second)
+
+    assert existing == first
+    assert await store.get(first.id) == first
+
+
+async def test_second_claim_after_completion_returns_the_outcome(store: InvocationStore) -> None:
+    invocation = pending()
+    await store.claim(invocation)
+    done = succeeded(invocation)
+    await store.complete(done)
+
+    assert await store.claim(invocation) == done
+
+
+async def test_first_writer_wins_under_concurrent_claims(store: InvocationStore) -> None:
+    invocation_id = f"race-{uuid.uuid4()}"
+    contenders = [pending(invocation_id, content=JPEG_HEADER + bytes([i]) * 64) for i in range(20)]
+
+    results = await asyncio.gather(*(store.claim(c) for c in contenders))
+
+    winners = [c for c, result in zip(contenders, results, strict=True) if result is None]
+    assert len(winners) == 1
+    assert all(result == winners[0] for result in results if result is not None)
+    assert await store.get(invocation_id) == winners[0]
+
+
+async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:
+    """Cassandra only (the in-memory store keeps no TTL)."""
+    store = await CassandraInvocationStore.connect(cassandra_endpoint.config(default_ttl_s=2))
+    try:
+        invocation = pending()
+        await store.claim(invocation)
+        await store.complete(succeeded(invocation))
+        assert await store.get(invocation.id) is not None
+
+        await asyncio.sleep(2.5)
+
+        assert await store.get(invocation.id) is None
+        assert await store.claim(invocation) is None  # the id is free again
+    finally:
+        await store.close()
