@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             EXAMPLES.format(
                 rest=stack.rest_url,
                 grpc=stack.grpc_target,
-                server=stack.server.address,
+                server=", ".join(server.address for server in stack.servers),
                 image=os.path.relpath(image, repo_root),
                 logs=stack.build_dir,
                 cassandra="Cassandra" if stack.cassandra else "nothing else",
@@ -60,9 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         while not stop.wait(1.0):
-            if stack.server.poll() is not None:
-                print(f"the server exited; see {stack.server.log_file}", file=sys.stderr)
-                return 1
+            for server in stack.servers:
+                if server.poll() is not None:
+                    print(f"a server exited; see {server.log_file}", file=sys.stderr)
+                    return 1
     finally:
         print("stopping...", flush=True)
         stack.stop()

@@ -6,11 +6,12 @@ tests, so there is one implementation of the orchestration.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from inference_service.devstack.cassandra import LocalCassandra
 from inference_service.devstack.envoy import LocalEnvoy
@@ -29,12 +30,34 @@ class StackSettings(Settings):
     """Envoy's admin interface (always on 127.0.0.1)."""
     cassandra_storage_port: int = Field(7000, ge=1, le=65535)
     """Inter-node port of the local Cassandra node."""
+    server_processes: int = Field(1, ge=1, le=16)
+    """Server processes behind Envoy, on ports ``port``, ``port + 1``, ... (one Python process
+    cannot use more than one core for its Python parts)."""
     build_dir: Path = Path("build")
     """Where the local processes keep their files (Cassandra data, logs, rendered configs)."""
 
     def uses_local_cassandra(self) -> bool:
         """A local node is started unless the store is memory or contact points were given."""
         return self.store == "cassandra" and "cassandra_contact_points" not in self.model_fields_set
+
+
+def server_environment(settings: Settings) -> dict[str, str]:
+    """``INFERENCE_*`` variables that give a server process the explicitly set server settings
+    of ``settings`` (the stack's own fields excluded), plus an absolute shared folder."""
+    env = {}
+    for name in Settings.model_fields:
+        if name not in settings.model_fields_set:
+            continue
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = json.dumps(value)
+        env[f"INFERENCE_{name.upper()}"] = str(value)
+    env["INFERENCE_SHARED_DIR"] = str(settings.resolved_shared_dir())
+    return env
 
 
 class LocalStack:
@@ -59,19 +82,23 @@ class LocalStack:
                 native_port=settings.cassandra_port,
                 storage_port=settings.cassandra_storage_port,
             )
-        server_env = {"INFERENCE_SHARED_DIR": str(settings.resolved_shared_dir())}
-        self.server = LocalServer(
-            host=settings.host,
-            port=settings.port,
-            settings_env=server_env,
-            run_dir=build_dir / "server",
-            base_env=base_env,
-        )
+        server_env = server_environment(settings)
+        self.servers = [
+            LocalServer(
+                host=settings.host,
+                port=settings.port + index,
+                settings_env=server_env,
+                run_dir=build_dir / "server",
+                base_env=base_env,
+                name=f"server-{index}" if settings.server_processes > 1 else "server",
+            )
+            for index in range(settings.server_processes)
+        ]
         self.envoy = LocalEnvoy.for_repo(
             repo_root,
             listen_port=settings.envoy_port,
             admin_port=settings.envoy_admin_port,
-            upstreams=[(settings.host, settings.port)],
+            upstreams=[(server.host, server.port) for server in self.servers],
             build_dir=build_dir / "envoy",
         )
         self._started_cassandra = False
@@ -89,16 +116,18 @@ class LocalStack:
         try:
             if self.cassandra is not None:
                 self._started_cassandra = self.cassandra.start()
-            self.server.start()
+            for server in self.servers:
+                server.start()
             self.envoy.start()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Stop Envoy, then the server (draining calls), then Cassandra if this stack started it."""
+        """Stop Envoy, the servers (draining calls), and Cassandra if this stack started it."""
         self.envoy.stop()
-        self.server.stop()
+        for server in self.servers:
+            server.stop()
         if self.cassandra is not None and self._started_cassandra:
             self.cassandra.stop()
             self._started_cassandra = False
