@@ -14,7 +14,7 @@ from PIL import Image
 from support.reference import MIN_IOU, mismatches
 
 from inference_service.detection.image import decode_image
-from inference_service.detection.tflite import TFLiteFaceDetector
+from inference_service.detection.tflite import TFLiteFaceDetector, load_interpreter_class
 from inference_service.domain import Detection, ModelOutput
 from inference_service.errors import ModelNotReadyError
 
@@ -22,12 +22,21 @@ MODEL_SHA256 = "2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866
 MAX_PIXELS = 40_000_000
 
 
-@pytest.fixture(scope="module")
-def detector(model_path: Path) -> Iterator[TFLiteFaceDetector]:
-    detector = TFLiteFaceDetector(model_path)
+@pytest.fixture(scope="module", params=["litert", "tensorflow"])
+def detector(request: pytest.FixtureRequest, model_path: Path) -> Iterator[TFLiteFaceDetector]:
+    """The detector on each TFLite runtime: both must give the reference detections."""
+    detector = TFLiteFaceDetector(model_path, runtime=request.param)
     detector.warm_up()
     yield detector
     detector.close()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "module"),
+    [("litert", "ai_edge_litert"), ("tensorflow", "tensorflow"), ("auto", "ai_edge_litert")],
+)
+def test_runtime_selects_the_interpreter_package(runtime: str, module: str) -> None:
+    assert load_interpreter_class(runtime).__module__.startswith(module)
 
 
 def load(images_dir: Path, name: str) -> np.ndarray:

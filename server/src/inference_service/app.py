@@ -47,6 +47,7 @@ def build_detector(settings: Settings) -> Detector:
         num_threads=settings.model_threads,
         score_threshold=settings.score_threshold,
         iou_threshold=settings.iou_threshold,
+        runtime=settings.tflite_runtime,
     )
     detector.warm_up()
     return detector

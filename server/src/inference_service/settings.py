@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     """Where downloaded models are kept."""
     model_name: str = "face-detector"
     """Public name of the model (``InvokeRequest.model``; empty selects it too)."""
+    tflite_runtime: Literal["auto", "litert", "tensorflow"] = "auto"
+    """Package whose TFLite interpreter runs the model: ``litert`` (ai-edge-litert, ~60 MB
+    resident), ``tensorflow`` (tf.lite, ~570 MB resident) or ``auto`` (LiteRT when installed)."""
     model_threads: int = Field(1, ge=1)
     """Threads the TFLite interpreter uses for one image."""
     workers: int = Field(2, ge=1)

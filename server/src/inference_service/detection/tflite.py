@@ -1,4 +1,10 @@
-"""``TFLiteFaceDetector``: the Ultra-Light RFB-320 face detector run by TensorFlow Lite."""
+"""``TFLiteFaceDetector``: the Ultra-Light RFB-320 face detector run by TensorFlow Lite.
+
+Two packages ship the same TensorFlow Lite interpreter (same kernels, XNNPACK included):
+``ai-edge-litert`` (LiteRT, TensorFlow's standalone TFLite runtime, about 60 MB resident) and
+``tensorflow`` itself (``tf.lite.Interpreter``, deprecated there in favour of LiteRT, and about
+570 MB resident because it loads all of TensorFlow). ``load_interpreter_class`` picks one.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,6 +22,26 @@ from inference_service.domain import Detection, ModelInfo, ModelOutput
 from inference_service.errors import ModelError, ModelNotReadyError
 
 logger = logging.getLogger(__name__)
+
+Runtime = Literal["auto", "litert", "tensorflow"]
+
+
+def load_interpreter_class(runtime: Runtime = "auto") -> type:
+    """The TFLite ``Interpreter`` class of ``runtime``; ``auto`` prefers LiteRT when installed.
+
+    Imported here, not at module import: TensorFlow takes seconds to import.
+    """
+    if runtime in ("auto", "litert"):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            if runtime == "litert":
+                raise
+        else:
+            return Interpreter
+    import tensorflow as tf
+
+    return tf.lite.Interpreter
 
 
 class _Runner:
@@ -66,19 +92,19 @@ class TFLiteFaceDetector:
         num_threads: int = 1,
         score_threshold: float = 0.7,
         iou_threshold: float = 0.3,
+        runtime: Runtime = "auto",
     ) -> None:
         """Load the model file at ``model_path``.
 
         ``name`` is the public model name; ``num_threads`` the threads TFLite uses for one
         image; ``score_threshold`` keeps faces scoring strictly above it; ``iou_threshold`` is
-        the hard-NMS overlap limit. Raises ``OSError`` when the file cannot be read and
+        the hard-NMS overlap limit; ``runtime`` the package whose interpreter runs it (see
+        ``load_interpreter_class``). Raises ``OSError`` when the file cannot be read and
         ``ValueError`` when it is not a usable model.
         """
         if num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {num_threads}")
-        from tensorflow import lite  # heavy (seconds): only when a detector is built
-
-        self._interpreter_class = lite.Interpreter
+        self._interpreter_class = load_interpreter_class(runtime)
         with open(model_path, "rb") as file:
             self._model = file.read()
         self._info = ModelInfo(name=name, version=hashlib.sha256(self._model).hexdigest())
@@ -96,10 +122,11 @@ class TFLiteFaceDetector:
                 f"model input is {first.input_shape}, expected ({input_height}, {input_width}, 3)"
             )
         logger.info(
-            "loaded model %s version %s from %s (%d thread(s) per image)",
+            "loaded model %s version %s from %s with %s (%d thread(s) per image)",
             name,
             self._info.version,
             model_path,
+            self._interpreter_class.__module__,
             num_threads,
         )
 
