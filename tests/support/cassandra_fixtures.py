@@ -127,21 +127,17 @@ def cassandra_endpoint() -> Iterator[CassandraEndpoint]:
 
 
 @pytest.fixture(scope="module")
-def outage_cassandra() -> Iterator[LocalCassandra]:
-    """A second local node of its own (``build/cassandra-outage``, free ports) to stop and start.
-
-    It shares the jars of the dev node. Costs one node start (plus one restart in the test).
-    """
+def outage_cassandra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCassandra]:
+    """A second local node of its own (fresh data in a temporary folder, free ports) to stop
+    and start. It shares the jars of the dev node. Costs one node start (plus restarts)."""
     if shutil.which("java") is None:
         pytest.skip("needs Java 17 to run a local Cassandra node")
-    dist_dir = default_root() / "dist"
     node = LocalCassandra(
-        default_root().parent / "cassandra-outage",
+        tmp_path_factory.mktemp("cassandra-outage"),
         native_port=free_port(),
         storage_port=free_port(),
-        dist_dir=dist_dir,
+        dist_dir=default_root() / "dist",
     )
-    node.stop()  # a node left over by an interrupted run, on whatever ports it had
     started = time.monotonic()
     node.start(timeout=START_TIMEOUT_S)
     print(f"outage node up in {time.monotonic() - started:.1f}s")

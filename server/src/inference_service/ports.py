@@ -48,8 +48,9 @@ class InvocationStore(Protocol):
         ...
 
     async def complete(self, invocation: Invocation) -> None:
-        """Record the final state (SUCCEEDED with output, or FAILED with error)
-        of an invocation this process claimed. Never touches the input."""
+        """Record the outcome (state, output, error, complete time) of an invocation this
+        caller claimed. Never touches the input; completing an id nobody claimed is a bug
+        (it may raise ``KeyError`` and must not make the id readable)."""
         ...
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:

@@ -223,6 +223,7 @@ class CassandraInvocationStore:
         queries = _queries(f"{config.keyspace}.{TABLE}")
         self._claim = self._prepare(queries["claim"])
         self._complete = self._prepare(queries["complete"])
+        self._complete.is_idempotent = True  # the driver may retry it on another host
         self._get_with_content = self._prepare(queries["get_with_content"])
         self._get_without_content = self._prepare(queries["get_without_content"])
 
@@ -278,7 +279,6 @@ class CassandraInvocationStore:
             dict(invocation.input.metadata),
             invocation.model.name,
             invocation.model.version,
-            invocation.state.value,
             invocation.create_time,
             self._ttl_s,
         )
@@ -319,6 +319,10 @@ class CassandraInvocationStore:
         return stored
 
     async def complete(self, invocation: Invocation) -> None:
+        # A plain (idempotent) UPDATE, not a lightweight transaction: the outcome columns are
+        # written by nobody but the one caller that won the claim, and the claim's Paxos write
+        # never touches them, so no timestamp ordering between the two can lose the outcome.
+        # It saves a Paxos round per Invoke (the most expensive thing Cassandra does here).
         output = invocation.output
         detections = None
         if output is not None:
@@ -338,35 +342,12 @@ class CassandraInvocationStore:
             output.image_height if output is not None else None,
             invocation.error,
             invocation.complete_time,
-            invocation.model.name,
-            invocation.model.version,
             invocation.id,
         )
         try:
-            rows = await self._execute(self._complete, params)
+            await self._execute(self._complete, params)
         except UNAVAILABLE_ERRORS as exc:
-            if _maybe_applied(exc) and await self._outcome_stored(invocation):
-                logger.info("uncertain completion of %r had been applied", invocation.id)
-                return
             raise _unavailable("complete", exc) from exc
-        if not rows[0]["[applied]"]:
-            # Same contract as the in-memory store: only a claimed (and unexpired) id completes.
-            raise KeyError(invocation.id)
-
-    async def _outcome_stored(self, invocation: Invocation) -> bool:
-        """After an uncertain ``complete``: did it land? (A serial read settles the round.)"""
-        try:
-            rows = await self._execute(
-                self._get_without_content, (invocation.id,), profile=_SERIAL_PROFILE
-            )
-        except UNAVAILABLE_ERRORS:
-            return False
-        stored = self._to_invocation(rows[0], with_content=False) if rows else None
-        return (
-            stored is not None
-            and stored.state == invocation.state
-            and stored.complete_time == _to_millis(invocation.complete_time)
-        )
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         statement = self._get_with_content if with_content else self._get_without_content
@@ -414,7 +395,7 @@ class CassandraInvocationStore:
     @staticmethod
     def _to_invocation(row: Mapping[str, Any], *, with_content: bool) -> Invocation | None:
         """A row as an ``Invocation``; ``None`` for the remains of a partly expired row."""
-        if row["content_sha256"] is None or row["state"] is None:
+        if row["content_sha256"] is None:
             return None
         content = (row["content"] or b"") if with_content else b""
         output = None
@@ -436,7 +417,8 @@ class CassandraInvocationStore:
             input=ModelInput(id=row["id"], content=content, metadata=row["metadata"] or {}),
             content_sha256=row["content_sha256"],
             content_type=row["content_type"] or "application/octet-stream",
-            state=State(row["state"]),
+            # The claim writes no state: the outcome columns belong to ``complete`` alone.
+            state=State(row["state"]) if row["state"] is not None else State.PENDING,
             model=ModelInfo(name=row["model_name"] or "", version=row["model_version"] or ""),
             create_time=_utc(row["create_time"]),
             output=output,
@@ -455,14 +437,14 @@ def _queries(table: str) -> dict[str, str]:
     claim = (
         f"INSERT INTO {table}"  # noqa: S608
         " (id, claim_id, content, content_sha256, content_type, metadata,"
-        " model_name, model_version, state, create_time)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+        " model_name, model_version, create_time)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
     )
     complete = (
         f"UPDATE {table} USING TTL ?"  # noqa: S608
         " SET state = ?, detections = ?, image_width = ?, image_height = ?, error = ?,"
-        " complete_time = ?, model_name = ?, model_version = ?"
-        " WHERE id = ? IF EXISTS"
+        " complete_time = ?"
+        " WHERE id = ?"
     )
     return {
         "claim": claim,

@@ -35,7 +35,6 @@ class InMemoryInvocationStore:
                 output=invocation.output,
                 complete_time=invocation.complete_time,
                 error=invocation.error,
-                model=invocation.model,
             )
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
