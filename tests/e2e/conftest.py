@@ -1,0 +1,157 @@
+"""End-to-end fixtures: ONE real stack (gRPC server + Envoy) on the session's Cassandra.
+
+The stack (``e2e_stack``) is started once for the ``tests/e2e`` package and reuses the
+Cassandra of ``cassandra_endpoint`` (its keyspace and schema), so no second node is started.
+Every test talks to it through Envoy only: REST/JSON (``api``) or native gRPC (``channel``).
+
+Tests that stop the stack's servers are marked ``stops_servers``; they are moved after every
+other e2e test, and the ``stack`` fixture restarts stopped servers should a test still need
+them afterwards (e.g. under a plugin that reorders tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from support.cassandra_fixtures import CassandraEndpoint
+from support.http import RestClient
+
+from inference_service.devstack.process import free_port, pid_alive
+from inference_service.devstack.stack import LocalStack, StackSettings
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+STOPS_SERVERS = "stops_servers"
+# Two servers behind Envoy (ports `port` and `port + 1`): Envoy round-robins between them, so a
+# read often lands on another process than the write, and one server can be stopped while the
+# other still serves.
+SERVER_PROCESSES = 2
+# Larger than the REST body cap (12 MiB) and the server's limit, for native gRPC calls.
+GRPC_MESSAGE_LIMIT = 32 * 1024 * 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{STOPS_SERVERS}: the test stops the e2e stack's gRPC servers (runs after the other "
+        "e2e tests)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Move the e2e tests that stop the servers right after the last other e2e test."""
+    ours = [item for item in items if item.path.is_relative_to(HERE)]
+    last = [item for item in ours if item.get_closest_marker(STOPS_SERVERS)]
+    if not last:
+        return
+    others = [item for item in ours if not item.get_closest_marker(STOPS_SERVERS)]
+    if not others:
+        return
+    for item in last:
+        items.remove(item)
+    position = items.index(others[-1]) + 1
+    items[position:position] = last
+
+
+def free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports that are all free on ``host`` right now."""
+    for _ in range(attempts):
+        first = free_port(host)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports found on {host}")
+
+
+@pytest.fixture(scope="package")
+def e2e_stack(
+    cassandra_endpoint: CassandraEndpoint,
+    shared_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LocalStack]:
+    """``SERVER_PROCESSES`` servers and Envoy on free ports, storing in the session's keyspace."""
+    endpoint = cassandra_endpoint
+    credentials: dict[str, Any] = {}
+    if endpoint.username is not None:
+        credentials = {
+            "cassandra_username": endpoint.username,
+            "cassandra_password": endpoint.password,
+        }
+    settings = StackSettings(
+        host="127.0.0.1",
+        port=free_ports(SERVER_PROCESSES),
+        server_processes=SERVER_PROCESSES,
+        envoy_port=free_port(),
+        envoy_admin_port=free_port(),
+        store="cassandra",
+        cassandra_contact_points=list(endpoint.contact_points),
+        cassandra_port=endpoint.port,
+        cassandra_local_dc=endpoint.local_dc,
+        cassandra_keyspace=endpoint.keyspace,
+        cassandra_create_schema=False,  # the session fixture created it
+        shared_dir=shared_dir,
+        build_dir=tmp_path_factory.mktemp("e2e-stack"),
+        **credentials,
+    )
+    stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
+    assert stack.cassandra is None, "the e2e stack must reuse the session's Cassandra"
+    stack.start()
+    pids = [pid for pid in (stack.envoy.pid, *(s.pid for s in stack.servers)) if pid]
+    logger.info("e2e stack up: REST %s, servers %s", stack.rest_url, pids)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        pids += [s.pid for s in stack.servers if s.pid and s.pid not in pids]
+        left = [pid for pid in pids if pid_alive(pid)]
+        assert not left, f"processes of the e2e stack still run: {left}"
+
+
+@pytest.fixture
+def stack(e2e_stack: LocalStack) -> LocalStack:
+    """The e2e stack with its servers running (a server stopped by an earlier test is
+    started again)."""
+    for server in e2e_stack.servers:
+        if server.poll() is not None:
+            logger.warning("restarting stopped server %s", server.address)
+            server.start()
+    return e2e_stack
+
+
+@pytest.fixture
+def api(stack: LocalStack) -> RestClient:
+    """REST/JSON client of the running stack."""
+    return RestClient(stack.envoy.listen_host, stack.envoy.listen_port)
+
+
+@pytest.fixture
+def channel(stack: LocalStack) -> Iterator[grpc.Channel]:
+    """A native gRPC channel to the stack, through Envoy's (only) listener."""
+    limits = [
+        ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ]
+    with grpc.insecure_channel(stack.grpc_target, options=limits) as chan:
+        yield chan
+
+
+@pytest.fixture(scope="package")
+def id_prefix() -> str:
+    """A prefix for input ids unique to this run: the keyspace is shared with other suites."""
+    return f"e2e-{uuid.uuid4().hex[:8]}"
