@@ -43,11 +43,9 @@ def pending() -> Invocation:
     )
 
 
-async def test_store_fails_fast_while_down_and_recovers_without_restart(
-    outage_cassandra: LocalCassandra,
-) -> None:
-    node = outage_cassandra
-    config = CassandraConfig(
+def outage_config(node: LocalCassandra) -> CassandraConfig:
+    """A store config for ``node`` with short timeouts, in a keyspace of its own."""
+    return CassandraConfig(
         contact_points=(node.host,),
         port=node.native_port,
         keyspace=f"outage_{uuid.uuid4().hex[:8]}",
@@ -55,7 +53,13 @@ async def test_store_fails_fast_while_down_and_recovers_without_restart(
         connect_timeout_s=REQUEST_TIMEOUT_S,
         reconnect_delay_s=0.5,
     )
-    store = await CassandraInvocationStore.connect(config)
+
+
+async def test_store_fails_fast_while_down_and_recovers_without_restart(
+    outage_cassandra: LocalCassandra,
+) -> None:
+    node = outage_cassandra
+    store = await CassandraInvocationStore.connect(outage_config(node))
     try:
         before = pending()
         assert await store.claim(before) is None
@@ -120,15 +124,7 @@ async def test_server_answers_unavailable_while_down_and_recovers(
     node = outage_cassandra
     if not node.is_running():
         await asyncio.to_thread(node.start)
-    config = CassandraConfig(
-        contact_points=(node.host,),
-        port=node.native_port,
-        keyspace=f"outage_{uuid.uuid4().hex[:8]}",
-        request_timeout_s=REQUEST_TIMEOUT_S,
-        connect_timeout_s=REQUEST_TIMEOUT_S,
-        reconnect_delay_s=0.5,
-    )
-    store = await CassandraInvocationStore.connect(config)
+    store = await CassandraInvocationStore.connect(outage_config(node))
     app = Application(Settings(port=0, shared_dir=shared_dir, workers=1), store=store)
     await app.start()
     content = (shared_dir / "images" / "face-8.jpg").read_bytes()

@@ -7,8 +7,6 @@ what Envoy does (routes, transcoding, status mapping, JSON errors), not what the
 from __future__ import annotations
 
 import base64
-import http.client
-import json
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -20,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from support.http import RestClient, assert_status_json
 
 from inference_service.devstack.envoy import EnvoyError, LocalEnvoy, render_config
 from inference_service.devstack.process import free_port
@@ -104,70 +103,40 @@ def make_envoy(build_dir: Path, upstream_ports: list[int]) -> LocalEnvoy:
     )
 
 
-@pytest.fixture(scope="module")
-def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
-    proxy = make_envoy(tmp_path_factory.mktemp("envoy"), [fake[1]])
+def running_envoy(build_dir: Path, upstream_ports: list[int]) -> Iterator[LocalEnvoy]:
+    """For a fixture: ``make_envoy`` started, and stopped when the fixture ends."""
+    proxy = make_envoy(build_dir, upstream_ports)
     proxy.start(timeout=60)
     try:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
+    yield from running_envoy(tmp_path_factory.mktemp("envoy"), [fake[1]])
 
 
 @pytest.fixture(scope="module")
 def envoy_without_upstream(tmp_path_factory) -> Iterator[LocalEnvoy]:
     """An Envoy whose only upstream port has nothing listening."""
-    proxy = make_envoy(tmp_path_factory.mktemp("envoy-down"), [free_port()])
-    proxy.start(timeout=60)
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+    yield from running_envoy(tmp_path_factory.mktemp("envoy-down"), [free_port()])
 
 
-class Reply:
-    """An HTTP response, read whole."""
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        assert self.headers.get("content-type", "").startswith("application/json"), self.headers
-        return json.loads(self.body)
+def rest_client(proxy: LocalEnvoy) -> RestClient:
+    """REST/JSON calls through ``proxy``; every reply is checked for leaked grpc-* headers."""
+    return RestClient(proxy.listen_host, proxy.listen_port, timeout=30)
 
 
-def rest(proxy: LocalEnvoy, method: str, path: str, body: bytes | None = None) -> Reply:
-    """One REST call through Envoy; checks that no grpc-* header leaks out."""
-    conn = http.client.HTTPConnection(proxy.listen_host, proxy.listen_port, timeout=30)
-    try:
-        headers = {"content-type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        reply = Reply(
-            response.status,
-            {name.lower(): value for name, value in response.getheaders()},
-            response.read(),
-        )
-    finally:
-        conn.close()
-    leaked = [name for name in reply.headers if name.startswith("grpc-")]
-    assert not leaked, f"grpc headers in a REST response: {leaked}"
-    return reply
+@pytest.fixture(scope="module")
+def api(envoy) -> RestClient:
+    return rest_client(envoy)
 
 
-def post_json(proxy: LocalEnvoy, path: str, payload: Any) -> Reply:
-    return rest(proxy, "POST", path, json.dumps(payload).encode())
-
-
-def assert_status_json(reply: Reply, http_status: int, grpc_code: grpc.StatusCode) -> dict:
-    assert reply.status == http_status, reply.body[:500]
-    body = reply.json()
-    assert body["code"] == grpc_code.value[0], body
-    assert isinstance(body["message"], str), body
-    assert body["details"] == [], body
-    return body
+@pytest.fixture(scope="module")
+def api_without_upstream(envoy_without_upstream) -> RestClient:
+    return rest_client(envoy_without_upstream)
 
 
 def test_rendered_config_passes_envoy_validation(tmp_path):
@@ -191,10 +160,9 @@ def test_render_refuses_values_that_would_break_the_yaml():
         render_config(template, descriptor=Path("d.binpb"), admin_port=70000)
 
 
-def test_rest_invoke_is_transcoded_with_proto_names_and_defaults(envoy, fake):
+def test_rest_invoke_is_transcoded_with_proto_names_and_defaults(api, fake):
     content = b"\x89PNG fake image bytes"
-    reply = post_json(
-        envoy,
+    reply = api.post_json(
         "/v1/invocations",
         {"input": {"id": "img-1", "content": base64.b64encode(content).decode(), "metadata": {}}},
     )
@@ -215,8 +183,8 @@ def test_rest_invoke_is_transcoded_with_proto_names_and_defaults(envoy, fake):
     assert received.input.content == content
 
 
-def test_rest_get_invocation_maps_path_and_query(envoy, fake):
-    reply = rest(envoy, "GET", "/v1/invocations/img-1?view=INVOCATION_VIEW_BASIC")
+def test_rest_get_invocation_maps_path_and_query(api, fake):
+    reply = api.get("/v1/invocations/img-1?view=INVOCATION_VIEW_BASIC")
     assert reply.status == 200, reply.body
     assert reply.json()["invocation"]["id"] == "img-1"
     received = fake[0].requests[-1]
@@ -224,20 +192,20 @@ def test_rest_get_invocation_maps_path_and_query(envoy, fake):
     assert (received.id, received.view) == ("img-1", pb.INVOCATION_VIEW_BASIC)
 
 
-def test_unknown_query_parameter_is_400_json(envoy):
-    reply = rest(envoy, "GET", "/v1/invocations/img-1?colour=blue")
+def test_unknown_query_parameter_is_400_json(api):
+    reply = api.get("/v1/invocations/img-1?colour=blue")
     assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-def test_bad_enum_in_query_is_400_json(envoy):
-    reply = rest(envoy, "GET", "/v1/invocations/img-1?view=EVERYTHING")
+def test_bad_enum_in_query_is_400_json(api):
+    reply = api.get("/v1/invocations/img-1?view=EVERYTHING")
     assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 @pytest.mark.parametrize("path", ["/v2/invocations", "/", "/ready", "/stats", "/v1/invocations"])
-def test_unknown_path_is_404_json(envoy, path):
+def test_unknown_path_is_404_json(api, path):
     # /ready and /stats are admin paths: the listener never leads to the admin interface.
-    reply = rest(envoy, "GET", path)
+    reply = api.get(path)
     assert_status_json(reply, 404, grpc.StatusCode.NOT_FOUND)
 
 
@@ -245,8 +213,8 @@ def test_unknown_path_is_404_json(envoy, path):
     "body",
     [b'{"input": ', b"not json", b'{"input": {"content": "not base64!"}}', b'{"input": 7}'],
 )
-def test_malformed_json_is_400_json(envoy, body):
-    reply = rest(envoy, "POST", "/v1/invocations", body)
+def test_malformed_json_is_400_json(api, body):
+    reply = api.call("POST", "/v1/invocations", body)
     assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
 
 
@@ -261,43 +229,41 @@ def test_malformed_json_is_400_json(envoy, body):
         (grpc.StatusCode.INTERNAL, 500),
     ],
 )
-def test_grpc_errors_map_to_http_status_with_json_status(envoy, code, http_status):
-    reply = post_json(
-        envoy, "/v1/invocations", {"input": {"id": f"{ERROR_PREFIX}{code.name}", "content": "AA=="}}
+def test_grpc_errors_map_to_http_status_with_json_status(api, code, http_status):
+    reply = api.post_json(
+        "/v1/invocations", {"input": {"id": f"{ERROR_PREFIX}{code.name}", "content": "AA=="}}
     )
     body = assert_status_json(reply, http_status, code)
     assert body["message"] == f"canned {code.name}"
 
 
-def test_get_unknown_id_is_404_json(envoy):
-    body = assert_status_json(
-        rest(envoy, "GET", "/v1/invocations/missing"), 404, grpc.StatusCode.NOT_FOUND
-    )
+def test_get_unknown_id_is_404_json(api):
+    body = assert_status_json(api.get("/v1/invocations/missing"), 404, grpc.StatusCode.NOT_FOUND)
     assert body["message"] == "no invocation with id missing"
 
 
-def test_rest_body_over_the_limit_is_413_json_before_the_server(envoy, fake):
+def test_rest_body_over_the_limit_is_413_json_before_the_server(api, fake):
     calls = len(fake[0].requests)
     content = base64.b64encode(b"\0" * (REST_BODY_LIMIT * 3 // 4 + 1024)).decode()
-    reply = post_json(envoy, "/v1/invocations", {"input": {"id": "too-big", "content": content}})
+    reply = api.post_json("/v1/invocations", {"input": {"id": "too-big", "content": content}})
     assert_status_json(reply, 413, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert len(fake[0].requests) == calls
 
 
-def test_rest_body_of_8_mib_content_reaches_the_server(envoy, fake):
+def test_rest_body_of_8_mib_content_reaches_the_server(api, fake):
     content = b"\1" * (8 * 1024 * 1024)
     payload = {"input": {"id": "eight-mib", "content": base64.b64encode(content).decode()}}
-    reply = post_json(envoy, "/v1/invocations", payload)
+    reply = api.post_json("/v1/invocations", payload)
     assert reply.status == 200, reply.body[:500]
     assert fake[0].requests[-1].input.content == content
 
 
-def test_upstream_down_is_503_json(envoy_without_upstream):
-    reply = post_json(
-        envoy_without_upstream, "/v1/invocations", {"input": {"id": "a", "content": "AA=="}}
+def test_upstream_down_is_503_json(api_without_upstream):
+    reply = api_without_upstream.post_json(
+        "/v1/invocations", {"input": {"id": "a", "content": "AA=="}}
     )
     assert_status_json(reply, 503, grpc.StatusCode.UNAVAILABLE)
-    reply = rest(envoy_without_upstream, "GET", "/v1/invocations/a")
+    reply = api_without_upstream.get("/v1/invocations/a")
     assert_status_json(reply, 503, grpc.StatusCode.UNAVAILABLE)
 
 
@@ -328,9 +294,9 @@ def test_native_grpc_passes_through(envoy, fake):
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_rest_calls_get_a_route_timeout_and_grpc_calls_keep_their_deadline(envoy, fake):
+def test_rest_calls_get_a_route_timeout_and_grpc_calls_keep_their_deadline(envoy, api, fake):
     timeout_header = "x-envoy-expected-rq-timeout-ms"
-    post_json(envoy, "/v1/invocations", {"input": {"id": "timed", "content": "AA=="}})
+    api.post_json("/v1/invocations", {"input": {"id": "timed", "content": "AA=="}})
     assert fake[0].metadata[-1][timeout_header] == "60000"
     with grpc.insecure_channel(envoy.grpc_target) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)

@@ -84,9 +84,12 @@ class RestClient:
 
     host: str
     port: int
+    timeout: float = 60.0
+    """Each request's timeout in seconds, unless a call passes its own ``timeout``."""
 
     def call(self, method: str, path: str, body: bytes | None = None, **kwargs: Any) -> Reply:
         """Any request; see ``request`` for the keyword arguments."""
+        kwargs.setdefault("timeout", self.timeout)
         return request(self.host, self.port, method, path, body, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> Reply:
