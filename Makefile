@@ -84,8 +84,19 @@ test-e2e: setup
 run: setup
 	$(PY) -m inference_service.devstack run
 
+# make bench (not part of make test): tools first, idempotently, all bench-only: bench-ghz (ghz's
+# runner, built with Go from bench/ghzload), wrk (Debian), MLServer in build/bench/mlserver-venv.
+# Then bench/run.py (`$(PY) -m bench --help`; pass options with BENCH_ARGS='...').
 bench: setup
-	$(PY) -m inference_service.devstack bench
+	test build/bench/bin/bench-ghz -nt bench/ghzload/main.go -a build/bench/bin/bench-ghz -nt bench/ghzload/go.sum \
+	  || (cd bench/ghzload && go build -trimpath -o ../../build/bench/bin/bench-ghz .)
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	test build/bench/mlserver-venv/.installed -nt bench/requirements-mlserver.txt \
+	  || ($(PYTHON) -m venv build/bench/mlserver-venv \
+	      && build/bench/mlserver-venv/bin/pip install --quiet --upgrade pip \
+	      && build/bench/mlserver-venv/bin/pip install --quiet -r bench/requirements-mlserver.txt \
+	      && touch build/bench/mlserver-venv/.installed)
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build server/gen

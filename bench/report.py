@@ -1,0 +1,153 @@
+"""The report: headline metrics, the issue's targets, the printed table and ``report.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+REQUIRED_KEYS = (
+    "ceiling_img_s",
+    "invoke_grpc_envoy_c1_p50_ms",
+    "invoke_grpc_envoy_c16_img_s",
+    "invoke_grpc_envoy_c16_p99_ms",
+    "invoke_grpc_direct_c16_img_s",
+    "invoke_rest_envoy_c16_img_s",
+    "get_rest_envoy_c16_rps",
+    "get_grpc_direct_c16_rps",
+    "get_rest_envoy_c16_p99_ms",
+    "mlserver_best_c16_img_s",
+    "mlserver_best_config",
+    "single_image_inprocess_ms",
+    "server_rss_mb",
+)
+
+Metrics = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One target of the issue: a value computed from the metrics, compared with a limit."""
+
+    name: str
+    expression: str
+    value: Callable[[Metrics], float]
+    limit: float
+    at_least: bool
+
+    def evaluate(self, metrics: Metrics) -> dict[str, Any]:
+        try:
+            value = float(self.value(metrics))
+        except (KeyError, TypeError, ZeroDivisionError, ValueError):
+            value = math.nan
+        if math.isnan(value):
+            ok, miss = False, None
+        else:
+            ok = value >= self.limit if self.at_least else value <= self.limit
+            miss = 0.0 if ok else abs(value - self.limit)
+        return {
+            "name": self.name,
+            "expression": self.expression,
+            "value": None if math.isnan(value) else round(value, 3),
+            "target": f"{'>=' if self.at_least else '<='} {self.limit:g}",
+            "ok": ok,
+            "miss_by": None if miss is None else round(miss, 3),
+        }
+
+
+TARGETS = (
+    Target(
+        "envoy_c16_vs_ceiling",
+        "invoke_grpc_envoy_c16_img_s / ceiling_img_s",
+        lambda m: m["invoke_grpc_envoy_c16_img_s"] / m["ceiling_img_s"],
+        0.75,
+        at_least=True,
+    ),
+    Target(
+        "c1_overhead_ms",
+        "invoke_grpc_envoy_c1_p50_ms - single_image_inprocess_ms",
+        lambda m: m["invoke_grpc_envoy_c1_p50_ms"] - m["single_image_inprocess_ms"],
+        2.0,
+        at_least=False,
+    ),
+    Target(
+        "get_rest_vs_grpc",
+        "get_rest_envoy_c16_rps / get_grpc_direct_c16_rps",
+        lambda m: m["get_rest_envoy_c16_rps"] / m["get_grpc_direct_c16_rps"],
+        0.9,
+        at_least=True,
+    ),
+    Target(
+        "get_rest_p99_ms",
+        "get_rest_envoy_c16_p99_ms",
+        lambda m: m["get_rest_envoy_c16_p99_ms"],
+        5.0,
+        at_least=False,
+    ),
+    Target(
+        "envoy_c16_vs_mlserver",
+        "invoke_grpc_envoy_c16_img_s / mlserver_best_c16_img_s",
+        lambda m: m["invoke_grpc_envoy_c16_img_s"] / m["mlserver_best_c16_img_s"],
+        1.0,
+        at_least=True,
+    ),
+    Target(
+        "server_rss_mb",
+        "server_rss_mb (largest server process)",
+        lambda m: m["server_rss_mb"],
+        600.0,
+        at_least=False,
+    ),
+)
+
+
+def evaluate_targets(metrics: Metrics) -> list[dict[str, Any]]:
+    return [target.evaluate(metrics) for target in TARGETS]
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.1f}"
+    return "-" if value is None else str(value)
+
+
+def measurement_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line per load measurement: rate, latencies, errors, and the cores used by the load
+    generator (client) and by processes outside the bench (other)."""
+    header = (
+        f"{'measurement':<34} {'c':>3} {'rate/s':>9} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>7} {'client':>6} {'other':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        flag = "  <-- ERRORS" if r.get("errors") else ""
+        lines.append(
+            f"{name:<34} {r['concurrency']:>3} {_fmt(r['rate']):>9} {_fmt(r['p50_ms']):>8} "
+            f"{_fmt(r['p95_ms']):>8} {_fmt(r['p99_ms']):>8} {r['errors']:>7} "
+            f"{_fmt(r.get('client_cpu_cores')):>6} {_fmt(r.get('other_cpu_cores')):>6}{flag}"
+        )
+    return "\n".join(lines)
+
+
+def headline_table(metrics: Metrics) -> str:
+    width = max(len(key) for key in REQUIRED_KEYS)
+    return "\n".join(f"{key:<{width}}  {_fmt(metrics.get(key))}" for key in REQUIRED_KEYS)
+
+
+def target_table(targets: list[dict[str, Any]]) -> str:
+    header = f"{'target':<60} {'value':>10} {'target':>9}  result"
+    lines = [header, "-" * len(header)]
+    for t in targets:
+        result = "ok" if t["ok"] else ("n/a" if t["value"] is None else f"MISS by {t['miss_by']:g}")
+        lines.append(f"{t['expression']:<60} {_fmt(t['value']):>10} {t['target']:>9}  {result}")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, report: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")

@@ -1,0 +1,822 @@
+"""``make bench``: measure the service on the real local stack, and its peer, in one run.
+
+Phases, in order (each load measurement: a short warm-up at the same concurrency, then a fixed
+time; closed loop; errors counted and flagged):
+
+1. start Cassandra, the server process(es) and Envoy on the bench's own ports and build folder
+   (``build/bench/stack``), empty the invocations table, and check the detections of every
+   image of the mix (gRPC and REST through Envoy) against ``images/reference.json``;
+2. the ceiling: the server's pipeline in-process with the same layout (``bench.ceiling``), and
+   the serial single-image time;
+3. Invoke: a stack warm-up (JIT of Cassandra and Envoy), then through Envoy with native gRPC at
+   each concurrency; directly to the server(s); via REST/JSON through Envoy; then a sample of
+   the ids each run wrote is read back;
+4. GetInvocation: gRPC directly to the server(s) and REST through Envoy, per view;
+5. the servers' peak RSS; the stack stops;
+6. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
+
+Writes ``build/bench/report.json`` and prints the tables. Exit status: 0 when every measurement
+ran without errors and every detection matched; 1 otherwise (targets missed do not fail it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+from bench import mlserver, payloads, procstats
+from bench.ceiling import measure_ceiling
+from bench.loadgen import Ghz, GrpcCall, LoadResult, RestCall, Wrk
+from bench.report import (
+    REQUIRED_KEYS,
+    evaluate_targets,
+    headline_table,
+    measurement_table,
+    target_table,
+    write_report,
+)
+from bench.stack import BenchStack
+from inference_service.devstack.envoy import envoy_binary
+from inference_service.devstack.stack import StackSettings, server_environment
+from inference_service.settings import DEFAULT_MODEL_FILE
+
+logger = logging.getLogger("bench")
+
+VIEWS = {"BASIC": pb.INVOCATION_VIEW_BASIC, "FULL": pb.INVOCATION_VIEW_FULL}
+TIME_BUDGET_S = 15 * 60
+OTHER_CPU_WARNING = 0.25
+"""Cores used by processes outside the bench during a measurement above which it is flagged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What a run measures and where (from the command line)."""
+
+    out_dir: Path
+    images_dir: Path
+    images: tuple[str, ...]
+    server_processes: int | None
+    workers: int | None
+    duration_s: float
+    warmup_s: float
+    stack_warmup_s: float
+    concurrencies: tuple[int, ...]
+    compare_concurrency: int
+    get_views: tuple[str, ...]
+    mlserver_workers: tuple[int, ...]
+    mlserver_venv: Path
+    skip_mlserver: bool
+    port_base: int
+    keep_cassandra: bool
+    cassandra_full_jit: bool
+    ghz: Path
+    wrk: str
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
+    shared = Path(env.get("INFERENCE_SHARED_DIR", "../shared"))
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path("build/bench"))
+    parser.add_argument("--images-dir", type=Path, default=shared / "images")
+    parser.add_argument(
+        "--image", action="append", default=[], help="an image of the mix (default: all)"
+    )
+    parser.add_argument(
+        "--server-processes",
+        type=int,
+        help="server processes behind Envoy (default: the stack's, INFERENCE_SERVER_PROCESSES)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="worker threads per server (default: INFERENCE_WORKERS)"
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up before each")
+    parser.add_argument(
+        "--stack-warmup",
+        type=float,
+        default=10.0,
+        help="seconds of Invoke load before the first measurement (JIT of Cassandra, Envoy)",
+    )
+    parser.add_argument("--concurrency", type=_ints, default=(1, 4, 16, 64))
+    parser.add_argument(
+        "--compare-concurrency",
+        type=int,
+        default=16,
+        help="concurrency of the direct, REST, GetInvocation and MLServer runs",
+    )
+    parser.add_argument(
+        "--get-views",
+        default="BASIC,FULL",
+        help="GetInvocation views to measure; the first gives the headline keys",
+    )
+    parser.add_argument("--mlserver-workers", type=_ints, default=(0, 1, 2))
+    parser.add_argument("--mlserver-venv", type=Path, default=Path("build/bench/mlserver-venv"))
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=18000,
+        help="Envoy +80 (admin +81), Cassandra +42 (storage +70), MLServer +90/+91, "
+        "servers +100... (default 18000: clear of make run's ports)",
+    )
+    parser.add_argument(
+        "--keep-cassandra",
+        action="store_true",
+        help="leave the bench's Cassandra node running for the next run (faster start)",
+    )
+    parser.add_argument(
+        "--cassandra-c1-only",
+        action="store_true",
+        help="run the bench's Cassandra with the devstack's start-fast C1-only JIT "
+        "(default: full JIT, as in production)",
+    )
+    parser.add_argument("--ghz", type=Path, default=Path("build/bench/bin/bench-ghz"))
+    parser.add_argument("--wrk", default="wrk")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 3 s measurements, 1 s warm-up"
+    )
+    args = parser.parse_args(argv)
+    views = tuple(v.strip().upper() for v in args.get_views.split(",") if v.strip())
+    if not views or any(v not in VIEWS for v in views):
+        parser.error(f"--get-views: choose from {sorted(VIEWS)}")
+    if args.compare_concurrency not in args.concurrency:
+        parser.error("--compare-concurrency must be one of --concurrency")
+    return Options(
+        out_dir=args.out_dir.resolve(),
+        images_dir=args.images_dir.resolve(),
+        images=tuple(args.image),
+        server_processes=args.server_processes,
+        workers=args.workers,
+        duration_s=3.0 if args.quick else args.duration,
+        warmup_s=1.0 if args.quick else args.warmup,
+        stack_warmup_s=2.0 if args.quick else args.stack_warmup,
+        concurrencies=args.concurrency,
+        compare_concurrency=args.compare_concurrency,
+        get_views=views,
+        mlserver_workers=args.mlserver_workers,
+        mlserver_venv=args.mlserver_venv.resolve(),
+        skip_mlserver=args.skip_mlserver,
+        port_base=args.port_base,
+        keep_cassandra=args.keep_cassandra,
+        cassandra_full_jit=not args.cassandra_c1_only,
+        ghz=args.ghz.resolve(),
+        wrk=args.wrk,
+    )
+
+
+def stack_settings(options: Options) -> StackSettings:
+    """The stack's settings: the environment's ``INFERENCE_*`` plus the bench's ports, folder
+    and (when given) layout."""
+    base = options.port_base
+    overrides: dict[str, Any] = {
+        "port": base + 100,
+        "envoy_port": base + 80,
+        "envoy_admin_port": base + 81,
+        "cassandra_port": base + 42,
+        "cassandra_storage_port": base + 70,
+        "build_dir": options.out_dir / "stack",
+    }
+    if options.server_processes is not None:
+        overrides["server_processes"] = options.server_processes
+    if options.workers is not None:
+        overrides["workers"] = options.workers
+    return StackSettings(**overrides)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM unwind like Ctrl-C, so that every ``finally`` stops what it started."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _reference_mismatches(
+    found: Mapping[str, list[list[float]]], reference: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """Problems per image against ``reference.json`` (the tests' matcher); empty when all match."""
+    from tests.support.reference import mismatches
+
+    problems = {}
+    for name, boxes in found.items():
+        expected = reference.get(name)
+        if expected is None:
+            continue
+        issues = mismatches(boxes, expected["boxes"])
+        if issues:
+            problems[name] = issues
+    return problems
+
+
+class BenchRun:
+    """One run of every phase; collects results, timings, checks and the report."""
+
+    def __init__(self, options: Options, *, repo_root: Path, env: Mapping[str, str]) -> None:
+        self.options = options
+        self.repo_root = repo_root
+        self.env = dict(env)
+        self.work_dir = options.out_dir / "run"
+        self.settings = stack_settings(options)
+        self.tag = "b" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        self.results: dict[str, dict[str, Any]] = {}
+        self.phase_s: dict[str, float] = {}
+        self.checks: dict[str, Any] = {}
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.extra: dict[str, Any] = {}
+        self.envoy_concurrency: int | None = None
+        self.ghz = Ghz(options.ghz, self.work_dir)
+        self.wrk = Wrk(options.wrk, self.work_dir)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        logger.info("== %s", name)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phase_s[name] = round(time.monotonic() - started, 1)
+
+    def measure(
+        self,
+        name: str,
+        run: Callable[[str, float], LoadResult],
+        cpu_groups: Mapping[str, Sequence[int]],
+    ) -> LoadResult:
+        """Warm up, then measure with the processes' CPU time recorded; flag any error."""
+        warm = run(f"{name}.warmup", self.options.warmup_s)
+        meter = procstats.CpuMeter(cpu_groups)
+        meter.start()
+        result = run(name, self.options.duration_s)
+        cpu = meter.stop()
+        summary = result.summary()
+        cores = {group: seconds / result.duration_s for group, seconds in cpu.items()}
+        machine = cores.pop("machine")
+        client = result.client_cpu_s / result.duration_s
+        others = machine - sum(cores.values()) - client
+        summary["server_cpu_cores"] = {group: round(value, 2) for group, value in cores.items()}
+        summary["machine_cpu_cores"] = round(machine, 2)
+        summary["other_cpu_cores"] = round(others, 2)
+        summary["warmup_errors"] = warm.errors
+        if others > OTHER_CPU_WARNING:
+            self.warnings.append(
+                f"{name}: processes outside the bench used {others:.2f} cores: the machine was "
+                "not idle, so this measurement is noisy"
+            )
+        self.results[name] = summary
+        if result.errors or warm.errors:
+            self.problems.append(
+                f"{name}: {result.errors} errors ({warm.errors} in warm-up): "
+                f"{result.statuses} {result.error_samples[:2]}"
+            )
+        logger.info(
+            "%s: %.1f/s p50 %.2f p99 %.2f ms, %d errors, cpu %s, client %.2f cores",
+            name,
+            result.rate,
+            result.p50_ms,
+            result.p99_ms,
+            result.errors,
+            summary["server_cpu_cores"],
+            result.client_cpu_s / result.duration_s,
+        )
+        return result
+
+    def _require_tools(self) -> None:
+        missing = []
+        if not self.options.ghz.is_file():
+            missing.append(f"{self.options.ghz} (make bench builds it)")
+        if shutil.which(self.options.wrk) is None:
+            missing.append("wrk (apt-get install wrk)")
+        if not self.options.skip_mlserver and not (self.options.mlserver_venv / "bin").is_dir():
+            missing.append(f"{self.options.mlserver_venv} (make bench creates it)")
+        descriptor = self.repo_root / "build/protos/descriptor.binpb"
+        if not descriptor.is_file():
+            missing.append(f"{descriptor} (make protos)")
+        if missing:
+            raise RuntimeError("missing: " + "; ".join(missing))
+
+    # --- the run -------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        started = time.monotonic()
+        self._require_tools()
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._check_idle()
+        self.mix = payloads.load_mix(self.options.images_dir, self.options.images)
+        self.reference = self._load_reference()
+        with self.phase("prepare"):
+            self._prepare_payloads()
+        stack = BenchStack(
+            self.settings,
+            repo_root=self.repo_root,
+            base_env=self.env,
+            cassandra_full_jit=self.options.cassandra_full_jit,
+        )
+        try:
+            with self.phase("stack start"):
+                stack.start()
+                stack.truncate()
+            self._service_phases(stack)
+        finally:
+            with self.phase("stack stop"):
+                with contextlib.suppress(Exception):
+                    stack.truncate()
+                stack.stop(keep_cassandra=self.options.keep_cassandra)
+        if not self.options.skip_mlserver:
+            self._mlserver_phases()
+        self.phase_s["total"] = round(time.monotonic() - started, 1)
+        return self._finish()
+
+    def _check_idle(self, seconds: float = 2.0) -> None:
+        """Note how busy the machine is before anything starts (other work skews every ratio)."""
+        meter = procstats.CpuMeter({})
+        meter.start()
+        time.sleep(seconds)
+        busy = meter.stop()["machine"] / seconds
+        self.extra["idle_check_busy_cores"] = round(busy, 2)
+        if busy > OTHER_CPU_WARNING:
+            self.warnings.append(
+                f"before the run the machine was already using {busy:.2f} cores: "
+                "the numbers will be noisy"
+            )
+            logger.warning("the machine is busy (%.2f cores) before the run", busy)
+
+    def _load_reference(self) -> dict[str, Any]:
+        path = self.options.images_dir / "reference.json"
+        return json.loads(path.read_text())["images"] if path.is_file() else {}
+
+    def _prepare_payloads(self) -> None:
+        w = self.work_dir
+        self.protoset = self.repo_root / "build/protos/descriptor.binpb"
+        self.invoke_call = GrpcCall(
+            payloads.INVOKE_METHOD,
+            self.protoset,
+            payloads.write_delimited(w / "invoke.bin", payloads.invoke_messages(self.mix)),
+            unique_id_field=payloads.INVOKE_ID_FIELD,
+        )
+        self.rest_bodies = payloads.write_rest_invoke_suffixes(w / "rest-invoke", self.mix)
+
+    def _service_phases(self, stack: BenchStack) -> None:
+        groups = {
+            "servers": stack.server_pids,
+            "envoy": [stack.envoy_pid] if stack.envoy_pid else [],
+            "cassandra": [stack.cassandra_pid] if stack.cassandra_pid else [],
+        }
+        self.extra["pids"] = groups
+        self.envoy_concurrency = stack.stack.envoy.concurrency
+        with self.phase("verify detections"):
+            self._verify_stack(stack)
+        self._quiesce("before ceiling", groups)
+        with self.phase("ceiling"):
+            self._ceiling()
+        with self.phase("invoke"):
+            self._invoke_phases(stack, groups)
+        with self.phase("persistence check"):
+            self._persistence_check(stack)
+        self._quiesce("before get", groups)
+        with self.phase("get"):
+            self._get_phases(stack, groups)
+        self.extra["cassandra_data_mb"] = stack.data_mb()
+        self.extra["server_rss_mb"] = {
+            str(pid): round(procstats.peak_rss_mb(pid) or 0.0, 1) for pid in stack.server_pids
+        }
+        self.extra["envoy_rss_mb"] = round(procstats.peak_rss_mb(stack.envoy_pid or 0) or 0, 1)
+        self.extra["cassandra_rss_mb"] = round(
+            procstats.peak_rss_mb(stack.cassandra_pid or 0) or 0, 1
+        )
+        crashed = stack.crashed_servers()
+        if crashed:
+            self.problems.append(f"servers exited during the run: {crashed}")
+
+    def _quiesce(self, name: str, groups: Mapping[str, Sequence[int]]) -> None:
+        """Let the stack finish background work (Cassandra's flushes and compactions after a
+        write phase) so that it is not billed to the next measurement."""
+        with self.phase(f"quiesce {name}"):
+            pids = [pid for group in groups.values() for pid in group]
+            waited = procstats.wait_quiet(pids)
+        self.extra.setdefault("quiesce_s", {})[name] = round(waited, 1)
+
+    def _verify_stack(self, stack: BenchStack) -> None:
+        seeded = stack.seed(self.mix, f"{self.tag}-seed-")
+        self.seeded_ids = [invocation_id for invocation_id, _ in seeded.values()]
+        self.server_detections = {name: boxes for name, (_, boxes) in seeded.items()}
+        grpc_problems = _reference_mismatches(self.server_detections, self.reference)
+        rest_boxes = {self.mix[0].name: stack.rest_invoke(self.mix[0], f"{self.tag}-rest-00")}
+        rest_problems = _reference_mismatches(rest_boxes, self.reference)
+        self.checks["detections"] = {
+            "images_checked": len([n for n in self.server_detections if n in self.reference]),
+            "grpc_envoy_mismatches": grpc_problems,
+            "rest_envoy_mismatches": rest_problems,
+            "faces_per_image": {n: len(b) for n, b in self.server_detections.items()},
+        }
+        if grpc_problems or rest_problems:
+            self.problems.append(
+                f"detections differ from reference: {grpc_problems or rest_problems}"
+            )
+
+    def _ceiling(self) -> None:
+        env = {**self.env, **server_environment(self.settings)}
+        machine = procstats.CpuMeter({})
+        machine.start()
+        started = time.monotonic()
+        result = measure_ceiling(
+            processes=self.settings.server_processes,
+            env=env,
+            images_dir=self.options.images_dir,
+            image_names=[image.name for image in self.mix],
+            duration_s=self.options.duration_s,
+            serial_passes=3,
+            log_dir=self.work_dir,
+        )
+        self.ceiling = result
+        self.extra["ceiling_phase_machine_cpu_cores"] = round(
+            machine.stop()["machine"] / (time.monotonic() - started), 2
+        )
+        logger.info(
+            "ceiling: %.1f img/s (%s), serial median %.2f ms",
+            result.img_s,
+            result.per_process_img_s,
+            result.serial_median_ms,
+        )
+
+    def _invoke_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
+        cc = self.options.compare_concurrency
+        self.invoke_prefixes: dict[str, str] = {}
+
+        def grpc_run(targets: list[str], c: int) -> Callable[[str, float], LoadResult]:
+            def run(name: str, duration: float) -> LoadResult:
+                prefix = f"{self.tag}-{name}-"
+                self.invoke_prefixes[name] = prefix
+                return self.ghz.run(
+                    name,
+                    self.invoke_call,
+                    targets,
+                    concurrency=c,
+                    duration_s=duration,
+                    id_prefix=prefix,
+                )
+
+            return run
+
+        warm = grpc_run([stack.envoy_target], cc)("stack.warmup", self.options.stack_warmup_s)
+        self.extra["stack_warmup"] = {"img_s": round(warm.rate, 1), "errors": warm.errors}
+        if warm.errors:
+            self.problems.append(f"stack warm-up: {warm.errors} errors: {warm.error_samples[:2]}")
+        for c in self.options.concurrencies:
+            self.measure(f"invoke_grpc_envoy_c{c}", grpc_run([stack.envoy_target], c), groups)
+        self.measure(f"invoke_grpc_direct_c{cc}", grpc_run(stack.server_targets, cc), groups)
+
+        def rest_run(name: str, duration: float) -> LoadResult:
+            prefix = f"{self.tag}-{name}-"
+            self.invoke_prefixes[name] = prefix
+            call = RestCall("invoke.lua", (str(self.rest_bodies), prefix))
+            return self.wrk.run(name, call, stack.rest_url, concurrency=cc, duration_s=duration)
+
+        self.measure(f"invoke_rest_envoy_c{cc}", rest_run, groups)
+
+    def _persistence_check(self, stack: BenchStack) -> None:
+        """Read back a sample of the ids each measured Invoke run wrote: proof that the runs
+        stored what they reported (and were not idempotent replays)."""
+        found, missing = 0, []
+        with grpc.insecure_channel(stack.server_targets[0]) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            for name, prefix in self.invoke_prefixes.items():
+                if name.endswith(".warmup") or name not in self.results:
+                    continue
+                # ids of the first target only: about ok / targets of them were sent
+                ok = int(self.results[name]["ok"]) // len(self.results[name]["targets"])
+                rest = name.startswith("invoke_rest")
+                numbers = sorted({int(ok * f * 0.8) for f in (0.0, 0.25, 0.5, 0.75, 1.0)})
+                for number in numbers:
+                    # bench-ghz numbers requests from 0 (its ids: prefix, target index, '-');
+                    # the wrk script from 1, and wrk spends the first on a check it never sends.
+                    invocation_id = f"{prefix}{number + 2}" if rest else f"{prefix}0-{number}"
+                    try:
+                        invocation = stub.GetInvocation(
+                            pb.GetInvocationRequest(
+                                id=invocation_id, view=pb.INVOCATION_VIEW_BASIC
+                            ),
+                            timeout=10,
+                        ).invocation
+                    except grpc.RpcError as exc:
+                        missing.append(f"{invocation_id}: {exc.code().name}")
+                        continue
+                    if invocation.state == pb.Invocation.STATE_SUCCEEDED:
+                        found += 1
+                    else:
+                        missing.append(f"{invocation_id}: state {invocation.state}")
+        self.checks["persistence"] = {"sampled_found": found, "missing": missing}
+        if missing:
+            self.problems.append(f"invocations the load runs reported are missing: {missing[:5]}")
+
+    def _get_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
+        cc = self.options.compare_concurrency
+        for view in self.options.get_views:
+            suffix = "" if view == self.options.get_views[0] else f"_{view.lower()}"
+            messages = payloads.get_messages(self.seeded_ids, VIEWS[view])
+            call = GrpcCall(
+                payloads.GET_METHOD,
+                self.protoset,
+                payloads.write_delimited(self.work_dir / f"get-{view}.bin", messages),
+            )
+            self.measure(
+                f"get_grpc_direct_c{cc}{suffix}",
+                lambda name, duration, call=call: self.ghz.run(
+                    name, call, stack.server_targets, concurrency=cc, duration_s=duration
+                ),
+                groups,
+            )
+            paths = payloads.write_rest_get_paths(
+                self.work_dir / f"get-{view}.paths", self.seeded_ids, f"INVOCATION_VIEW_{view}"
+            )
+            rest_call = RestCall("get.lua", (str(paths),))
+            self.measure(
+                f"get_rest_envoy_c{cc}{suffix}",
+                lambda name, duration, rest_call=rest_call: self.wrk.run(
+                    name, rest_call, stack.rest_url, concurrency=cc, duration_s=duration
+                ),
+                groups,
+            )
+            self.extra.setdefault("get_views", {})[view] = suffix or "(headline)"
+
+    # --- the peer ------------------------------------------------------------------------
+
+    def _mlserver_phases(self) -> None:
+        venv = self.options.mlserver_venv
+        images = [self.options.images_dir / image.name for image in self.mix]
+        protoset = mlserver.write_protoset(venv, self.work_dir / "mlserver-dataplane.binpb")
+        messages = mlserver.write_requests(venv, images, self.work_dir / "mlserver-infer.bin")
+        call = GrpcCall(mlserver.INFER_METHOD, protoset, messages)
+        self.mlserver: dict[str, Any] = {}
+        cc = self.options.compare_concurrency
+        for workers in self.options.mlserver_workers:
+            with self.phase(f"mlserver parallel_workers={workers}"):
+                self.mlserver[str(workers)] = self._mlserver_config(workers, call, images, cc)
+
+    def _mlserver_config(
+        self, workers: int, call: GrpcCall, images: list[Path], cc: int
+    ) -> dict[str, Any]:
+        s = self.settings
+        peer = mlserver.MLServerPeer(
+            venv=self.options.mlserver_venv,
+            work_dir=self.work_dir,
+            source_dir=self.repo_root / "server" / "src",
+            model_path=self._model_path(),
+            parallel_workers=workers,
+            http_port=self.options.port_base + 90,
+            grpc_port=self.options.port_base + 91,
+            base_env=self.env,
+            detector_extra={
+                "num_threads": s.model_threads,
+                "score_threshold": s.score_threshold,
+                "iou_threshold": s.iou_threshold,
+            },
+        )
+        try:
+            peer.start()
+            found = mlserver.detections(self.options.mlserver_venv, peer.grpc_target, images)
+            problems = _reference_mismatches(found, self.reference)
+            if problems:
+                self.problems.append(f"MLServer pw={workers} detections differ: {problems}")
+
+            def run_at(c: int) -> Callable[[str, float], LoadResult]:
+                return lambda name, duration: self.ghz.run(
+                    name, call, [peer.grpc_target], concurrency=c, duration_s=duration
+                )
+
+            groups = {"mlserver": peer.refresh_tree()}
+            c16 = self.measure(f"mlserver_pw{workers}_c{cc}", run_at(cc), groups)
+            c1 = self.measure(f"mlserver_pw{workers}_c1", run_at(1), groups)
+            rss = peer.peak_rss_mb()
+        finally:
+            peer.stop()
+        return {
+            "parallel_workers": workers,
+            f"c{cc}_img_s": round(c16.rate, 1),
+            f"c{cc}_errors": c16.errors,
+            "c1_p50_ms": round(c1.p50_ms, 2),
+            "peak_rss_mb_by_pid": rss,
+            "peak_rss_mb_total": round(sum(rss.values()), 1),
+            "detection_mismatches": problems,
+            "settings": peer.config,
+        }
+
+    def _model_path(self) -> Path:
+        if self.settings.model_path is not None:
+            return self.settings.model_path.expanduser().resolve()
+        return self.settings.resolved_shared_dir() / DEFAULT_MODEL_FILE
+
+    # --- report --------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        cc = self.options.compare_concurrency
+        r = self.results
+
+        def rate(name: str) -> float | None:
+            return r[name]["rate"] if name in r else None
+
+        def lat(name: str, key: str) -> float | None:
+            return r[name][key] if name in r else None
+
+        metrics: dict[str, Any] = {
+            "ceiling_img_s": round(self.ceiling.img_s, 1),
+            "invoke_grpc_envoy_c1_p50_ms": lat("invoke_grpc_envoy_c1", "p50_ms"),
+            "invoke_grpc_envoy_c16_img_s": rate(f"invoke_grpc_envoy_c{cc}"),
+            "invoke_grpc_envoy_c16_p99_ms": lat(f"invoke_grpc_envoy_c{cc}", "p99_ms"),
+            "invoke_grpc_direct_c16_img_s": rate(f"invoke_grpc_direct_c{cc}"),
+            "invoke_rest_envoy_c16_img_s": rate(f"invoke_rest_envoy_c{cc}"),
+            "get_rest_envoy_c16_rps": rate(f"get_rest_envoy_c{cc}"),
+            "get_grpc_direct_c16_rps": rate(f"get_grpc_direct_c{cc}"),
+            "get_rest_envoy_c16_p99_ms": lat(f"get_rest_envoy_c{cc}", "p99_ms"),
+            "mlserver_best_c16_img_s": None,
+            "mlserver_best_config": None,
+            "single_image_inprocess_ms": round(self.ceiling.serial_median_ms, 2),
+            "server_rss_mb": max(self.extra["server_rss_mb"].values(), default=None),
+        }
+        for c in self.options.concurrencies:
+            name = f"invoke_grpc_envoy_c{c}"
+            metrics[f"{name}_img_s"] = rate(name)
+            for key in ("p50_ms", "p95_ms", "p99_ms"):
+                metrics[f"{name}_{key}"] = lat(name, key)
+        for name in (f"invoke_grpc_direct_c{cc}", f"invoke_rest_envoy_c{cc}"):
+            for key in ("p50_ms", "p95_ms", "p99_ms"):
+                metrics[f"{name}_{key}"] = lat(name, key)
+        for name in (f"get_rest_envoy_c{cc}", f"get_grpc_direct_c{cc}"):
+            metrics[f"{name}_p50_ms"] = lat(name, "p50_ms")
+        for view in self.options.get_views[1:]:
+            tail = f"c{cc}_{view.lower()}"
+            for name in (f"get_rest_envoy_{tail}", f"get_grpc_direct_{tail}"):
+                metrics[f"{name}_rps"] = rate(name)
+                metrics[f"{name}_p99_ms"] = lat(name, "p99_ms")
+        configs = getattr(self, "mlserver", {})
+        clean = {k: v for k, v in configs.items() if not v[f"c{cc}_errors"]}
+        if clean:
+            best = max(clean.values(), key=lambda v: v[f"c{cc}_img_s"])
+            metrics["mlserver_best_c16_img_s"] = best[f"c{cc}_img_s"]
+            metrics["mlserver_best_config"] = f"parallel_workers={best['parallel_workers']}"
+            metrics["mlserver_best_c1_p50_ms"] = best["c1_p50_ms"]
+            metrics["mlserver_best_rss_mb_total"] = best["peak_rss_mb_total"]
+        for workers, values in configs.items():
+            metrics[f"mlserver_pw{workers}_c16_img_s"] = values[f"c{cc}_img_s"]
+        return metrics
+
+    def _layout(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "server_processes": s.server_processes,
+            "workers_per_process": s.workers,
+            "model_threads": s.model_threads,
+            "tflite_runtime": getattr(s, "tflite_runtime", None),
+            "envoy_concurrency": self.envoy_concurrency,
+            "cassandra_jit": "full (C2)" if self.options.cassandra_full_jit else "C1 only",
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "kernel": platform.release(),
+        }
+
+    def _finish(self) -> int:
+        metrics = self.metrics()
+        targets = evaluate_targets(metrics)
+        total = self.phase_s.get("total", 0.0)
+        if total > TIME_BUDGET_S:
+            self.problems.append(f"the run took {total:.0f}s, over the {TIME_BUDGET_S}s budget")
+        missing = [key for key in REQUIRED_KEYS if metrics.get(key) is None]
+        if missing and not self.options.skip_mlserver:
+            self.problems.append(f"report keys without a value: {missing}")
+        report = {
+            **metrics,
+            "ok": not self.problems,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "targets": targets,
+            "run": {
+                "tag": self.tag,
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "duration_s": self.options.duration_s,
+                "warmup_s": self.options.warmup_s,
+                "stack_warmup_s": self.options.stack_warmup_s,
+                "phase_s": self.phase_s,
+            },
+            "layout": self._layout(),
+            "image_mix": [image.describe() for image in self.mix],
+            "ceiling": dataclasses.asdict(self.ceiling),
+            "measurements": self.results,
+            "mlserver": getattr(self, "mlserver", {}),
+            "checks": self.checks,
+            "processes": self.extra,
+            "tools": tool_versions(self.options, self.repo_root),
+        }
+        path = self.options.out_dir / "report.json"
+        write_report(path, report)
+        print()
+        print("layout: " + ", ".join(f"{k}={v}" for k, v in report["layout"].items()))
+        print(measurement_table(self.results))
+        print()
+        print(headline_table(metrics))
+        print()
+        print(target_table(targets))
+        print()
+        print("phases (s): " + ", ".join(f"{k} {v:g}" for k, v in self.phase_s.items()))
+        for warning in self.warnings:
+            print(f"WARNING: {warning}")
+        for problem in self.problems:
+            print(f"PROBLEM: {problem}")
+        print(f"report: {path}")
+        return 0 if not self.problems else 1
+
+
+def _first_line(argv: Sequence[str]) -> str | None:
+    try:
+        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (result.stdout or result.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tool_versions(options: Options, repo_root: Path) -> dict[str, Any]:
+    """Versions of everything that took part."""
+    go_mod = (repo_root / "bench/ghzload/go.mod").read_text()
+    ghz = re.search(r"github.com/bojand/ghz (v[\d.]+)", go_mod)
+    mlserver_python = options.mlserver_venv / "bin" / "python"
+    return {
+        "python": platform.python_version(),
+        "bench-ghz": f"ghz {ghz.group(1) if ghz else '?'} runner, GOMAXPROCS=1",
+        "wrk": _first_line([options.wrk, "-v"]),
+        "envoy": _first_line([str(envoy_binary()), "--version"]),
+        "grpcio": _version("grpcio"),
+        "ai-edge-litert": _version("ai-edge-litert"),
+        "tensorflow": _version("tensorflow"),
+        "opencv-python-headless": _version("opencv-python-headless"),
+        "mlserver": _first_line(
+            [
+                str(mlserver_python),
+                "-c",
+                "import importlib.metadata as m; print(m.version('mlserver'), "
+                "'ai-edge-litert', m.version('ai-edge-litert'))",
+            ]
+        )
+        if mlserver_python.exists()
+        else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    env = os.environ
+    options = parse_args(argv, env)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout
+    )
+    for noisy in ("cassandra", "cassandra.cluster", "cassandra.connection"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    repo_root = Path.cwd()
+    if not (repo_root / "bench" / "run.py").is_file():
+        print("run from the repository root: python -m bench", file=sys.stderr)
+        return 2
+    with _sigterm_as_interrupt():
+        try:
+            return BenchRun(options, repo_root=repo_root, env=env).execute()
+        except KeyboardInterrupt:
+            print("interrupted; everything started was stopped", file=sys.stderr)
+            return 130
