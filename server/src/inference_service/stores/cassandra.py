@@ -224,6 +224,8 @@ class CassandraInvocationStore:
         self._claim = self._prepare(queries["claim"])
         self._complete = self._prepare(queries["complete"])
         self._complete.is_idempotent = True  # the driver may retry it on another host
+        self._store_content_statement = self._prepare(queries["store_content"])
+        self._store_content_statement.is_idempotent = True
         self._get_with_content = self._prepare(queries["get_with_content"])
         self._get_without_content = self._prepare(queries["get_without_content"])
 
@@ -269,11 +271,16 @@ class CassandraInvocationStore:
     # --- InvocationStore ----------------------------------------------------------------
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
+        # Two steps. The lightweight transaction claims the id with the small cells only (hash,
+        # type, metadata, model, times): a Paxos proposal is kept in system.paxos besides the
+        # table, so a content blob in it would be written twice and pushed through every Paxos
+        # phase. The winner then writes the content with a plain update of a column that only
+        # it writes. Until that lands (or if the winner dies in between) the row reads as a
+        # PENDING invocation without content; losers compare hashes, which the claim holds.
         claim_id = uuid.uuid4()
         params = (
             invocation.id,
             claim_id,
-            invocation.input.content,
             invocation.content_sha256,
             invocation.content_type,
             dict(invocation.input.metadata),
@@ -289,16 +296,48 @@ class CassandraInvocationStore:
                 raise _unavailable("claim", exc) from exc
             # CAS uncertainty: the Paxos round may have committed. A serial read settles it.
             logger.warning("claim of %r uncertain (%r); reading it back", invocation.id, exc)
-            return await self._resolve_uncertain_claim(invocation.id, claim_id, exc)
-        row = rows[0]
-        if row["[applied]"]:
-            return None
-        existing = self._to_invocation(row, with_content=True)
+            existing = await self._resolve_uncertain_claim(invocation.id, claim_id, exc)
+        else:
+            row = rows[0]
+            if row["[applied]"]:
+                existing = None
+            else:
+                existing = self._to_invocation(row, with_content=True)
+                if existing is None:
+                    # The last second of an expiring row (its outcome cells already gone): the
+                    # id is free in a moment; the caller may retry.
+                    raise _unavailable("claim", RuntimeError(f"row {invocation.id!r} expiring"))
+                if row["content"] is None:
+                    existing = await self._content_of_fresh_claim(existing)
         if existing is None:
-            # The last second of an expiring row (its outcome cells already gone): the id is
-            # free in a moment; the caller may retry.
-            raise _unavailable("claim", RuntimeError(f"row {invocation.id!r} is expiring"))
+            await self._store_content(invocation)
         return existing
+
+    async def _content_of_fresh_claim(self, existing: Invocation) -> Invocation:
+        """The winner of a claim writes its content right after it: wait for it (up to the
+        request timeout), so that a loser gets the stored input with its content."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.request_timeout_s
+        delay = 0.002
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            rows = await self._execute(self._get_with_content, (existing.id,))
+            if rows and rows[0]["content"] is not None:
+                return self._to_invocation(rows[0], with_content=True) or existing
+        logger.warning("invocation %r has no content yet; its writer may have died", existing.id)
+        return existing
+
+    async def _store_content(self, invocation: Invocation) -> None:
+        ttl = self._remaining_ttl(invocation.create_time)
+        if ttl is None:
+            return
+        try:
+            await self._execute(
+                self._store_content_statement, (ttl, invocation.input.content, invocation.id)
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unavailable("claim", exc) from exc
 
     async def _resolve_uncertain_claim(
         self, invocation_id: str, claim_id: uuid.UUID, cause: BaseException
@@ -436,10 +475,11 @@ def _queries(table: str) -> dict[str, str]:
     )
     claim = (
         f"INSERT INTO {table}"  # noqa: S608
-        " (id, claim_id, content, content_sha256, content_type, metadata,"
+        " (id, claim_id, content_sha256, content_type, metadata,"
         " model_name, model_version, create_time)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
     )
+    store_content = f"UPDATE {table} USING TTL ? SET content = ? WHERE id = ?"  # noqa: S608
     complete = (
         f"UPDATE {table} USING TTL ?"  # noqa: S608
         " SET state = ?, detections = ?, image_width = ?, image_height = ?, error = ?,"
@@ -448,6 +488,7 @@ def _queries(table: str) -> dict[str, str]:
     )
     return {
         "claim": claim,
+        "store_content": store_content,
         "complete": complete,
         "get_with_content": f"SELECT {columns}, content FROM {table} WHERE id = ?",  # noqa: S608
         "get_without_content": f"SELECT {columns} FROM {table} WHERE id = ?",  # noqa: S608
