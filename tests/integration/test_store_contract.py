@@ -27,6 +27,7 @@ from inference_service.domain import (
     State,
 )
 from inference_service.ports import InvocationStore
+from inference_service.stores.cache import CachingInvocationStore
 from inference_service.stores.cassandra import CassandraInvocationStore
 from inference_service.stores.memory import InMemoryInvocationStore
 
@@ -83,13 +84,19 @@ async def cassandra_store(cassandra_endpoint) -> AsyncIterator[CassandraInvocati
     await store.close()
 
 
-@pytest.fixture(params=["memory", "cassandra"])
+@pytest.fixture(params=["memory", "cassandra", "cached-cassandra"])
 def store(request: pytest.FixtureRequest) -> Iterator[InvocationStore]:
-    """Each store under test; the Cassandra one is shared by the session."""
+    """Each store under test; the Cassandra one is shared by the session. The cache in front
+    of Cassandra (what the server runs) must keep the same contract."""
     if request.param == "memory":
         yield InMemoryInvocationStore()
-    else:
+    elif request.param == "cassandra":
         yield request.getfixturevalue("cassandra_store")
+    else:
+        # Not closed here: closing it would close the shared Cassandra store.
+        yield CachingInvocationStore(
+            request.getfixturevalue("cassandra_store"), max_bytes=16 * 1024 * 1024
+        )
 
 
 @pytest.mark.parametrize("size", [1, 1000, EIGHT_MIB], ids=["1B", "1kB", "8MiB"])

@@ -23,6 +23,7 @@ from inference_service.grpc.servicer import InferenceServicer
 from inference_service.ports import Detector, InvocationStore
 from inference_service.service import InferenceService, RequestLimits
 from inference_service.settings import Settings
+from inference_service.stores.cache import CachingInvocationStore
 from inference_service.stores.memory import InMemoryInvocationStore
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,12 @@ async def build_store(settings: Settings) -> InvocationStore:
         return InMemoryInvocationStore()
     from inference_service.stores.cassandra import CassandraInvocationStore
 
-    return await CassandraInvocationStore.from_settings(settings)
+    store: InvocationStore = await CassandraInvocationStore.from_settings(settings)
+    if settings.cache_max_bytes > 0:
+        store = CachingInvocationStore(
+            store, max_bytes=settings.cache_max_bytes, ttl_s=settings.cassandra_default_ttl_s
+        )
+    return store
 
 
 def _decode(content: bytes, max_pixels: int):

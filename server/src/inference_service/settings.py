@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     ``migrate``.
     """
 
+    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    """Bytes of finished invocations (content included) each server process keeps in memory to
+    answer GetInvocation without a store read (they never change); 0 turns the cache off."""
+
     # --- logging -----------------------------------------------------------
     log_level: str = "INFO"
     """Root log level."""

@@ -1,0 +1,136 @@
+"""A read-through cache of finished invocations in front of another store.
+
+A finished invocation (SUCCEEDED or FAILED) never changes again: the id is claimed once and its
+outcome written once, and nothing rewrites either. So every server process may keep the ones it
+has seen, without coherence traffic between processes, and answer ``get`` from memory. Pending
+invocations are never cached. With a default TTL on the store, an entry expires when its row
+does (``create_time + ttl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+
+from inference_service.domain import Invocation, ModelInput, State
+from inference_service.ports import InvocationStore
+
+logger = logging.getLogger(__name__)
+
+# Rough fixed cost of an entry besides its content: ids, hashes, detections, objects.
+ENTRY_OVERHEAD_BYTES = 4096
+# Claims won by this process whose outcome is not written yet (bounded: a call that dies
+# between claim and complete must not leak).
+MAX_CLAIMS_IN_FLIGHT = 1024
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class CachingInvocationStore:
+    """``InvocationStore`` that keeps up to ``max_bytes`` of finished invocations (LRU) in
+    front of ``inner``; every write still goes to ``inner`` first."""
+
+    def __init__(
+        self,
+        inner: InvocationStore,
+        *,
+        max_bytes: int,
+        ttl_s: int = 0,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        self._inner = inner
+        self._max_bytes = max_bytes
+        self._ttl = dt.timedelta(seconds=ttl_s) if ttl_s > 0 else None
+        self._clock = clock
+        self._entries: OrderedDict[str, Invocation] = OrderedDict()
+        self._bytes = 0
+        self._claimed: OrderedDict[str, Invocation] = OrderedDict()
+
+    async def claim(self, invocation: Invocation) -> Invocation | None:
+        existing = await self._inner.claim(invocation)
+        if existing is not None:
+            self._remember(existing)
+        else:  # what was stored: the outcome is merged into it by ``complete``
+            self._claimed[invocation.id] = invocation
+            if len(self._claimed) > MAX_CLAIMS_IN_FLIGHT:
+                self._claimed.popitem(last=False)
+        return existing
+
+    async def complete(self, invocation: Invocation) -> None:
+        await self._inner.complete(invocation)
+        claimed = self._claimed.pop(invocation.id, None)
+        if claimed is not None:  # as stored: the claimed input with this outcome
+            self._remember(
+                dataclasses.replace(
+                    claimed,
+                    state=invocation.state,
+                    output=invocation.output,
+                    complete_time=invocation.complete_time,
+                    error=invocation.error,
+                )
+            )
+
+    async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        cached = self._lookup(invocation_id)
+        if cached is not None:
+            return cached if with_content else _without_content(cached)
+        stored = await self._inner.get(invocation_id, with_content=with_content)
+        if stored is not None and with_content:
+            self._remember(stored)
+        return stored
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._claimed.clear()
+        self._bytes = 0
+        await self._inner.close()
+
+    def _expired(self, invocation: Invocation) -> bool:
+        return self._ttl is not None and invocation.create_time + self._ttl <= self._clock()
+
+    def _lookup(self, invocation_id: str) -> Invocation | None:
+        cached = self._entries.get(invocation_id)
+        if cached is None:
+            return None
+        if self._expired(cached):
+            self._forget(invocation_id)
+            return None
+        self._entries.move_to_end(invocation_id)
+        return cached
+
+    def _remember(self, invocation: Invocation) -> None:
+        """Keep a finished invocation that still has its content; drop the oldest to fit."""
+        if invocation.state is State.PENDING or self._expired(invocation):
+            return
+        if len(invocation.input.content) == 0:  # a BASIC read: not the whole invocation
+            return
+        size = _size(invocation)
+        if size > self._max_bytes:
+            return
+        self._forget(invocation.id)
+        self._entries[invocation.id] = invocation
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._forget(oldest)
+
+    def _forget(self, invocation_id: str) -> None:
+        removed = self._entries.pop(invocation_id, None)
+        if removed is not None:
+            self._bytes -= _size(removed)
+
+
+def _size(invocation: Invocation) -> int:
+    return len(invocation.input.content) + ENTRY_OVERHEAD_BYTES
+
+
+def _without_content(invocation: Invocation) -> Invocation:
+    basic = ModelInput(id=invocation.input.id, content=b"", metadata=invocation.input.metadata)
+    return dataclasses.replace(invocation, input=basic)
