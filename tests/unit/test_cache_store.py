@@ -67,15 +67,17 @@ async def test_pending_invocations_are_read_from_the_store() -> None:
     assert inner.gets == 2
 
 
-async def test_reads_fill_the_cache_only_with_whole_invocations() -> None:
+async def test_reads_fill_the_cache_and_basic_entries_answer_basic_reads_only() -> None:
     inner = CountingStore()
     done = finished(pending("r"))
     await inner.claim(done)
     store = CachingInvocationStore(inner, max_bytes=1 << 20)
-    await store.get("r", with_content=False)  # BASIC: not cached
-    await store.get("r")  # FULL: cached
-    await store.get("r")
-    await store.get("r", with_content=False)
+    assert (await store.get("r", with_content=False)).input.content == b""  # cached, BASIC
+    assert (await store.get("r", with_content=False)).input.content == b""
+    assert inner.gets == 1
+    assert await store.get("r") == done  # a BASIC entry cannot answer FULL: read, cached
+    assert await store.get("r") == done
+    assert (await store.get("r", with_content=False)).input.content == b""
     assert inner.gets == 2
 
 

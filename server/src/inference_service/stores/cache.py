@@ -80,9 +80,12 @@ class CachingInvocationStore:
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         cached = self._lookup(invocation_id)
         if cached is not None:
-            return cached if with_content else _without_content(cached)
+            if not with_content:
+                return _without_content(cached)
+            if _has_content(cached):
+                return cached
         stored = await self._inner.get(invocation_id, with_content=with_content)
-        if stored is not None and with_content:
+        if stored is not None:
             self._remember(stored)
         return stored
 
@@ -106,11 +109,13 @@ class CachingInvocationStore:
         return cached
 
     def _remember(self, invocation: Invocation) -> None:
-        """Keep a finished invocation that still has its content; drop the oldest to fit."""
+        """Keep a finished invocation, with its content or (from a BASIC read) without, which
+        then answers BASIC reads only; drop the least recently used to fit."""
         if invocation.state is State.PENDING or self._expired(invocation):
             return
-        if len(invocation.input.content) == 0:  # a BASIC read: not the whole invocation
-            return
+        current = self._entries.get(invocation.id)
+        if current is not None and _has_content(current) and not _has_content(invocation):
+            return  # never trade a whole entry for a BASIC one
         size = _size(invocation)
         if size > self._max_bytes:
             return
@@ -129,6 +134,11 @@ class CachingInvocationStore:
 
 def _size(invocation: Invocation) -> int:
     return len(invocation.input.content) + ENTRY_OVERHEAD_BYTES
+
+
+def _has_content(invocation: Invocation) -> bool:
+    # Stored content is never empty (Invoke refuses empty content): empty means a BASIC read.
+    return len(invocation.input.content) > 0
 
 
 def _without_content(invocation: Invocation) -> Invocation:
