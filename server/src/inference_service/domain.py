@@ -87,3 +87,8 @@ class Invocation:
     @property
     def id(self) -> str:
         return self.input.id
+
+    def without_content(self) -> Invocation:
+        """The same invocation with empty ``input.content`` (what a BASIC read returns)."""
+        basic = ModelInput(id=self.input.id, content=b"", metadata=self.input.metadata)
+        return dataclasses.replace(self, input=basic)

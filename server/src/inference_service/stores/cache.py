@@ -15,7 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 
-from inference_service.domain import Invocation, ModelInput, State
+from inference_service.domain import Invocation, State
 from inference_service.ports import InvocationStore
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class CachingInvocationStore:
         cached = self._lookup(invocation_id)
         if cached is not None:
             if not with_content:
-                return _without_content(cached)
+                return cached.without_content()
             if _has_content(cached):
                 return cached
         stored = await self._inner.get(invocation_id, with_content=with_content)
@@ -139,8 +139,3 @@ def _size(invocation: Invocation) -> int:
 def _has_content(invocation: Invocation) -> bool:
     # Stored content is never empty (Invoke refuses empty content): empty means a BASIC read.
     return len(invocation.input.content) > 0
-
-
-def _without_content(invocation: Invocation) -> Invocation:
-    basic = ModelInput(id=invocation.input.id, content=b"", metadata=invocation.input.metadata)
-    return dataclasses.replace(invocation, input=basic)

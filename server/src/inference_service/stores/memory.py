@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from inference_service.domain import Invocation, ModelInput
+from inference_service.domain import Invocation
 
 
 class InMemoryInvocationStore:
@@ -41,8 +41,7 @@ class InMemoryInvocationStore:
         stored = self._items.get(invocation_id)
         if stored is None or with_content:
             return stored
-        basic_input = ModelInput(id=stored.input.id, content=b"", metadata=stored.input.metadata)
-        return dataclasses.replace(stored, input=basic_input)
+        return stored.without_content()
 
     async def close(self) -> None:
         self._items.clear()
