@@ -18,6 +18,7 @@ from inference_service.grpc.errors import INTERNAL_MESSAGE, status_for
         (errors.AlreadyExistsError("taken"), grpc.StatusCode.ALREADY_EXISTS),
         (errors.StoreUnavailableError("store down"), grpc.StatusCode.UNAVAILABLE),
         (errors.ModelNotReadyError("loading"), grpc.StatusCode.UNAVAILABLE),
+        (errors.InvocationPendingError("retry"), grpc.StatusCode.UNAVAILABLE),
     ],
 )
 def test_domain_errors_keep_code_and_message(error: errors.InferenceError, code) -> None:

@@ -13,6 +13,7 @@ import pytest
 from inference_service.domain import (
     BoundingBox,
     Detection,
+    Invocation,
     ModelInfo,
     ModelInput,
     ModelOutput,
@@ -22,6 +23,7 @@ from inference_service.errors import (
     AlreadyExistsError,
     ContentTooLargeError,
     InvalidArgumentError,
+    InvocationPendingError,
     ModelError,
     NotFoundError,
 )
@@ -240,3 +242,32 @@ async def test_get_without_content_keeps_hash(store, detector, executor) -> None
     assert basic.content_sha256 == hashlib.sha256(PNG).hexdigest()
     assert dict(basic.input.metadata) == {"k": "v"}
     assert basic.output is not None
+
+
+async def test_cancelled_invoke_still_stores_its_outcome(store, executor) -> None:
+    detector = FakeDetector(delay=0.2)
+    service = make_service(store, detector, executor)
+    call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
+    await asyncio.sleep(0.05)  # claimed, model running
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await service.wait_idle()
+    stored = await service.get_invocation("cancelled")
+    assert stored.state is State.SUCCEEDED
+    assert detector.calls == 1
+
+
+async def test_a_claim_that_stays_pending_is_unavailable_not_ok(store, detector, executor) -> None:
+    service = make_service(store, detector, executor, pending_wait_s=0.05)
+    stuck = Invocation(
+        input=ModelInput("stuck", PNG),
+        content_sha256=hashlib.sha256(PNG).hexdigest(),
+        state=State.PENDING,
+        model=detector.info,
+        create_time=NOW,
+    )
+    assert await store.claim(stuck) is None  # a winner that died before storing an outcome
+    with pytest.raises(InvocationPendingError, match="still being processed"):
+        await service.invoke(ModelInput("stuck", PNG))
+    assert detector.calls == 0

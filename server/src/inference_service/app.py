@@ -88,6 +88,7 @@ class Application:
         self._executor: ThreadPoolExecutor | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._service: InferenceService | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -104,7 +105,7 @@ class Application:
         if self._store is None:
             self._store = await build_store(settings)
 
-        service = InferenceService(
+        self._service = service = InferenceService(
             store=self._store,
             detector=self._detector,
             decode=_decode,
@@ -144,10 +145,6 @@ class Application:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving %s on %s:%d", SERVICE_NAME, settings.host, self.port)
 
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish (up to ``grace`` s), release all."""
         if grace is None:
@@ -156,10 +153,12 @@ class Application:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._service is not None:
+            await self._service.wait_idle()  # outcomes of calls cancelled by the stop
         if self._store is not None:
             await self._store.close()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            await asyncio.to_thread(self._executor.shutdown, True)
         if self._detector is not None:
             self._detector.close()
         logger.info("stopped")

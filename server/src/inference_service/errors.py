@@ -45,6 +45,12 @@ class StoreUnavailableError(InferenceError):
     code = "UNAVAILABLE"
 
 
+class InvocationPendingError(InferenceError):
+    """The id is claimed by an Invoke whose outcome is not stored yet; retrying may succeed."""
+
+    code = "UNAVAILABLE"
+
+
 class ModelNotReadyError(InferenceError):
     """The model is not loaded (yet)."""
 

@@ -24,6 +24,7 @@ from inference_service.errors import (
     AlreadyExistsError,
     ContentTooLargeError,
     InvalidArgumentError,
+    InvocationPendingError,
     ModelError,
     NotFoundError,
 )
@@ -110,10 +111,9 @@ class InferenceService:
         self._clock = clock
         self._new_id = new_id
         self._pending_wait_s = pending_wait_s
-
-    @property
-    def default_model(self) -> str:
-        return self._detector.info.name
+        # Model runs of won claims; they finish (and store their outcome) even when the call
+        # that started them is cancelled, so that no claimed id stays PENDING.
+        self._runs: set[asyncio.Future[Invocation]] = set()
 
     async def invoke(self, model_input: ModelInput, model: str = "") -> Invocation:
         """Validate, claim the id, run the model, store and return the invocation.
@@ -129,11 +129,9 @@ class InferenceService:
         self._check_content(model_input)
         self._check_metadata(model_input)
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(
-            self._executor, self._decode, model_input.content, self._limits.max_image_pixels
+        image, sha256 = await loop.run_in_executor(
+            self._executor, self._decode_and_hash, model_input.content
         )
-
-        sha256 = hashlib.sha256(model_input.content).hexdigest()
         pending = Invocation(
             input=model_input,
             content_sha256=sha256,
@@ -145,7 +143,24 @@ class InferenceService:
         existing = await self._store.claim(pending)
         if existing is not None:
             return await self._resolve_existing(existing, sha256)
+        run = asyncio.ensure_future(self._run_model(pending, image))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+        return await asyncio.shield(run)
 
+    async def wait_idle(self) -> None:
+        """Wait for the model runs in flight (e.g. of cancelled calls) to store their outcome."""
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+
+    def _decode_and_hash(self, content: bytes) -> tuple[np.ndarray, str]:
+        """Blocking: the decoded image and the content's sha256 (hex), off the event loop."""
+        image = self._decode(content, self._limits.max_image_pixels)
+        return image, hashlib.sha256(content).hexdigest()
+
+    async def _run_model(self, pending: Invocation, image: np.ndarray) -> Invocation:
+        """Run the model on a claimed input and store the outcome, success or failure."""
+        loop = asyncio.get_running_loop()
         try:
             output: ModelOutput = await loop.run_in_executor(
                 self._executor, self._detector.detect, image
@@ -212,15 +227,20 @@ class InferenceService:
             raise AlreadyExistsError(
                 f"id {existing.id!r} is already used by an input with different content"
             )
-        # The first caller may still be running the model: wait a little for its result.
+        # The first caller may still be running the model: wait a little for its result
+        # (reading without the content, which the claim already returned).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._pending_wait_s
         delay = 0.01
-        while existing.state is State.PENDING and loop.time() < deadline:
+        while existing.state is State.PENDING:
+            if loop.time() >= deadline:
+                raise InvocationPendingError(
+                    f"invocation {existing.id!r} is still being processed; retry later"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
-            refreshed = await self._store.get(existing.id)
-            if refreshed is None:  # removed meanwhile (TTL): report what we saw
-                break
-            existing = refreshed
+            refreshed = await self._store.get(existing.id, with_content=False)
+            if refreshed is None:  # expired meanwhile (TTL)
+                raise InvocationPendingError(f"invocation {existing.id!r} expired; retry")
+            existing = dataclasses.replace(refreshed, input=existing.input)
         return existing

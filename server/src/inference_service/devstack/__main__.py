@@ -42,10 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = StackSettings()
     repo_root = Path.cwd()
     stack = LocalStack(settings, repo_root=repo_root, base_env=os.environ)
+    stack.start()  # Ctrl-C while starting: KeyboardInterrupt, and start() stops what it started
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    stack.start()
     try:
         image = settings.resolved_shared_dir() / "images" / "face-1.jpg"
         print(

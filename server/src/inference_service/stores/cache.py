@@ -4,7 +4,7 @@ A finished invocation (SUCCEEDED or FAILED) never changes again: the id is claim
 outcome written once, and nothing rewrites either. So every server process may keep the ones it
 has seen, without coherence traffic between processes, and answer ``get`` from memory. Pending
 invocations are never cached. With a default TTL on the store, an entry expires when its row
-does (``create_time + ttl``).
+does (``create_time + ttl``, less a margin).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from inference_service.ports import InvocationStore
 
 logger = logging.getLogger(__name__)
 
+# An entry is dropped this long before its row expires (TTL rounding, clock differences).
+EXPIRY_MARGIN = dt.timedelta(seconds=2)
 # Rough fixed cost of an entry besides its content: ids, hashes, detections, objects.
 ENTRY_OVERHEAD_BYTES = 4096
 # Claims won by this process whose outcome is not written yet (bounded: a call that dies
@@ -96,7 +98,10 @@ class CachingInvocationStore:
         await self._inner.close()
 
     def _expired(self, invocation: Invocation) -> bool:
-        return self._ttl is not None and invocation.create_time + self._ttl <= self._clock()
+        return (
+            self._ttl is not None
+            and invocation.create_time + self._ttl - EXPIRY_MARGIN <= self._clock()
+        )
 
     def _lookup(self, invocation_id: str) -> Invocation | None:
         cached = self._entries.get(invocation_id)

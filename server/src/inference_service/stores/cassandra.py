@@ -3,11 +3,11 @@
 Design:
 
 * One row per input id in ``<keyspace>.invocations``. The claim is a lightweight transaction
-  (``INSERT ... IF NOT EXISTS``): the first writer wins, everyone else gets the stored row back
-  from the same Paxos round. ``complete`` is an ``UPDATE ... IF EXISTS`` of the outcome columns
-  only; being a Paxos write too, it is ordered after the claim whatever the clocks say (a plain
-  write with a client timestamp could lose to the claim's ballot under clock skew), and it never
-  resurrects an expired row.
+  (``INSERT ... IF NOT EXISTS``) of the small cells: the first writer wins, everyone else gets
+  the stored row back from the same Paxos round. The winner then writes the content, and later
+  the outcome (``complete``), with plain updates of columns that nobody else writes and that the
+  claim never writes, so no ordering between a Paxos write and a plain one can lose either.
+* With a TTL, every write of a row expires at the same moment, counted from its create time.
 * Only prepared statements; consistency ``LOCAL_QUORUM`` (configurable), serial consistency
   ``LOCAL_SERIAL``; token-aware, DC-aware routing; fixed protocol version.
 * The asyncio event loop is never blocked: each statement runs with ``execute_async`` and its
@@ -287,7 +287,7 @@ class CassandraInvocationStore:
             invocation.model.name,
             invocation.model.version,
             invocation.create_time,
-            self._ttl_s,
+            self._claim_ttl(invocation.create_time),
         )
         try:
             rows = await self._execute(self._claim, params)
@@ -322,7 +322,10 @@ class CassandraInvocationStore:
         while loop.time() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-            rows = await self._execute(self._get_with_content, (existing.id,))
+            try:
+                rows = await self._execute(self._get_with_content, (existing.id,))
+            except UNAVAILABLE_ERRORS as exc:
+                raise _unavailable("claim", exc) from exc
             if rows and rows[0]["content"] is not None:
                 return self._to_invocation(rows[0], with_content=True) or existing
         logger.warning("invocation %r has no content yet; its writer may have died", existing.id)
@@ -418,6 +421,11 @@ class CassandraInvocationStore:
             errback=_to_loop, errback_args=(loop, future, False),
         )  # fmt: skip
         return await future
+
+    def _claim_ttl(self, create_time: dt.datetime) -> int:
+        """The claim expires with the content and outcome written after it (0: never)."""
+        remaining = self._remaining_ttl(create_time)
+        return remaining if remaining is not None else 1
 
     def _remaining_ttl(self, create_time: dt.datetime) -> int | None:
         """TTL for the outcome so that it expires no later than its input; 0 means never.
@@ -562,16 +570,6 @@ def _maybe_applied(exc: BaseException) -> bool:
 def _unavailable(operation: str, exc: BaseException) -> StoreUnavailableError:
     logger.warning("invocation store %s failed: %s: %s", operation, type(exc).__name__, exc)
     return StoreUnavailableError("invocation store unavailable")
-
-
-def _to_millis(value: dt.datetime | None) -> dt.datetime | None:
-    """``value`` as Cassandra keeps it: UTC, millisecond precision."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    value = value.astimezone(dt.UTC)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
