@@ -133,7 +133,10 @@ class ManagedProcess:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit status."""
         if self._popen is None:
             return None
-        code = stop_pid(self._popen.pid, grace=grace, popen=self._popen)
+        if self._popen.poll() is not None:  # already ended and reaped: its PID may be reused
+            code: int | None = self._popen.returncode
+        else:
+            code = stop_pid(self._popen.pid, grace=grace, popen=self._popen)
         if self.pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.pid_file.unlink()
