@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 import pytest
-from support.cassandra_fixtures import CassandraEndpoint
 from support.http import RestClient
 
 from inference_service.devstack.process import free_port, pid_alive
 from inference_service.devstack.stack import LocalStack, StackSettings
+from inference_service.stores.cassandra import CassandraConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
 
 @pytest.fixture(scope="package")
 def e2e_stack(
-    cassandra_endpoint: CassandraEndpoint,
+    cassandra_endpoint: CassandraConfig,
     shared_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalStack]:

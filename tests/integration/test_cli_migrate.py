@@ -27,7 +27,7 @@ def test_migrate_creates_schema_idempotently(cassandra_endpoint) -> None:
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
-    cluster = build_cluster(cassandra_endpoint.config())
+    cluster = build_cluster(cassandra_endpoint)
     try:
         session = cluster.connect()
         columns = {

@@ -36,7 +36,7 @@ async def server(request: pytest.FixtureRequest, shared_dir: Path):
     store = None
     if request.param == "cassandra":
         endpoint = request.getfixturevalue("cassandra_endpoint")
-        store = await CassandraInvocationStore.connect(endpoint.config())
+        store = await CassandraInvocationStore.connect(endpoint)
     app = Application(settings, store=store)
     await app.start()
     yield app

@@ -73,13 +73,14 @@ def succeeded(invocation: Invocation, detections: tuple[Detection, ...] = ()) ->
 
 
 def without_content(invocation: Invocation) -> Invocation:
+    """The expected BASIC read, built independently of the code under test."""
     basic = ModelInput(id=invocation.id, content=b"", metadata=invocation.input.metadata)
     return dataclasses.replace(invocation, input=basic)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def cassandra_store(cassandra_endpoint) -> AsyncIterator[CassandraInvocationStore]:
-    store = await CassandraInvocationStore.connect(cassandra_endpoint.config())
+    store = await CassandraInvocationStore.connect(cassandra_endpoint)
     yield store
     await store.close()
 
@@ -240,7 +241,9 @@ async def test_first_writer_wins_under_concurrent_claims(store: InvocationStore)
 
 async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:
     """Cassandra only (the in-memory store keeps no TTL)."""
-    store = await CassandraInvocationStore.connect(cassandra_endpoint.config(default_ttl_s=2))
+    store = await CassandraInvocationStore.connect(
+        dataclasses.replace(cassandra_endpoint, default_ttl_s=2)
+    )
     try:
         invocation = pending()
         await store.claim(invocation)
