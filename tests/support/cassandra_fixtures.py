@@ -28,7 +28,8 @@ import pytest
 from inference_service.devstack.cassandra import LocalCassandra, default_root
 from inference_service.devstack.process import free_port
 from inference_service.settings import Settings
-from inference_service.stores.cassandra import CassandraConfig, build_cluster, create_schema
+from inference_service.stores.cassandra import CassandraConfig, build_cluster
+from inference_service.stores.cassandra_schema import create_schema
 
 START_TIMEOUT_S = 180.0
 TESTCONTAINERS_IMAGE = "cassandra:5.0"

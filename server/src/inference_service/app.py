@@ -20,6 +20,7 @@ from inference_service.detection.model_source import default_model_source
 from inference_service.detection.tflite import TFLiteFaceDetector
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.servicer import InferenceServicer
+from inference_service.health import StoreHealthMonitor
 from inference_service.ports import Detector, InvocationStore
 from inference_service.service import InferenceService, RequestLimits
 from inference_service.settings import Settings
@@ -89,6 +90,7 @@ class Application:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service: InferenceService | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -115,6 +117,8 @@ class Application:
                 max_image_pixels=settings.max_image_pixels,
                 max_metadata_entries=settings.max_metadata_entries,
             ),
+            pending_wait_s=settings.pending_wait_s,
+            claim_lease_s=settings.claim_lease_s,
         )
         max_message = settings.max_content_bytes + MESSAGE_OVERHEAD_BYTES
         server = grpc.aio.server(
@@ -141,15 +145,46 @@ class Application:
             raise RuntimeError(f"cannot bind the gRPC server to {address}")
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_serving(True)
+        monitor = StoreHealthMonitor(
+            self._store,
+            self._set_serving,
+            interval_s=settings.store_check_interval_s,
+            unhealthy_after_s=settings.store_unhealthy_after_s,
+        )
+        self._monitor_task = asyncio.create_task(monitor.run(), name="store-health")
         logger.info("serving %s on %s:%d", SERVICE_NAME, settings.host, self.port)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls, let in-flight ones finish (up to ``grace`` s), release all."""
+    async def _set_serving(self, serving: bool) -> None:
+        """Health of the whole server and of the service: SERVING only while the store
+        answers (Envoy's health checks then route around a replica that lost its store)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def stop(self, grace: float | None = None, *, drain: bool = False) -> None:
+        """Stop taking calls, let in-flight ones finish (up to ``grace`` s), release all.
+
+        With ``drain`` (SIGTERM), health says NOT_SERVING first and the server keeps serving
+        for ``shutdown_drain_delay_s``, until the load balancer has stopped sending calls.
+        """
         if grace is None:
             grace = self.settings.shutdown_grace_s
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            await asyncio.gather(self._monitor_task, return_exceptions=True)
+            self._monitor_task = None
         await self._health.enter_graceful_shutdown()
+        if drain and self._server is not None and self.settings.shutdown_drain_delay_s > 0:
+            logger.info(
+                "health NOT_SERVING; serving %.1fs more while the load balancer drains",
+                self.settings.shutdown_drain_delay_s,
+            )
+            await asyncio.sleep(self.settings.shutdown_drain_delay_s)
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

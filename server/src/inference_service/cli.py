@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
 
     migrate = commands.add_parser(
-        "migrate", help="create the Cassandra keyspace and table (idempotent), then exit"
+        "migrate",
+        help="create or upgrade the Cassandra keyspace and table (idempotent), then exit",
     )
     migrate.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
     return parser
@@ -79,7 +80,7 @@ async def _serve(settings: Settings) -> None:
         await stop.wait()
         logger.info("signal received: draining in-flight calls")
     finally:
-        await app.stop()
+        await app.stop(drain=stop.is_set())
 
 
 async def _migrate(settings: Settings) -> None:

@@ -66,6 +66,21 @@ class ModelInfo:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """Who owns a PENDING invocation and since when: the Invoke that won (or took over) its id.
+
+    ``token`` is unique per Invoke; ``time`` starts the claim's lease, after which a retry of the
+    same id and content may take the claim over (its owner presumably died).
+    """
+
+    token: str
+    time: dt.datetime
+
+    def expired(self, now: dt.datetime, lease: dt.timedelta) -> bool:
+        return now >= self.time + lease
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Invocation:
     """A stored input and, once the model has run, its output or error.
 
@@ -83,6 +98,8 @@ class Invocation:
     output: ModelOutput | None = None
     complete_time: dt.datetime | None = None
     error: str = ""
+    claim: Claim | None = dataclasses.field(default=None, compare=False)
+    """Bookkeeping of the store, not part of what the invocation is (ignored by ``==``)."""
 
     @property
     def id(self) -> str:

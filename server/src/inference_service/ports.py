@@ -35,15 +35,31 @@ class ModelSource(Protocol):
 class InvocationStore(Protocol):
     """Keeps invocations, keyed by input id. All methods are coroutines.
 
-    Errors: a store that cannot be reached raises ``StoreUnavailableError``.
+    Every write is conditional (``claim``, ``take_over``) or idempotent (``complete``), so a
+    caller may retry it. Errors: a store that cannot be reached raises
+    ``StoreUnavailableError``.
     """
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
-        """Insert ``invocation`` (state PENDING) unless its id exists.
+        """Insert ``invocation`` (state PENDING, owned by ``invocation.claim``) unless its id
+        exists, content included.
 
-        Returns ``None`` when this call inserted it (the caller owns the id),
-        else the invocation already stored under that id, unchanged, with its
-        content. First writer wins under concurrency.
+        Returns ``None`` when this call owns the id (it inserted it, also when a retried
+        attempt of its own insert is what it finds), else the invocation already stored under
+        that id, unchanged, with its content (when stored) and its ``claim``. First writer
+        wins under concurrency.
+        """
+        ...
+
+    async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
+        """Move the claim of ``stale`` (a PENDING invocation as read from the store) to
+        ``invocation.claim``, only if ``stale.claim`` still owns it and no outcome is stored;
+        store ``invocation.input.content`` (the same bytes: the caller checked the hash) in
+        case the first owner died before writing it. The input's metadata and create time stay
+        as stored.
+
+        Returns ``None`` when this call now owns the id (of several callers exactly one does),
+        else the invocation as stored now.
         """
         ...
 
@@ -56,6 +72,11 @@ class InvocationStore(Protocol):
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         """Return the stored invocation, or ``None``. Without content,
         ``input.content`` is ``b""`` (``content_sha256`` is still set)."""
+        ...
+
+    async def check(self) -> None:
+        """Return when the store can serve reads and writes now; raise
+        ``StoreUnavailableError`` otherwise (the server's health check)."""
         ...
 
     async def close(self) -> None: ...

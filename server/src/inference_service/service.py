@@ -19,10 +19,11 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from inference_service.domain import Invocation, ModelInput, ModelOutput, State
+from inference_service.domain import Claim, Invocation, ModelInput, ModelOutput, State
 from inference_service.errors import (
     AlreadyExistsError,
     ContentTooLargeError,
+    InferenceError,
     InvalidArgumentError,
     InvocationPendingError,
     ModelError,
@@ -101,7 +102,9 @@ class InferenceService:
         limits: RequestLimits | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
         pending_wait_s: float = 5.0,
+        claim_lease_s: float = 60.0,
     ) -> None:
         self._store = store
         self._detector = detector
@@ -110,10 +113,12 @@ class InferenceService:
         self._limits = limits or RequestLimits()
         self._clock = clock
         self._new_id = new_id
+        self._new_token = new_token
         self._pending_wait_s = pending_wait_s
         # Model runs of won claims; they finish (and store their outcome) even when the call
         # that started them is cancelled, so that no claimed id stays PENDING.
         self._runs: set[asyncio.Future[Invocation]] = set()
+        self._lease = dt.timedelta(seconds=claim_lease_s)
 
     async def invoke(self, model_input: ModelInput, model: str = "") -> Invocation:
         """Validate, claim the id, run the model, store and return the invocation.
@@ -132,26 +137,39 @@ class InferenceService:
         image, sha256 = await loop.run_in_executor(
             self._executor, self._decode_and_hash, model_input.content
         )
+        now = self._clock()
         pending = Invocation(
             input=model_input,
             content_sha256=sha256,
             content_type=sniff_content_type(model_input.content),
             state=State.PENDING,
             model=self._detector.info,
-            create_time=self._clock(),
+            create_time=now,
+            claim=Claim(token=self._new_token(), time=now),
         )
-        existing = await self._store.claim(pending)
-        if existing is not None:
-            return await self._resolve_existing(existing, sha256)
-        run = asyncio.ensure_future(self._run_model(pending, image))
-        self._runs.add(run)
-        run.add_done_callback(self._runs.discard)
-        return await asyncio.shield(run)
+        # One unit of work: the claim, the content, the model run and the outcome run to the
+        # end once started, even when the call is cancelled (a client's deadline, a REST client
+        # gone); stopped half-way, they would hold the id until the claim's lease passes.
+        work = asyncio.ensure_future(self._claim_and_run(pending, image))
+        self._runs.add(work)
+        work.add_done_callback(self._runs.discard)
+        work.add_done_callback(_settle_unit_of_work)
+        return await asyncio.shield(work)
 
     async def wait_idle(self) -> None:
-        """Wait for the model runs in flight (e.g. of cancelled calls) to store their outcome."""
+        """Wait for the units of work in flight (e.g. of cancelled calls) to finish."""
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
+
+    async def _claim_and_run(self, pending: Invocation, image: np.ndarray) -> Invocation:
+        existing = await self._store.claim(pending)
+        if existing is None:
+            return await self._run_model(pending, image)
+        if existing.content_sha256 != pending.content_sha256:
+            raise AlreadyExistsError(
+                f"id {existing.id!r} is already used by an input with different content"
+            )
+        return await self._await_outcome(existing, pending, image)
 
     def _decode_and_hash(self, content: bytes) -> tuple[np.ndarray, str]:
         """Blocking: the decoded image and the content's sha256 (hex), off the event loop."""
@@ -221,26 +239,51 @@ class InferenceService:
                     f"input.metadata[{key!r}] is longer than {MAX_METADATA_VALUE_BYTES} bytes"
                 )
 
-    async def _resolve_existing(self, existing: Invocation, sha256: str) -> Invocation:
-        """A second Invoke of a taken id: the same content gets the stored invocation."""
-        if existing.content_sha256 != sha256:
-            raise AlreadyExistsError(
-                f"id {existing.id!r} is already used by an input with different content"
-            )
-        # The first caller may still be running the model: wait a little for its result
-        # (reading without the content, which the claim already returned).
+    async def _await_outcome(
+        self, existing: Invocation, pending: Invocation, image: np.ndarray
+    ) -> Invocation:
+        """Another Invoke of the same id and content owns the id: its stored outcome, once there
+        (waiting up to ``pending_wait_s``); or, when the owner's lease has passed (it died, or
+        its store writes failed), the claim itself, taken over to run the model here."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._pending_wait_s
         delay = 0.01
         while existing.state is State.PENDING:
+            if existing.claim is not None and existing.claim.expired(self._clock(), self._lease):
+                successor = dataclasses.replace(
+                    existing,
+                    input=dataclasses.replace(existing.input, content=pending.input.content),
+                    claim=Claim(token=pending.claim.token, time=self._clock()),
+                )
+                current = await self._store.take_over(existing, successor)
+                if current is None:
+                    logger.warning(
+                        "invocation %r: the claim of %s expired without an outcome; taken over",
+                        existing.id,
+                        existing.claim.time.isoformat(),
+                    )
+                    return await self._run_model(successor, image)
+                existing = current
+                continue
             if loop.time() >= deadline:
                 raise InvocationPendingError(
                     f"invocation {existing.id!r} is still being processed; retry later"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+            # Without the content, which the claim already returned.
             refreshed = await self._store.get(existing.id, with_content=False)
             if refreshed is None:  # expired meanwhile (TTL)
                 raise InvocationPendingError(f"invocation {existing.id!r} expired; retry")
             existing = dataclasses.replace(refreshed, input=existing.input)
         return existing
+
+
+def _settle_unit_of_work(work: asyncio.Future[Invocation]) -> None:
+    """Its outcome is stored; an error nobody awaits any more (the call was cancelled) is
+    logged here rather than as "exception never retrieved"."""
+    if work.cancelled():
+        return
+    error = work.exception()
+    if error is not None and not isinstance(error, InferenceError):
+        logger.error("an Invoke failed after its call had gone", exc_info=error)

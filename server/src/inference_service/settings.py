@@ -92,27 +92,64 @@ class Settings(BaseSettings):
     """Username for PasswordAuthenticator; none means no authentication."""
     cassandra_password: SecretStr | None = None
     """Password for PasswordAuthenticator."""
-    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-    """Replication map used when the keyspace is created (a CQL map literal)."""
+    cassandra_replication_strategy: Literal["SimpleStrategy", "NetworkTopologyStrategy"] = (
+        "SimpleStrategy"
+    )
+    """Replication strategy of the keyspace that ``migrate`` creates: ``SimpleStrategy`` (one
+    data centre, e.g. the local dev node) or ``NetworkTopologyStrategy`` (production; RF per
+    data centre from ``cassandra_datacenters``)."""
+    cassandra_replication_factor: int = Field(1, ge=1)
+    """Replication factor for ``SimpleStrategy``. Use 3 on a real cluster: with fewer replicas a
+    QUORUM cannot survive the loss of one node."""
+    cassandra_datacenters: Annotated[dict[str, int], NoDecode] = {}
+    """Replication factor per data centre for ``NetworkTopologyStrategy``, e.g. ``dc1:3,dc2:3``
+    (or a JSON object)."""
     cassandra_consistency: str = "LOCAL_QUORUM"
     """Consistency level of reads and writes."""
-    cassandra_serial_consistency: str = "LOCAL_SERIAL"
-    """Serial consistency of the lightweight transactions that claim and complete an id."""
+    cassandra_serial_consistency: Literal["SERIAL", "LOCAL_SERIAL"] = "SERIAL"
+    """Serial consistency of the lightweight transactions that claim an id. ``SERIAL`` (the
+    default) makes exactly one Invoke win an id across the whole cluster; ``LOCAL_SERIAL`` is
+    faster with several data centres but lets one winner per data centre run the model (and
+    the last outcome written wins)."""
     cassandra_protocol_version: int = Field(5, ge=3, le=5)
     """CQL native protocol version, set explicitly (no downgrade at connect): 5 for Cassandra
     4.0 and later, 4 for 3.x clusters."""
-    cassandra_reconnect_delay_s: float = Field(1.0, gt=0)
-    """Delay between reconnection attempts to a node that went down."""
+    cassandra_reconnect_delay_s: float = Field(0.5, gt=0)
+    """First delay between reconnection attempts to a node that went down; it doubles up to
+    ``cassandra_reconnect_max_delay_s`` and the driver keeps trying forever."""
+    cassandra_reconnect_max_delay_s: float = Field(4.0, gt=0)
+    """Longest delay between reconnection attempts (how soon a node that is back is used)."""
+    cassandra_retry_budget_s: float = Field(10.0, ge=0)
+    """How long idempotent writes (content, outcome) and the reads that settle an uncertain
+    claim are retried, with exponential backoff, before the call fails with UNAVAILABLE."""
     cassandra_request_timeout_s: float = Field(5.0, gt=0)
     """Per-statement timeout; a timed-out statement fails the call with UNAVAILABLE."""
     cassandra_connect_timeout_s: float = Field(5.0, gt=0)
     """Connection timeout."""
     cassandra_default_ttl_s: int = Field(0, ge=0)
     """Default TTL of stored invocations in seconds; 0 keeps them forever."""
-    cassandra_create_schema: bool = True
-    """Create the keyspace and table at start-up (idempotent). Turn off where operators run
-    ``migrate``.
-    """
+    cassandra_create_schema: bool = False
+    """Create (or upgrade) the keyspace and table at start-up, as ``migrate`` does; the local dev
+    stack turns it on. Off (the default), ``serve`` only checks that the schema is in place
+    and refuses to start if ``inference-service migrate`` has not run: one process owns the
+    schema, and servers that start together never race to create it."""
+
+    # --- reliability -------------------------------------------------------
+    claim_lease_s: float = Field(60.0, gt=0)
+    """How long an Invoke owns an id it claimed before a retry of the same id and content may
+    take the claim over (its owner presumably died). Longer than the slowest model run plus the
+    store's retry budget; keep server clocks in sync (NTP) to well under it."""
+    pending_wait_s: float = Field(5.0, ge=0)
+    """How long an Invoke of an id whose first Invoke is still running waits for its outcome
+    before answering UNAVAILABLE (retry)."""
+    store_check_interval_s: float = Field(1.0, gt=0)
+    """How often the server checks that its store answers (for gRPC health)."""
+    store_unhealthy_after_s: float = Field(3.0, ge=0)
+    """Health turns NOT_SERVING once the store has failed every check for this long, and
+    SERVING again at the first check that passes."""
+    shutdown_drain_delay_s: float = Field(3.0, ge=0)
+    """On SIGTERM, how long the server keeps serving while health says NOT_SERVING, so that
+    Envoy (health checked every second) stops sending before the server stops taking calls."""
 
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     """Bytes of finished invocations (content included) each server process keeps in memory to
@@ -130,6 +167,19 @@ class Settings(BaseSettings):
             if value.startswith("["):
                 return json.loads(value)
             return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("cassandra_datacenters", mode="before")
+    @classmethod
+    def _split_datacenters(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("{"):
+                return json.loads(value)
+            pairs = [item.split(":", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected DC:RF pairs separated by commas, e.g. dc1:3,dc2:3")
+            return {dc.strip(): int(rf) for dc, rf in pairs}
         return value
 
     def resolved_shared_dir(self) -> Path:

@@ -83,6 +83,12 @@ class LocalStack:
                 storage_port=settings.cassandra_storage_port,
             )
         server_env = server_environment(settings)
+        if (
+            settings.store == "cassandra"
+            and "cassandra_create_schema" not in settings.model_fields_set
+        ):
+            # The dev stack creates its own schema (servers start one after the other).
+            server_env["INFERENCE_CASSANDRA_CREATE_SCHEMA"] = "true"
         self.servers = [
             LocalServer(
                 host=settings.host,

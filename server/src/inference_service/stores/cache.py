@@ -65,6 +65,16 @@ class CachingInvocationStore:
                 self._claimed.popitem(last=False)
         return existing
 
+    async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
+        current = await self._inner.take_over(stale, invocation)
+        if current is not None:
+            self._remember(current)
+        else:
+            self._claimed[invocation.id] = invocation
+            if len(self._claimed) > MAX_CLAIMS_IN_FLIGHT:
+                self._claimed.popitem(last=False)
+        return current
+
     async def complete(self, invocation: Invocation) -> None:
         await self._inner.complete(invocation)
         claimed = self._claimed.pop(invocation.id, None)
@@ -90,6 +100,9 @@ class CachingInvocationStore:
         if stored is not None:
             self._remember(stored)
         return stored
+
+    async def check(self) -> None:
+        await self._inner.check()
 
     async def close(self) -> None:
         self._entries.clear()

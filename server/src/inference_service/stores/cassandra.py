@@ -7,15 +7,26 @@ Design:
   the stored row back from the same Paxos round. The winner then writes the content, and later
   the outcome (``complete``), with plain updates of columns that nobody else writes and that the
   claim never writes, so no ordering between a Paxos write and a plain one can lose either.
+* Every claim carries a ``claim_id`` (a UUID per Invoke) and a ``claim_time``. The claim is never
+  retried blindly (no driver retries): a claim whose answer was lost (a timeout, a dropped
+  connection, "CAS write outcome unknown") is settled by a serial read, and a row whose
+  ``claim_id`` is the caller's own means the caller won. A claim whose lease has passed without
+  an outcome is taken over with a conditional update on the old ``claim_id`` (``take_over``).
+* The content and outcome writes are idempotent: they are retried with exponential backoff for
+  up to ``retry_budget_s``.
 * With a TTL, every write of a row expires at the same moment, counted from its create time.
 * Only prepared statements; consistency ``LOCAL_QUORUM`` (configurable), serial consistency
-  ``LOCAL_SERIAL``; token-aware, DC-aware routing; fixed protocol version.
+  ``SERIAL`` (one winner in the whole cluster); token-aware, DC-aware routing; fixed protocol
+  version; ``TCP_NODELAY`` on every connection.
 * The asyncio event loop is never blocked: each statement runs with ``execute_async`` and its
   callbacks hand the result to the loop with ``call_soon_threadsafe``; connecting (blocking in
   the driver) runs in a worker thread.
 * Every driver error that means "unreachable, overloaded or timed out" becomes
-  ``StoreUnavailableError``; the driver reconnects by itself (constant 1 s delay), so the same
-  store works again once Cassandra is back.
+  ``StoreUnavailableError``; the driver reconnects forever (exponential backoff, capped), so the
+  same store works again once Cassandra is back.
+* The schema belongs to ``inference-service migrate`` (or to a server started with
+  ``create_schema``); a server otherwise only checks that it is in place, and warns when the
+  keyspace's replication and the consistency levels cannot survive the loss of one node.
 
 Size limit: a Cassandra mutation must be smaller than half a commit log segment
 (``commitlog_segment_size``, default 32 MiB), so 8 MiB of content is fine with the defaults;
@@ -30,7 +41,7 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-import re
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,15 +65,17 @@ from cassandra.cluster import (
 )
 from cassandra.connection import ConnectionException
 from cassandra.policies import (
-    ConstantReconnectionPolicy,
     DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    FallthroughRetryPolicy,
     TokenAwarePolicy,
 )
-from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
+from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import PreparedStatement, dict_factory
 
 from inference_service.domain import (
     BoundingBox,
+    Claim,
     Detection,
     Invocation,
     ModelInfo,
@@ -71,15 +84,27 @@ from inference_service.domain import (
     State,
 )
 from inference_service.errors import StoreUnavailableError
+from inference_service.stores.cassandra_schema import (
+    TABLE,
+    check_identifier,
+    create_schema,
+    keyspace_replication,
+    replication_map,
+    replication_warnings,
+    verify_schema,
+)
 
 if TYPE_CHECKING:
     from inference_service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-TABLE = "invocations"
 _SERIAL_PROFILE = "serial"
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+#: Native protocol v5 error "CAS write outcome unknown" (Cassandra 4.0+); the driver has no
+#: class for it and raises a plain ``ErrorMessage`` carrying the code.
+CAS_WRITE_UNKNOWN = 0x1700
+#: Any id works for the health check's read; this one is not a valid input id.
+_HEALTH_CHECK_ID = "/health-check"
 
 #: Driver errors that mean the store cannot answer now (down, overloaded or too slow).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -104,18 +129,22 @@ class CassandraConfig:
     local_dc: str = "datacenter1"
     keyspace: str = "inference"
     username: str | None = None
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
     replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
     """CQL map literal used when the keyspace is created."""
     consistency: str = "LOCAL_QUORUM"
-    serial_consistency: str = "LOCAL_SERIAL"
+    serial_consistency: str = "SERIAL"
     request_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     default_ttl_s: int = 0
     """TTL of every written row, 0 for none; also the table's ``default_time_to_live``."""
-    create_schema: bool = True
+    create_schema: bool = False
+    """Create or upgrade the schema at connect; otherwise only check that it is in place."""
     protocol_version: int = 5
-    reconnect_delay_s: float = 1.0
+    reconnect_delay_s: float = 0.5
+    reconnect_max_delay_s: float = 4.0
+    retry_budget_s: float = 10.0
+    """How long idempotent writes and settling reads are retried before UNAVAILABLE."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassandraConfig:
@@ -128,11 +157,17 @@ class CassandraConfig:
             keyspace=settings.cassandra_keyspace,
             username=settings.cassandra_username,
             password=password.get_secret_value() if password is not None else None,
-            replication=settings.cassandra_replication,
+            replication=replication_map(
+                settings.cassandra_replication_strategy,
+                replication_factor=settings.cassandra_replication_factor,
+                datacenters=settings.cassandra_datacenters,
+            ),
             consistency=settings.cassandra_consistency,
             serial_consistency=settings.cassandra_serial_consistency,
             protocol_version=settings.cassandra_protocol_version,
             reconnect_delay_s=settings.cassandra_reconnect_delay_s,
+            reconnect_max_delay_s=settings.cassandra_reconnect_max_delay_s,
+            retry_budget_s=settings.cassandra_retry_budget_s,
             request_timeout_s=settings.cassandra_request_timeout_s,
             connect_timeout_s=settings.cassandra_connect_timeout_s,
             default_ttl_s=settings.cassandra_default_ttl_s,
@@ -143,69 +178,12 @@ class CassandraConfig:
 # --- schema ---------------------------------------------------------------------------------
 
 
-def schema_statements(keyspace: str, replication: str, default_ttl_s: int = 0) -> list[str]:
-    """The idempotent CQL that creates the keyspace, the ``detection`` type and the table."""
-    _check_identifier(keyspace)
-    if not replication.strip().startswith("{"):
-        raise ValueError(f"replication must be a CQL map literal, not {replication!r}")
-    if default_ttl_s < 0:
-        raise ValueError("default_ttl_s must be >= 0")
-    return [
-        f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}",
-        # The output is stored as typed columns, not as serialized JSON or protobuf: cqlsh shows
-        # it as is, Cassandra checks the types, and nothing but the driver is needed to read it.
-        # A box is flattened into its detection; ``double`` keeps Python floats exact.
-        f"CREATE TYPE IF NOT EXISTS {keyspace}.detection ("
-        " x_min double, y_min double, x_max double, y_max double, score double, label text)",
-        f"CREATE TABLE IF NOT EXISTS {keyspace}.{TABLE} ("
-        " id text PRIMARY KEY,"
-        " claim_id uuid,"  # written by the claim: tells a lost claim from a won one after a timeout
-        " content blob,"
-        " content_sha256 text,"
-        " content_type text,"
-        " metadata map<text, text>,"
-        " model_name text,"
-        " model_version text,"
-        " state text,"
-        " detections frozen<list<frozen<detection>>>,"
-        " image_width int,"  # set iff the model produced an output
-        " image_height int,"
-        " error text,"
-        " create_time timestamp,"
-        " complete_time timestamp"
-        f") WITH default_time_to_live = {int(default_ttl_s)}"
-        " AND comment = 'inference-service: one input and its outcome per id'",
-    ]
-
-
-def create_schema(
-    session: Session,
-    keyspace: str,
-    replication: str,
-    default_ttl_s: int = 0,
-    *,
-    timeout_s: float = 30.0,
-) -> None:
-    """Create the keyspace and table if missing (blocking) and wait for schema agreement."""
-    for statement in schema_statements(keyspace, replication, default_ttl_s):
-        logger.debug("schema: %s", statement)
-        session.execute(statement, timeout=timeout_s)
-    if not session.cluster.control_connection.wait_for_schema_agreement(wait_time=timeout_s):
-        logger.error("no schema agreement on keyspace %s after %.0fs", keyspace, timeout_s)
-        raise StoreUnavailableError("invocation store unavailable")
-    logger.info("schema of keyspace %s is in place", keyspace)
-
-
 async def migrate(settings: Settings) -> None:
-    """Create the schema of ``settings`` (``inference-service migrate``), then disconnect."""
+    """Create or upgrade the schema of ``settings`` (``inference-service migrate``), then
+    disconnect."""
     config = dataclasses.replace(CassandraConfig.from_settings(settings), create_schema=True)
     store = await CassandraInvocationStore.connect(config)
     await store.close()
-
-
-def _check_identifier(name: str) -> None:
-    if not _IDENTIFIER.fullmatch(name):
-        raise ValueError(f"not a valid unquoted CQL identifier: {name!r}")
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -221,22 +199,30 @@ class CassandraInvocationStore:
         self._config = config
         self._ttl_s = int(config.default_ttl_s)
         queries = _queries(f"{config.keyspace}.{TABLE}")
-        self._claim = self._prepare(queries["claim"])
-        self._complete = self._prepare(queries["complete"])
-        self._complete.is_idempotent = True  # the driver may retry it on another host
-        self._store_content_statement = self._prepare(queries["store_content"])
-        self._store_content_statement.is_idempotent = True
-        self._get_with_content = self._prepare(queries["get_with_content"])
-        self._get_without_content = self._prepare(queries["get_without_content"])
+        # Conditional writes are never retried by the driver: a second attempt of a claim that
+        # was applied would find its own row. An uncertain answer is settled by a serial read.
+        self._claim = self._prepare(queries["claim"], retry=False)
+        self._take_over = self._prepare(queries["take_over"], retry=False)
+        self._complete = self._prepare(queries["complete"], idempotent=True)
+        self._store_content_statement = self._prepare(queries["store_content"], idempotent=True)
+        self._get_with_content = self._prepare(queries["get_with_content"], idempotent=True)
+        self._get_without_content = self._prepare(queries["get_without_content"], idempotent=True)
 
-    def _prepare(self, query: str) -> PreparedStatement:
-        return self._session.prepare(query)
+    def _prepare(
+        self, query: str, *, idempotent: bool = False, retry: bool = True
+    ) -> PreparedStatement:
+        statement = self._session.prepare(query)
+        statement.is_idempotent = idempotent  # the driver may then retry it on another host
+        if not retry:
+            statement.retry_policy = FallthroughRetryPolicy()
+        return statement
 
     # --- construction -----------------------------------------------------------------
 
     @classmethod
     async def connect(cls, config: CassandraConfig) -> CassandraInvocationStore:
-        """Connect (in a worker thread), create the schema when asked, prepare statements."""
+        """Connect (in a worker thread); create the schema when asked, else check it is in
+        place; prepare the statements."""
         return await asyncio.to_thread(cls._connect_blocking, config)
 
     @classmethod
@@ -246,12 +232,15 @@ class CassandraInvocationStore:
 
     @classmethod
     def _connect_blocking(cls, config: CassandraConfig) -> CassandraInvocationStore:
-        _check_identifier(config.keyspace)
+        check_identifier(config.keyspace)
         cluster = build_cluster(config)
         try:
             session = cluster.connect()
             if config.create_schema:
                 create_schema(session, config.keyspace, config.replication, config.default_ttl_s)
+            else:
+                verify_schema(session, config.keyspace)
+            _warn_about_replication(session, config)
             store = cls(cluster, session, config)
         except UNAVAILABLE_ERRORS as exc:
             cluster.shutdown()
@@ -272,15 +261,17 @@ class CassandraInvocationStore:
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
         # Two steps. The lightweight transaction claims the id with the small cells only (hash,
-        # type, metadata, model, times): a Paxos proposal is kept in system.paxos besides the
-        # table, so a content blob in it would be written twice and pushed through every Paxos
-        # phase. The winner then writes the content with a plain update of a column that only
-        # it writes. Until that lands (or if the winner dies in between) the row reads as a
-        # PENDING invocation without content; losers compare hashes, which the claim holds.
-        claim_id = uuid.uuid4()
+        # type, metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides
+        # the table, so a content blob in it would be written twice and pushed through every
+        # Paxos phase. The winner then writes the content with a plain update of a column that
+        # only it writes. Until that lands (or if the winner dies in between) the row reads as
+        # a PENDING invocation without content; losers compare hashes, which the claim holds.
+        claim = _claim_of(invocation)
+        claim_id = uuid.UUID(claim.token)
         params = (
             invocation.id,
             claim_id,
+            claim.time,
             invocation.content_sha256,
             invocation.content_type,
             dict(invocation.input.metadata),
@@ -289,80 +280,64 @@ class CassandraInvocationStore:
             invocation.create_time,
             self._claim_ttl(invocation.create_time),
         )
-        try:
-            rows = await self._execute(self._claim, params)
-        except UNAVAILABLE_ERRORS as exc:
-            if not _maybe_applied(exc):
-                raise _unavailable("claim", exc) from exc
-            # CAS uncertainty: the Paxos round may have committed. A serial read settles it.
-            logger.warning("claim of %r uncertain (%r); reading it back", invocation.id, exc)
-            existing = await self._resolve_uncertain_claim(invocation.id, claim_id, exc)
-        else:
-            row = rows[0]
-            if row["[applied]"]:
-                existing = None
-            else:
-                existing = self._to_invocation(row, with_content=True)
-                if existing is None:
-                    # The last second of an expiring row (its outcome cells already gone): the
-                    # id is free in a moment; the caller may retry.
-                    raise _unavailable("claim", RuntimeError(f"row {invocation.id!r} expiring"))
-                if row["content"] is None:
-                    existing = await self._content_of_fresh_claim(existing)
-        if existing is None:
-            await self._store_content(invocation)
-        return existing
-
-    async def _content_of_fresh_claim(self, existing: Invocation) -> Invocation:
-        """The winner of a claim writes its content right after it: wait for it (up to the
-        request timeout), so that a loser gets the stored input with its content."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.request_timeout_s
-        delay = 0.002
-        while loop.time() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        deadline = self._deadline()
+        while True:
             try:
-                rows = await self._execute(self._get_with_content, (existing.id,))
-            except UNAVAILABLE_ERRORS as exc:
-                raise _unavailable("claim", exc) from exc
-            if rows and rows[0]["content"] is not None:
-                return self._to_invocation(rows[0], with_content=True) or existing
-        logger.warning("invocation %r has no content yet; its writer may have died", existing.id)
+                rows = await self._execute(self._claim, params)
+            except Exception as exc:
+                if not _outcome_unknown(exc):
+                    raise _unavailable_or(exc, "claim") from exc
+                # The Paxos round may have committed: a serial read settles it.
+                logger.warning("claim of %r uncertain (%r); reading it back", invocation.id, exc)
+                row = await self._serial_read(invocation.id, "claim", exc)
+                if row is None:  # not applied: the claim may be sent again, unchanged
+                    if asyncio.get_running_loop().time() >= deadline:
+                        raise _unavailable("claim", exc) from exc
+                    continue
+            else:
+                row = rows[0]
+                if row["[applied]"]:
+                    row = None
+            break
+        if row is None or row["claim_id"] == claim_id:  # applied (maybe by an earlier attempt)
+            await self._store_content(invocation)
+            return None
+        existing = self._to_invocation(row, with_content=True)
+        if existing is None:
+            # The last second of an expiring row (its outcome cells already gone): the id is
+            # free in a moment; the caller may retry.
+            raise _unavailable("claim", RuntimeError(f"row {invocation.id!r} expiring"))
+        if row["content"] is None:
+            existing = await self._content_of_fresh_claim(existing)
         return existing
 
-    async def _store_content(self, invocation: Invocation) -> None:
-        ttl = self._remaining_ttl(invocation.create_time)
+    async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
+        old = _claim_of(stale)
+        new = _claim_of(invocation)
+        new_id = uuid.UUID(new.token)
+        ttl = self._remaining_ttl(stale.create_time)
         if ttl is None:
-            return
+            raise _unavailable("take over", RuntimeError(f"row {stale.id!r} expiring"))
+        params = (ttl, new_id, new.time, stale.id, uuid.UUID(old.token))
         try:
-            await self._execute(
-                self._store_content_statement, (ttl, invocation.input.content, invocation.id)
-            )
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable("claim", exc) from exc
-
-    async def _resolve_uncertain_claim(
-        self, invocation_id: str, claim_id: uuid.UUID, cause: BaseException
-    ) -> Invocation | None:
-        try:
-            rows = await self._execute(
-                self._get_with_content, (invocation_id,), profile=_SERIAL_PROFILE
-            )
-        except UNAVAILABLE_ERRORS as exc:
-            logger.warning("could not read back claim of %r: %s", invocation_id, exc)
-            raise _unavailable("claim", cause) from exc
-        stored = self._to_invocation(rows[0], with_content=True) if rows else None
-        if stored is None:
-            raise _unavailable("claim", cause)
-        if rows[0]["claim_id"] == claim_id:
-            logger.info("uncertain claim of %r had been applied", invocation_id)
+            rows = await self._execute(self._take_over, params)
+        except Exception as exc:
+            if not _outcome_unknown(exc):
+                raise _unavailable_or(exc, "take over") from exc
+            logger.warning("take-over of %r uncertain (%r); reading it back", stale.id, exc)
+            row = await self._serial_read(stale.id, "take over", exc)
+            won = row is not None and row["claim_id"] == new_id
+        else:
+            won = bool(rows[0]["[applied]"])
+        if won:
+            await self._store_content(invocation)
             return None
-        return stored
+        current = await self._serial_read(stale.id, "take over", None)
+        return self._to_invocation(current, with_content=True) if current is not None else None
 
     async def complete(self, invocation: Invocation) -> None:
         # A plain (idempotent) UPDATE, not a lightweight transaction: the outcome columns are
-        # written by nobody but the one caller that won the claim, and the claim's Paxos write
+        # written by nobody but the caller that owns the claim, and the claim's Paxos write
         # never touches them, so no timestamp ordering between the two can lose the outcome.
         # It saves a Paxos round per Invoke (the most expensive thing Cassandra does here).
         output = invocation.output
@@ -386,22 +361,95 @@ class CassandraInvocationStore:
             invocation.complete_time,
             invocation.id,
         )
-        try:
-            await self._execute(self._complete, params)
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable("complete", exc) from exc
+        await self._retrying("complete", self._complete, params)
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        # Not retried: the caller (a client) decides; UNAVAILABLE comes within the timeout.
         statement = self._get_with_content if with_content else self._get_without_content
         try:
             rows = await self._execute(statement, (invocation_id,))
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable("get", exc) from exc
+        except Exception as exc:
+            raise _unavailable_or(exc, "get") from exc
         if not rows:
             return None
         return self._to_invocation(rows[0], with_content=with_content)
 
+    async def check(self) -> None:
+        # A read at the configured consistency: it needs as many replicas as real calls do.
+        try:
+            await self._execute(self._get_without_content, (_HEALTH_CHECK_ID,))
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            raise StoreUnavailableError("invocation store unavailable") from exc
+
+    # --- claim helpers ------------------------------------------------------------------
+
+    async def _content_of_fresh_claim(self, existing: Invocation) -> Invocation:
+        """The winner of a claim writes its content right after it: wait for it (up to the
+        request timeout), so that a loser gets the stored input with its content."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.request_timeout_s
+        delay = 0.002
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+            try:
+                rows = await self._execute(self._get_with_content, (existing.id,))
+            except Exception as exc:
+                raise _unavailable_or(exc, "claim") from exc
+            if rows and rows[0]["content"] is not None:
+                return self._to_invocation(rows[0], with_content=True) or existing
+        logger.warning("invocation %r has no content yet; its writer may have died", existing.id)
+        return existing
+
+    async def _store_content(self, invocation: Invocation) -> None:
+        ttl = self._remaining_ttl(invocation.create_time)
+        if ttl is None:
+            return
+        params = (ttl, invocation.input.content, invocation.id)
+        await self._retrying("content", self._store_content_statement, params)
+
+    async def _serial_read(
+        self, invocation_id: str, operation: str, cause: BaseException | None
+    ) -> Mapping[str, Any] | None:
+        """The row as the last committed Paxos round left it (retried within the budget)."""
+        rows = await self._retrying(
+            operation, self._get_with_content, (invocation_id,), profile=_SERIAL_PROFILE
+        )
+        return rows[0] if rows else None
+
     # --- plumbing -----------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._config.retry_budget_s
+
+    async def _retrying(
+        self,
+        operation: str,
+        statement: PreparedStatement,
+        params: Sequence[Any],
+        *,
+        profile: object = EXEC_PROFILE_DEFAULT,
+    ) -> list[Any]:
+        """Run an idempotent statement; retry transient failures with exponential backoff for
+        up to ``retry_budget_s``, then raise ``StoreUnavailableError``."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline()
+        delay = 0.05
+        while True:
+            try:
+                return await self._execute(statement, params, profile=profile)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                if loop.time() + delay > deadline:
+                    raise _unavailable(operation, exc) from exc
+                logger.info(
+                    "store %s failed (%s); retrying in %.2fs", operation, type(exc).__name__, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _execute(
         self,
@@ -460,6 +508,14 @@ class CassandraInvocationStore:
                 image_height=row["image_height"],
             )
         complete_time = row["complete_time"]
+        create_time = _utc(row["create_time"])
+        claim = None
+        if row["claim_id"] is not None:
+            claim_time = row["claim_time"]
+            claim = Claim(
+                token=row["claim_id"].hex,
+                time=_utc(claim_time) if claim_time is not None else create_time,
+            )
         return Invocation(
             input=ModelInput(id=row["id"], content=content, metadata=row["metadata"] or {}),
             content_sha256=row["content_sha256"],
@@ -467,10 +523,11 @@ class CassandraInvocationStore:
             # The claim writes no state: the outcome columns belong to ``complete`` alone.
             state=State(row["state"]) if row["state"] is not None else State.PENDING,
             model=ModelInfo(name=row["model_name"] or "", version=row["model_version"] or ""),
-            create_time=_utc(row["create_time"]),
+            create_time=create_time,
             output=output,
             complete_time=_utc(complete_time) if complete_time is not None else None,
             error=row["error"] or "",
+            claim=claim,
         )
 
 
@@ -478,14 +535,19 @@ def _queries(table: str) -> dict[str, str]:
     """The store's CQL. ``table`` is ``<keyspace>.invocations`` with a checked keyspace name."""
     outcome = "state, detections, image_width, image_height, error, complete_time"
     columns = (
-        "id, claim_id, content_sha256, content_type, metadata, model_name, model_version, "
-        f"create_time, {outcome}"
+        "id, claim_id, claim_time, content_sha256, content_type, metadata, model_name,"
+        f" model_version, create_time, {outcome}"
     )
     claim = (
         f"INSERT INTO {table}"  # noqa: S608
-        " (id, claim_id, content_sha256, content_type, metadata,"
+        " (id, claim_id, claim_time, content_sha256, content_type, metadata,"
         " model_name, model_version, create_time)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+    )
+    # Moves a claim whose lease has passed, only if nobody moved it or stored an outcome since.
+    take_over = (
+        f"UPDATE {table} USING TTL ? SET claim_id = ?, claim_time = ?"  # noqa: S608
+        " WHERE id = ? IF claim_id = ? AND state = null"
     )
     store_content = f"UPDATE {table} USING TTL ? SET content = ? WHERE id = ?"  # noqa: S608
     complete = (
@@ -496,6 +558,7 @@ def _queries(table: str) -> dict[str, str]:
     )
     return {
         "claim": claim,
+        "take_over": take_over,
         "store_content": store_content,
         "complete": complete,
         "get_with_content": f"SELECT {columns}, content FROM {table} WHERE id = ?",  # noqa: S608
@@ -532,10 +595,37 @@ def build_cluster(config: CassandraConfig) -> Cluster:
         auth_provider=auth,
         connect_timeout=config.connect_timeout_s,
         control_connection_timeout=config.connect_timeout_s,
-        reconnection_policy=ConstantReconnectionPolicy(delay=config.reconnect_delay_s),
+        # Forever (no attempt limit): after a long outage the pools come back by themselves.
+        reconnection_policy=ExponentialReconnectionPolicy(
+            base_delay=config.reconnect_delay_s,
+            max_delay=config.reconnect_max_delay_s,
+            max_attempts=None,
+        ),
+        # Without it a ~100 KB write waits for the peer's delayed ACK (~40 ms) under Nagle.
+        sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         # Content is compressed images: compressing it again costs CPU for nothing.
         compression=False,
     )
+
+
+def _warn_about_replication(session: Session, config: CassandraConfig) -> None:
+    replication = keyspace_replication(session, config.keyspace)
+    if replication is None:
+        return
+    for warning in replication_warnings(
+        replication,
+        local_dc=config.local_dc,
+        consistency=config.consistency,
+        serial_consistency=config.serial_consistency,
+    ):
+        logger.warning("keyspace %s: %s", config.keyspace, warning)
+
+
+def _claim_of(invocation: Invocation) -> Claim:
+    if invocation.claim is None:
+        # Callers that do not track claims (tests, tools) get one made from the create time.
+        return Claim(token=uuid.uuid4().hex, time=invocation.create_time)
+    return invocation.claim
 
 
 def _to_loop(
@@ -560,11 +650,30 @@ def _to_loop(
         logger.debug("result for a closed event loop dropped")
 
 
-def _maybe_applied(exc: BaseException) -> bool:
-    """Whether a failed write may still have been applied (timeouts, lost connections)."""
+def _cas_unknown(exc: BaseException) -> bool:
+    return isinstance(exc, ErrorMessage) and getattr(exc, "code", None) == CAS_WRITE_UNKNOWN
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the store cannot answer now" (retrying may succeed)."""
+    return isinstance(exc, UNAVAILABLE_ERRORS) or _cas_unknown(exc)
+
+
+def _outcome_unknown(exc: BaseException) -> bool:
+    """Whether a failed conditional write may still have been applied (timeouts, lost
+    connections, "CAS write outcome unknown")."""
+    if _cas_unknown(exc):
+        return True
+    if not isinstance(exc, UNAVAILABLE_ERRORS):
+        return False
     if isinstance(exc, NoHostAvailable):
         return bool(exc.errors)  # no errors: no host was even tried
     return not isinstance(exc, (Unavailable, OverloadedErrorMessage, IsBootstrappingErrorMessage))
+
+
+def _unavailable_or(exc: BaseException, operation: str) -> BaseException:
+    """``StoreUnavailableError`` for a transient driver error; any other error as it is."""
+    return _unavailable(operation, exc) if _transient(exc) else exc
 
 
 def _unavailable(operation: str, exc: BaseException) -> StoreUnavailableError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from inference_service.domain import Invocation
+from inference_service.domain import Invocation, State
 
 
 class InMemoryInvocationStore:
@@ -21,6 +21,20 @@ class InMemoryInvocationStore:
             if existing is not None:
                 return existing
             self._items[invocation.id] = invocation
+            return None
+
+    async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
+        async with self._lock:
+            stored = self._items.get(invocation.id)
+            if stored is None:
+                raise KeyError(invocation.id)
+            if stored.state is not State.PENDING or stored.claim != stale.claim:
+                return stored
+            self._items[invocation.id] = dataclasses.replace(
+                stored,
+                input=dataclasses.replace(stored.input, content=invocation.input.content),
+                claim=invocation.claim,
+            )
             return None
 
     async def complete(self, invocation: Invocation) -> None:
@@ -42,6 +56,9 @@ class InMemoryInvocationStore:
         if stored is None or with_content:
             return stored
         return stored.without_content()
+
+    async def check(self) -> None:
+        return None
 
     async def close(self) -> None:
         self._items.clear()
