@@ -52,6 +52,8 @@ def outage_config(node: LocalCassandra) -> CassandraConfig:
         request_timeout_s=REQUEST_TIMEOUT_S,
         connect_timeout_s=REQUEST_TIMEOUT_S,
         reconnect_delay_s=0.5,
+        retry_budget_s=0.0,  # fail at once: this test times every failure
+        create_schema=True,
     )
 
 

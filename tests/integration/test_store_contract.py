@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from inference_service.domain import (
     BoundingBox,
+    Claim,
     Detection,
     Invocation,
     ModelInfo,
@@ -237,6 +238,50 @@ async def test_first_writer_wins_under_concurrent_claims(store: InvocationStore)
     assert len(winners) == 1
     assert all(result == winners[0] for result in results if result is not None)
     assert await store.get(invocation_id) == winners[0]
+
+
+def claimed(invocation: Invocation, at: dt.datetime | None = None) -> Invocation:
+    """``invocation`` owned by a new claim (a UUID token, as the service makes them)."""
+    return dataclasses.replace(invocation, claim=Claim(uuid.uuid4().hex, at or now_ms()))
+
+
+async def test_a_lost_claim_shows_who_owns_the_id(store: InvocationStore) -> None:
+    first = claimed(pending())
+    assert await store.claim(first) is None
+    existing = await store.claim(claimed(pending(first.id)))
+    assert existing is not None
+    assert existing.claim == first.claim
+    assert (await store.get(first.id, with_content=False)).claim == first.claim
+
+
+async def test_of_concurrent_take_overs_exactly_one_wins(store: InvocationStore) -> None:
+    content = JPEG_HEADER + b"orphaned pixels"
+    orphan = claimed(pending(content=b"", metadata={"first": "owner"}))  # died before its content
+    assert await store.claim(orphan) is None
+    stale = await store.get(orphan.id)
+    assert stale is not None and stale.state is State.PENDING
+    successors = [
+        dataclasses.replace(claimed(stale), input=dataclasses.replace(stale.input, content=content))
+        for _ in range(10)
+    ]
+
+    results = await asyncio.gather(*(store.take_over(stale, s) for s in successors))
+
+    winners = [s for s, result in zip(successors, results, strict=True) if result is None]
+    assert len(winners) == 1
+    assert all(r is not None and r.claim == winners[0].claim for r in results if r is not None)
+    stored = await store.get(orphan.id)
+    assert stored.claim == winners[0].claim
+    assert stored.input.content == content
+    assert dict(stored.input.metadata) == {"first": "owner"}
+    assert stored.create_time == orphan.create_time
+    assert stored.state is State.PENDING
+
+    done = succeeded(winners[0])
+    await store.complete(done)
+    late = await store.take_over(stale, claimed(stale))  # the outcome is in: no take-over
+    assert late == done
+    assert (await store.get(orphan.id)).claim == winners[0].claim
 
 
 async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:

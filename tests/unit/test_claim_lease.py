@@ -1,0 +1,220 @@
+"""Nothing stuck: a claim whose owner is gone is taken over after its lease; a claim, once made,
+runs to its end even when the call is cancelled (the in-memory store and a fake detector)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from test_service import JPEG, NOW, PNG, FakeDetector, fake_decode
+
+from inference_service.domain import Claim, Invocation, ModelInput, State
+from inference_service.errors import (
+    AlreadyExistsError,
+    InvocationPendingError,
+    StoreUnavailableError,
+)
+from inference_service.service import InferenceService, RequestLimits
+from inference_service.stores.memory import InMemoryInvocationStore
+
+LEASE_S = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store() -> InMemoryInvocationStore:
+    return InMemoryInvocationStore()
+
+
+@pytest.fixture
+def detector() -> FakeDetector:
+    return FakeDetector()
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
+
+
+def make_service(store, detector, executor, clock, **kwargs) -> InferenceService:
+    tokens = iter(f"token-{n}" for n in range(1000))
+    kwargs.setdefault("pending_wait_s", 0.05)
+    return InferenceService(
+        store=store,
+        detector=detector,
+        decode=fake_decode,
+        executor=executor,
+        limits=RequestLimits(max_content_bytes=1000, max_image_pixels=100),
+        clock=clock,
+        new_token=lambda: next(tokens),
+        claim_lease_s=LEASE_S,
+        **kwargs,
+    )
+
+
+async def orphan(store, invocation_id: str, content: bytes, *, with_content: bool = True) -> None:
+    """A claim whose owner died before storing an outcome (maybe before its content)."""
+    orphaned = Invocation(
+        input=ModelInput(invocation_id, content if with_content else b"", {"first": "call"}),
+        content_sha256=hashlib.sha256(content).hexdigest(),
+        state=State.PENDING,
+        model=FakeDetector().info,
+        create_time=NOW,
+        claim=Claim(token="dead-owner", time=NOW),
+    )
+    assert await store.claim(orphaned) is None
+
+
+async def test_a_live_claim_is_not_taken_over(store, detector, executor, clock) -> None:
+    service = make_service(store, detector, executor, clock)
+    await orphan(store, "young", PNG)
+    clock.advance(LEASE_S - 1)
+    with pytest.raises(InvocationPendingError, match="still being processed"):
+        await service.invoke(ModelInput("young", PNG))
+    assert detector.calls == 0
+    assert (await store.get("young")).claim.token == "dead-owner"
+
+
+@pytest.mark.parametrize("content_stored", [True, False])
+async def test_an_expired_claim_is_taken_over_by_the_same_content(
+    store, detector, executor, clock, content_stored
+) -> None:
+    service = make_service(store, detector, executor, clock)
+    await orphan(store, "orphan", PNG, with_content=content_stored)
+    clock.advance(LEASE_S)
+
+    done = await service.invoke(ModelInput("orphan", PNG, {"second": "call"}))
+
+    assert done.state is State.SUCCEEDED
+    assert detector.calls == 1
+    stored = await store.get("orphan")
+    assert stored == done
+    assert stored.state is State.SUCCEEDED
+    assert stored.input.content == PNG  # written by the take-over when the owner had not
+    assert dict(stored.input.metadata) == {"first": "call"}  # the input stays as first stored
+    assert stored.create_time == NOW
+    assert stored.claim == Claim(token="token-0", time=clock.now)
+
+
+async def test_an_expired_claim_with_other_content_is_already_exists(
+    store, detector, executor, clock
+) -> None:
+    service = make_service(store, detector, executor, clock)
+    await orphan(store, "orphan", PNG)
+    clock.advance(LEASE_S * 10)
+    with pytest.raises(AlreadyExistsError):
+        await service.invoke(ModelInput("orphan", JPEG))
+    stored = await store.get("orphan")
+    assert stored.state is State.PENDING
+    assert stored.input.content == PNG
+    assert stored.claim.token == "dead-owner"
+    assert detector.calls == 0
+
+
+async def test_of_concurrent_retries_exactly_one_takes_over(executor, clock) -> None:
+    store = InMemoryInvocationStore()
+    detector = FakeDetector(delay=0.05)
+    service = make_service(store, detector, executor, clock, pending_wait_s=5.0)
+    await orphan(store, "orphan", PNG)
+    clock.advance(LEASE_S + 1)
+
+    results = await asyncio.gather(*(service.invoke(ModelInput("orphan", PNG)) for _ in range(8)))
+
+    assert detector.calls == 1
+    assert {r.state for r in results} == {State.SUCCEEDED}
+    assert len({r.output for r in results}) == 1
+
+
+class SlowStore(InMemoryInvocationStore):
+    """Claims (and writes) take a while, so that a call can be cancelled in the middle."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def claim(self, invocation: Invocation) -> Invocation | None:
+        await asyncio.sleep(self.delay)
+        return await super().claim(invocation)
+
+
+async def test_a_call_cancelled_during_its_claim_still_finishes_the_invocation(
+    detector, executor, clock
+) -> None:
+    store = SlowStore(delay=0.2)
+    service = make_service(store, detector, executor, clock)
+    call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
+    await asyncio.sleep(0.05)  # the claim is in flight
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await service.wait_idle()
+
+    assert (await store.get("cancelled")).state is State.SUCCEEDED
+    retry = await service.invoke(ModelInput("cancelled", PNG))
+    assert retry.state is State.SUCCEEDED
+    assert detector.calls == 1
+
+
+class FailingCompleteStore(InMemoryInvocationStore):
+    """The outcome write fails (the store went away after the claim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    async def complete(self, invocation: Invocation) -> None:
+        if self.failing:
+            raise StoreUnavailableError("invocation store unavailable")
+        await super().complete(invocation)
+
+
+async def test_an_outcome_that_could_not_be_stored_is_redone_after_the_lease(
+    detector, executor, clock
+) -> None:
+    store = FailingCompleteStore()
+    service = make_service(store, detector, executor, clock)
+    with pytest.raises(StoreUnavailableError):
+        await service.invoke(ModelInput("lost-outcome", PNG))
+    assert (await store.get("lost-outcome")).state is State.PENDING
+
+    store.failing = False
+    with pytest.raises(InvocationPendingError):  # within the lease: the owner may still write
+        await service.invoke(ModelInput("lost-outcome", PNG))
+    clock.advance(LEASE_S)
+    done = await service.invoke(ModelInput("lost-outcome", PNG))
+    assert done.state is State.SUCCEEDED
+    assert (await store.get("lost-outcome")).state is State.SUCCEEDED
+    assert detector.calls == 2
+
+
+async def test_take_over_is_conditional_on_the_old_claim(clock) -> None:
+    store = InMemoryInvocationStore()
+    await orphan(store, "orphan", PNG)
+    stale = await store.get("orphan")
+    first = dataclasses.replace(stale, claim=Claim("first", clock.now))
+    second = dataclasses.replace(stale, claim=Claim("second", clock.now))
+    assert await store.take_over(stale, first) is None
+    current = await store.take_over(stale, second)
+    assert current is not None
+    assert current.claim.token == "first"
