@@ -14,7 +14,7 @@ PROTOS := $(shell find api -name '*.proto')
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos lint test test-unit test-integration test-e2e run bench clean
+.PHONY: help setup protos lint test test-unit test-integration test-e2e test-faults run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -80,6 +80,9 @@ test-integration: setup
 
 test-e2e: setup
 	$(PY) -m pytest tests/e2e
+
+test-faults: setup
+	$(PY) -m pytest tests/faults
 
 run: setup
 	$(PY) -m inference_service.devstack run

@@ -40,6 +40,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports that are all free on ``host`` right now."""
+    for _ in range(attempts):
+        first = free_port(host)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, port))
+            except OSError:
+                continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports found on {host}")
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (exited, not yet reaped by its parent) is not alive."""
     try:
@@ -128,6 +143,17 @@ class ManagedProcess:
                     f"last lines of {self.log_file}:\n{tail(self.log_file)}"
                 )
             time.sleep(interval)
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash, for fault tests), and reap it. Returns the exit status."""
+        if self._popen is None or self._popen.poll() is not None:
+            return self.poll()
+        self._popen.kill()
+        code = self._popen.wait()
+        if self.pid_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_file.unlink()
+        return code
 
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit status."""

@@ -73,4 +73,9 @@ class LocalServer:
         logger.info("server serving on %s (pid %s)", self.address, self.pid)
 
     def stop(self, grace: float = 20.0) -> int | None:
+        """SIGTERM (the server drains, then exits); SIGKILL after ``grace`` seconds."""
         return self._process.stop(grace=grace)
+
+    def kill(self) -> int | None:
+        """SIGKILL: the server dies between any two lines (fault tests)."""
+        return self._process.kill()
