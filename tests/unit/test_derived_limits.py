@@ -1,4 +1,5 @@
-"""The size limits derived from the content and metadata limits (``inference_service.limits``).
+"""The size limits derived from the content and metadata limits (``inference_service.limits``),
+and how they reach Envoy's rendered config.
 
 Each derived limit is checked against the real encoding of the largest valid request and
 response: protobuf sizes from the generated messages, JSON as Python's ``json`` writes a request
@@ -10,11 +11,15 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from google.protobuf import json_format
 from inference.v1 import inference_service_pb2 as pb
 
+from inference_service.devstack.envoy import EnvoyError, render_config
 from inference_service.limits import (
     MAX_DETECTIONS,
     MAX_ID_CHARS,
@@ -25,6 +30,7 @@ from inference_service.limits import (
 )
 from inference_service.settings import Settings
 
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 # A float that prints as long as any float32 does.
 LONGEST_FLOAT = -1.17549435e-38
@@ -164,3 +170,62 @@ def test_settings_from_the_environment_reach_the_limits(monkeypatch) -> None:
     monkeypatch.setenv("INFERENCE_MAX_METADATA_ENTRIES", "8")
     limits = RequestLimits.from_settings(Settings())
     assert (limits.max_content_bytes, limits.max_metadata_entries) == (16 * MiB, 8)
+
+
+def _http_filters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (listener,) = config["static_resources"]["listeners"]
+    ((manager,),) = [chain["filters"] for chain in listener["filter_chains"]]
+    filters = manager["typed_config"]["http_filters"]
+    return {entry["name"]: entry.get("typed_config", {}) for entry in filters}
+
+
+def render(limits: RequestLimits | None) -> dict[str, Any]:
+    template = (REPO / "envoy" / "envoy.yaml").read_text()
+    return yaml.safe_load(render_config(template, descriptor=Path("d.binpb"), limits=limits))
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [RequestLimits(), RequestLimits(max_content_bytes=32 * MiB, max_metadata_entries=10)],
+    ids=["defaults", "raised"],
+)
+def test_rendered_envoy_config_takes_its_body_limits_from_the_limits(
+    limits: RequestLimits,
+) -> None:
+    filters = _http_filters(render(limits))
+    assert filters["envoy.filters.http.buffer"]["max_request_bytes"] == (
+        limits.rest_request_body_bytes
+    )
+    transcoder = filters["envoy.filters.http.grpc_json_transcoder"]
+    assert transcoder["max_request_body_size"] == limits.rest_request_body_bytes
+    assert transcoder["max_response_body_size"] == limits.rest_response_body_bytes
+
+
+def test_rendered_envoy_config_defaults_to_the_default_limits() -> None:
+    assert render(None) == render(RequestLimits())
+
+
+def test_render_refuses_limits_envoy_cannot_hold() -> None:
+    template = (REPO / "envoy" / "envoy.yaml").read_text()
+    with pytest.raises(EnvoyError, match="REST request body"):
+        render_config(
+            template, descriptor=Path("d.binpb"), limits=RequestLimits(max_content_bytes=2**32)
+        )
+
+
+def test_render_command_takes_the_limits_from_the_servers_settings(monkeypatch, tmp_path) -> None:
+    """`python -m inference_service.devstack.envoy render` (compose.yaml's `envoy-config`) reads
+    INFERENCE_MAX_CONTENT_BYTES and INFERENCE_MAX_METADATA_ENTRIES as the server does."""
+    from inference_service.devstack.envoy import main
+
+    monkeypatch.setenv("INFERENCE_MAX_CONTENT_BYTES", str(20 * MiB))
+    monkeypatch.setenv("INFERENCE_MAX_METADATA_ENTRIES", "3")
+    out = tmp_path / "envoy.yaml"
+    template = REPO / "envoy" / "envoy.yaml"
+    assert main(["render", "--template", str(template), "--out", str(out)]) == 0
+    limits = RequestLimits(max_content_bytes=20 * MiB, max_metadata_entries=3)
+    transcoder = _http_filters(yaml.safe_load(out.read_text()))[
+        "envoy.filters.http.grpc_json_transcoder"
+    ]
+    assert transcoder["max_request_body_size"] == limits.rest_request_body_bytes
+    assert transcoder["max_response_body_size"] == limits.rest_response_body_bytes
