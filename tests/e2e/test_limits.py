@@ -10,6 +10,9 @@ invocation) and BASIC (no content, the right sha256). A refused one gets its doc
 (gRPC code; through REST the HTTP status with a JSON google.rpc.Status of that code) and
 nothing is stored (GetInvocation of its id is NOT_FOUND).
 
+The limits derived from those (``inference_service.limits``) are tested at their boundary too:
+the gRPC server's message limit (both gRPC paths) and Envoy's REST body limit.
+
 The content at the limit comes with every other input limit at its largest (the longest id, the
 most and largest metadata entries of a character JSON escapes to six bytes): the largest valid
 request and response there are, about 11 MiB of JSON each way through REST. The large images
@@ -36,7 +39,7 @@ from google.protobuf import json_format
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from PIL import Image
-from support.http import Reply, RestClient
+from support.http import Reply, RestClient, assert_status_json
 
 from inference_service.devstack.stack import LocalStack
 from inference_service.limits import (
@@ -428,3 +431,69 @@ def test_id_of_129_characters_is_refused_by_invoke_and_get(path: ApiPath, id_pre
     assert_refused(lambda: path.get(invocation_id), path, grpc.StatusCode.INVALID_ARGUMENT)
     # Its first 128 characters were not stored either.
     assert_refused(lambda: path.get(invocation_id[:MAX_ID_CHARS]), path, grpc.StatusCode.NOT_FOUND)
+
+
+# -- the derived limits: gRPC message, REST body -------------------------------------------
+
+
+def request_of_size(invocation_id: str, size: int) -> pb.InvokeRequest:
+    """An Invoke of zero bytes of content whose message is exactly ``size`` bytes."""
+    length = size
+    for _ in range(8):
+        request = pb.InvokeRequest(input=pb.ModelInput(id=invocation_id, content=bytes(length)))
+        excess = request.ByteSize() - size
+        if excess == 0:
+            return request
+        length -= excess
+    raise AssertionError(f"no request of exactly {size} bytes")
+
+
+@pytest.mark.parametrize("path", ["grpc-direct", "grpc-envoy"], indirect=True)
+def test_grpc_message_at_and_over_the_servers_message_limit(
+    path: ApiPath, id_prefix: str, limits: RequestLimits
+) -> None:
+    """A message of exactly the derived limit reaches the service (whose content check refuses
+    it); one byte more is refused by gRPC itself. Neither is stored."""
+    at_limit = request_of_size(unique_id(id_prefix, path, "message"), limits.grpc_message_bytes)
+    refusal = assert_refused_and_not_stored(
+        path, at_limit.input, grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert refusal.message.startswith("input.content is "), refusal
+
+    over = request_of_size(
+        unique_id(id_prefix, path, "message-over"), limits.grpc_message_bytes + 1
+    )
+    refusal = assert_refused_and_not_stored(path, over.input, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "Received message larger than max" in refusal.message, refusal
+
+
+def rest_body_of_size(invocation_id: str, size: int) -> bytes:
+    """An Invoke body of exactly ``size`` bytes: zero bytes of content, padded with spaces."""
+    content = bytes((size - 100) // 4 * 3)
+    body = json.dumps(
+        {"input": {"id": invocation_id, "content": base64.b64encode(content).decode()}}
+    ).encode()
+    assert len(body) <= size
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+def test_rest_body_at_and_over_envoys_body_limit(
+    api: RestClient, id_prefix: str, limits: RequestLimits
+) -> None:
+    """A body of exactly the derived limit reaches the server (whose content check refuses it);
+    one byte more is refused by Envoy. Both are 413 with JSON; neither is stored."""
+    rest = RestPath(api)
+    invocation_id = unique_id(id_prefix, rest, "body")
+    body = rest_body_of_size(invocation_id, limits.rest_request_body_bytes)
+    assert len(body) == limits.rest_request_body_bytes
+    reply = api.call("POST", "/v1/invocations", body)
+    message = assert_status_json(reply, 413, grpc.StatusCode.RESOURCE_EXHAUSTED)["message"]
+    assert message.startswith("input.content is "), message
+    assert_refused(lambda: rest.get(invocation_id), rest, grpc.StatusCode.NOT_FOUND)
+
+    invocation_id = unique_id(id_prefix, rest, "body-over")
+    body = rest_body_of_size(invocation_id, limits.rest_request_body_bytes + 1)
+    reply = api.call("POST", "/v1/invocations", body)
+    message = assert_status_json(reply, 413, grpc.StatusCode.RESOURCE_EXHAUSTED)["message"]
+    assert message == "Payload Too Large", message
+    assert_refused(lambda: rest.get(invocation_id), rest, grpc.StatusCode.NOT_FOUND)
