@@ -2,7 +2,8 @@
 
 The stack (``e2e_stack``) is started once for the ``tests/e2e`` package and reuses the
 Cassandra of ``cassandra_endpoint`` (its keyspace and schema), so no second node is started.
-Every test talks to it through Envoy only: REST/JSON (``api``) or native gRPC (``channel``).
+Tests talk to it through Envoy: REST/JSON (``api``) or native gRPC (``channel``); the limit tests
+also straight to a server (``direct_channel``).
 
 Tests that stop the stack's servers are marked ``stops_servers``; they are moved after every
 other e2e test, and the ``stack`` fixture restarts stopped servers should a test still need
@@ -37,7 +38,8 @@ STOPS_SERVERS = "stops_servers"
 # read often lands on another process than the write, and one server can be stopped while the
 # other still serves.
 SERVER_PROCESSES = 2
-# Larger than the REST body cap (12 MiB) and the server's limit, for native gRPC calls.
+# The client's limit for native gRPC calls: larger than the server's and Envoy's (about 9.1 and
+# 12.1 MiB by default), so that only those are tested.
 GRPC_MESSAGE_LIMIT = 32 * 1024 * 1024
 
 
@@ -148,6 +150,17 @@ def channel(stack: LocalStack) -> Iterator[grpc.Channel]:
         ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
     ]
     with grpc.insecure_channel(stack.grpc_target, options=limits) as chan:
+        yield chan
+
+
+@pytest.fixture
+def direct_channel(stack: LocalStack) -> Iterator[grpc.Channel]:
+    """A native gRPC channel straight to the first server (not through Envoy)."""
+    limits = [
+        ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ]
+    with grpc.insecure_channel(stack.servers[0].address, options=limits) as chan:
         yield chan
 
 

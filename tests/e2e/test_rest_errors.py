@@ -15,8 +15,11 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.http import RestClient, assert_status_json
 
-MAX_CONTENT = 8 * 1024 * 1024  # the server's default content limit
-REST_BODY_LIMIT = 12 * 1024 * 1024  # Envoy's buffer filter cap (envoy.yaml)
+from inference_service.limits import RequestLimits
+
+MAX_CONTENT = RequestLimits().max_content_bytes  # the server's default content limit
+# Envoy's buffer filter cap (envoy.yaml), derived from that limit: about 12.1 MiB.
+REST_BODY_LIMIT = RequestLimits().rest_request_body_bytes
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 

@@ -7,6 +7,7 @@ what Envoy does (routes, transcoding, status mapping, JSON errors), not what the
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -22,10 +23,32 @@ from support.http import RestClient, assert_status_json
 
 from inference_service.devstack.envoy import EnvoyError, LocalEnvoy, render_config
 from inference_service.devstack.process import free_port
+from inference_service.limits import (
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+    RequestLimits,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-REST_BODY_LIMIT = 12 * 1024 * 1024  # the buffer filter's max_request_bytes in envoy.yaml
+MiB = 1024 * 1024
+DEFAULT_LIMITS = RequestLimits()
+# The buffer filter's max_request_bytes in the rendered envoy.yaml (default limits).
+REST_BODY_LIMIT = DEFAULT_LIMITS.rest_request_body_bytes
 ERROR_PREFIX = "error-"  # an Invoke input id "error-NOT_FOUND" fails with NOT_FOUND
+LARGEST_PREFIX = "largest-"  # GetInvocation of "largest-N": the largest invocation, N bytes
+
+
+def largest_metadata(entries: int) -> dict[str, str]:
+    """The most and largest metadata entries, of a character JSON escapes (six bytes each)."""
+    return {
+        f"{index:04d}".ljust(MAX_METADATA_KEY_BYTES, "\x01"): "\x01" * MAX_METADATA_VALUE_BYTES
+        for index in range(entries)
+    }
+
+
+def content_of(size: int) -> bytes:
+    """``size`` bytes that differ from one position to the next (a shifted copy shows)."""
+    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
 
 
 class FakeInferenceService(pb_grpc.InferenceServiceServicer):
@@ -61,6 +84,18 @@ class FakeInferenceService(pb_grpc.InferenceServiceServicer):
         self.requests.append(request)
         if request.id == "missing":
             context.abort(grpc.StatusCode.NOT_FOUND, "no invocation with id missing")
+        if request.id.startswith(LARGEST_PREFIX):
+            size = int(request.id.removeprefix(LARGEST_PREFIX))
+            model_input = pb.ModelInput(
+                id=request.id,
+                content=content_of(size),
+                metadata=largest_metadata(DEFAULT_LIMITS.max_metadata_entries),
+            )
+            return pb.GetInvocationResponse(
+                invocation=pb.Invocation(
+                    id=request.id, input=model_input, state=pb.Invocation.STATE_SUCCEEDED
+                )
+            )
         invocation = pb.Invocation(
             id=request.id, input=pb.ModelInput(id=request.id), state=pb.Invocation.STATE_PENDING
         )
@@ -73,7 +108,7 @@ def fake() -> Iterator[tuple[FakeInferenceService, int]]:
     service = FakeInferenceService()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", 32 * 1024 * 1024)],
+        options=[("grpc.max_receive_message_length", 64 * MiB)],
     )
     pb_grpc.add_InferenceServiceServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
@@ -93,19 +128,24 @@ def fake() -> Iterator[tuple[FakeInferenceService, int]]:
         server.stop(grace=None)
 
 
-def make_envoy(build_dir: Path, upstream_ports: list[int]) -> LocalEnvoy:
+def make_envoy(
+    build_dir: Path, upstream_ports: list[int], limits: RequestLimits | None = None
+) -> LocalEnvoy:
     return LocalEnvoy.for_repo(
         REPO,
         build_dir=build_dir,
         listen_port=free_port(),
         admin_port=free_port(),
         upstreams=[("127.0.0.1", port) for port in upstream_ports],
+        limits=limits,
     )
 
 
-def running_envoy(build_dir: Path, upstream_ports: list[int]) -> Iterator[LocalEnvoy]:
+def running_envoy(
+    build_dir: Path, upstream_ports: list[int], limits: RequestLimits | None = None
+) -> Iterator[LocalEnvoy]:
     """For a fixture: ``make_envoy`` started, and stopped when the fixture ends."""
-    proxy = make_envoy(build_dir, upstream_ports)
+    proxy = make_envoy(build_dir, upstream_ports, limits)
     proxy.start(timeout=60)
     try:
         yield proxy
@@ -143,6 +183,7 @@ def test_rendered_config_passes_envoy_validation(tmp_path):
     proxy = make_envoy(tmp_path, [50051, 50052])
     output = proxy.validate()
     assert "OK" in output
+    assert "Deprecated" not in output, output
     config = proxy.config_path.read_text()
     assert "${" not in config
     assert '"port_value": 50052' in config
@@ -256,6 +297,71 @@ def test_rest_body_of_8_mib_content_reaches_the_server(api, fake):
     reply = api.post_json("/v1/invocations", payload)
     assert reply.status == 200, reply.body[:500]
     assert fake[0].requests[-1].input.content == content
+
+
+def test_the_largest_invocation_is_transcoded_both_ways(api, fake):
+    """An Invoke of the largest input (8 MiB of content, the most and largest metadata, escaped
+    to six bytes a byte) and the invocation echoed back: the largest request and response."""
+    content = content_of(DEFAULT_LIMITS.max_content_bytes)
+    metadata = largest_metadata(DEFAULT_LIMITS.max_metadata_entries)
+    payload = {
+        "input": {
+            "id": "largest",
+            "content": base64.b64encode(content).decode(),
+            "metadata": metadata,
+        }
+    }
+    body = json.dumps(payload).encode()
+    assert len(body) > 11 * MiB
+    reply = api.call("POST", "/v1/invocations", body)
+    assert reply.status == 200, reply.body[:500]
+    assert len(reply.body) > 11 * MiB
+    model_input = reply.json()["invocation"]["input"]
+    assert base64.b64decode(model_input["content"]) == content
+    assert model_input["metadata"] == metadata
+    assert fake[0].requests[-1].input.content == content
+
+
+@pytest.mark.parametrize("size", [MiB + 1, 8 * MiB], ids=["1MiB+1", "8MiB"])
+def test_rest_get_of_a_large_invocation_is_transcoded(api, size):
+    """Over 1 MiB a GET response (no request body to raise the stream's buffer) used to fail
+    with 500: the transcoder's response limit is now set, from the content limit."""
+    reply = api.get(f"/v1/invocations/{LARGEST_PREFIX}{size}")
+    assert reply.status == 200, reply.body[:500]
+    invocation = reply.json()["invocation"]
+    assert base64.b64decode(invocation["input"]["content"]) == content_of(size)
+    assert invocation["input"]["metadata"] == largest_metadata(DEFAULT_LIMITS.max_metadata_entries)
+
+
+def test_rest_response_over_the_limit_is_500_json(api):
+    """A response larger than the content limit allows (a server with a larger limit than the
+    one Envoy was rendered for) cannot be transcoded: 500, INTERNAL, as JSON."""
+    reply = api.get(f"/v1/invocations/{LARGEST_PREFIX}{DEFAULT_LIMITS.rest_response_body_bytes}")
+    assert_status_json(reply, 500, grpc.StatusCode.INTERNAL)
+
+
+def test_raising_the_content_limit_raises_envoys_request_and_response_limits(api, fake, tmp_path):
+    limits = RequestLimits(max_content_bytes=16 * MiB)
+    content = content_of(limits.max_content_bytes)
+    payload = {"input": {"id": "sixteen-mib", "content": base64.b64encode(content).decode()}}
+    largest = f"/v1/invocations/{LARGEST_PREFIX}{limits.max_content_bytes}"
+    # Over what the Envoy of the default limits takes: a larger body (413, see above) and a
+    # larger response (500).
+    assert len(json.dumps(payload)) > REST_BODY_LIMIT
+    assert_status_json(api.get(largest), 500, grpc.StatusCode.INTERNAL)
+
+    proxy = make_envoy(tmp_path, [fake[1]], limits)
+    proxy.start(timeout=60)
+    try:
+        raised = rest_client(proxy)
+        reply = raised.post_json("/v1/invocations", payload)
+        assert reply.status == 200, reply.body[:500]
+        assert base64.b64decode(reply.json()["invocation"]["input"]["content"]) == content
+        reply = raised.get(largest)
+        assert reply.status == 200, reply.body[:500]
+        assert base64.b64decode(reply.json()["invocation"]["input"]["content"]) == content
+    finally:
+        proxy.stop()
 
 
 def test_upstream_down_is_503_json(api_without_upstream):

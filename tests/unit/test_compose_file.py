@@ -130,3 +130,14 @@ def test_every_compose_variable_has_a_default():
     variables = re.findall(r"\$\{([^}]*)\}", text)
     assert variables, "expected the INFERENCE_* overrides"
     assert all(":-" in variable for variable in variables), variables
+
+
+def test_server_and_envoy_config_get_the_same_size_limits(compose):
+    """Envoy's REST body limits are rendered (by `envoy-config`) from the server's content and
+    metadata limits: both services get the same variables (the host's values, if set)."""
+    services = compose["services"]
+    server_env = services["server"]["environment"]
+    config_env = services["envoy-config"]["environment"]
+    for name in ("INFERENCE_MAX_CONTENT_BYTES", "INFERENCE_MAX_METADATA_ENTRIES"):
+        assert name in server_env and name in config_env, name
+        assert server_env[name] == config_env[name], name

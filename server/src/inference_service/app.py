@@ -21,8 +21,9 @@ from inference_service.detection.tflite import TFLiteFaceDetector
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.health import StoreHealthMonitor
+from inference_service.limits import RequestLimits
 from inference_service.ports import Detector, InvocationStore
-from inference_service.service import InferenceService, RequestLimits
+from inference_service.service import InferenceService
 from inference_service.settings import Settings
 from inference_service.stores.cache import CachingInvocationStore
 from inference_service.stores.memory import InMemoryInvocationStore
@@ -30,8 +31,6 @@ from inference_service.stores.memory import InMemoryInvocationStore
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-# Room for the rest of an InvokeRequest (id, metadata, model) around the content.
-MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 
 
 def build_detector(settings: Settings) -> Detector:
@@ -107,20 +106,18 @@ class Application:
         if self._store is None:
             self._store = await build_store(settings)
 
+        limits = RequestLimits.from_settings(settings)
         self._service = service = InferenceService(
             store=self._store,
             detector=self._detector,
             decode=_decode,
             executor=self._executor,
-            limits=RequestLimits(
-                max_content_bytes=settings.max_content_bytes,
-                max_image_pixels=settings.max_image_pixels,
-                max_metadata_entries=settings.max_metadata_entries,
-            ),
+            limits=limits,
             pending_wait_s=settings.pending_wait_s,
             claim_lease_s=settings.claim_lease_s,
         )
-        max_message = settings.max_content_bytes + MESSAGE_OVERHEAD_BYTES
+        # Derived from the content and metadata limits, as Envoy's REST limits are.
+        max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor()],
             options=[

@@ -29,13 +29,17 @@ from inference_service.errors import (
     ModelError,
     NotFoundError,
 )
+from inference_service.limits import (
+    MAX_ID_CHARS,
+    MAX_METADATA_KEY_BYTES,
+    MAX_METADATA_VALUE_BYTES,
+    RequestLimits,
+)
 from inference_service.ports import Detector, InvocationStore
 
 logger = logging.getLogger(__name__)
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
-MAX_METADATA_KEY_BYTES = 128
-MAX_METADATA_VALUE_BYTES = 1024
+ID_PATTERN = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_ID_CHARS}}}")
 FAILED_MESSAGE = "the model failed on this input"
 
 # (magic prefix, offset, MIME type); RIFF/WEBP is checked on its own.
@@ -61,21 +65,13 @@ def sniff_content_type(content: bytes) -> str:
 
 
 def validate_id(invocation_id: str) -> None:
-    """Raise ``InvalidArgumentError`` unless the id is 1-128 chars of ``[A-Za-z0-9._~-]``."""
+    """Raise ``InvalidArgumentError`` unless the id is 1-128 chars of ``[A-Za-z0-9._~-]``
+    (``MAX_ID_CHARS``)."""
     if not ID_PATTERN.fullmatch(invocation_id):
         shown = invocation_id if len(invocation_id) <= 64 else invocation_id[:64] + "..."
         raise InvalidArgumentError(
-            f"id {shown!r} is invalid: it must be 1 to 128 characters of [A-Za-z0-9._~-]"
+            f"id {shown!r} is invalid: it must be 1 to {MAX_ID_CHARS} characters of [A-Za-z0-9._~-]"
         )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequestLimits:
-    """What a single request may carry."""
-
-    max_content_bytes: int = 8 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    max_metadata_entries: int = 64
 
 
 ImageDecoder = Callable[[bytes, int], np.ndarray]

