@@ -1,4 +1,5 @@
-"""A single-node Apache Cassandra for development, the tests and CI, run from Maven jars.
+"""Apache Cassandra for development, the tests and CI, run from Maven jars: one node or a
+local cluster of N nodes.
 
 The Apache binary tarball is not needed: the server runs from ``cassandra-all`` and its runtime
 dependencies, resolved once with Maven into ``<root>/dist``. Everything else (generated config,
@@ -10,9 +11,16 @@ to run fast: small heap, C1-only JIT, an AppCDS archive of the loaded classes (w
 first started node stops, used from the second start on), no gossip settle wait, a 100 ms ring
 delay, one token.
 
+A cluster (``LocalCassandraCluster``) runs N such nodes on loopback aliases, the way ``ccm`` does:
+node i listens on ``127.0.0.i`` with the same ports as the others, keeps its files under
+``<root>/node<i>`` (default root ``<repo>/build/cassandra-cluster``) and shares the jars of
+``<repo>/build/cassandra/dist``. Every node is a seed, owns one token of an evenly split ring and
+keeps hints for the nodes that are down.
+
 Command line::
 
     python -m inference_service.devstack.cassandra start|stop|status [--root DIR] [--port N]
+        [--nodes N]
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import re
@@ -30,6 +39,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from inference_service.devstack.process import (
     ManagedProcess,
@@ -114,7 +124,7 @@ _FAST_DEV_OPTIONS = (
 # client", is set back to upstream's default (twice the default 30 s ring delay) instead of
 # 200 ms. The default role's setup is retried until every known node is up: at once, it would
 # spin (and log twice per try) while the others start. A node that stops tells the others, so
-# they do not wait for their failure detectors (some 20 s) to mark it down.
+# they do not wait for their failure detectors (20-40 s) to mark it down.
 _CLUSTER_NODE_OPTIONS = (
     "-Dcassandra.gossip_quarantine_delay_ms=60000",
     "-Dcassandra.superuser_setup_delay_ms=1000",
@@ -653,28 +663,255 @@ class LocalCassandra:
             return False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fetch``, ``start``, ``stop`` or ``status`` of the local node; 0 on success.
+def cluster_root() -> Path:
+    """``<repo>/build/cassandra-cluster``: where the nodes of a local cluster keep their files."""
+    return default_root().with_name("cassandra-cluster")
 
-    ``status`` exits with 3 when the node is not running (as LSB init scripts do).
+
+def ring_tokens(count: int) -> list[int]:
+    """``count`` Murmur3 tokens that split the ring into equal parts (as ``ccm`` assigns them)."""
+    return [-(2**63) + index * (2**64 // count) for index in range(count)]
+
+
+class LocalCassandraCluster:
+    """N local Cassandra nodes, node i on the loopback address ``base_address + i - 1``.
+
+    Every node uses the same CQL and storage ports on its own address (``127.0.0.1:9042``,
+    ``127.0.0.2:9042``, ...; Linux routes all of 127.0.0.0/8 to the loopback interface) and
+    keeps its files under ``<root>/node<i>``; all share one folder of jars (and class archive).
+    Every node is a seed and has one token, so N nodes split the ring evenly, and keeps hints
+    for nodes that are down. Nodes are numbered from 1.
+
+    One node (``nodes=1``) is exactly the single dev node: ``LocalCassandra`` with its files
+    directly under ``root`` (default ``<repo>/build/cassandra``).
+
+    Whether a node sees another UP is read from its log: gossip logs ``InetAddress /<host>:<port>
+    is now UP`` (or ``DOWN``) when its failure detector changes its mind, as ``ccm`` waits for it.
+    """
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        root: Path | None = None,
+        *,
+        base_address: str = "127.0.0.1",
+        native_port: int = 9042,
+        storage_port: int = 7000,
+        dist_dir: Path | None = None,
+        **node_options: Any,
+    ) -> None:
+        """
+        Args:
+            nodes: how many nodes (at least 1).
+            root: folder of the nodes' folders (default ``<repo>/build/cassandra-cluster``, and
+                for one node ``<repo>/build/cassandra``, the single dev node's).
+            base_address: the first node's address; node i has ``base_address + i - 1``. Every
+                address must be a loopback address.
+            native_port / storage_port: the CQL and inter-node ports of every node.
+            dist_dir: the jars (default ``<repo>/build/cassandra/dist``, the dev node's).
+            node_options: passed on to every ``LocalCassandra`` (``max_heap``, ``c1_only``, ...).
+        """
+        if nodes < 1:
+            raise ValueError(f"a cluster needs at least one node, not {nodes}")
+        first = ipaddress.IPv4Address(base_address)
+        hosts = [str(first + index) for index in range(nodes)]
+        if not all(ipaddress.IPv4Address(host).is_loopback for host in hosts):
+            raise ValueError(f"the nodes' addresses {hosts[0]}..{hosts[-1]} must be loopback")
+        dist_dir = dist_dir or default_root() / "dist"
+        if nodes == 1:
+            self.root = (root or default_root()).resolve()
+            self._nodes = (
+                LocalCassandra(
+                    self.root,
+                    host=hosts[0],
+                    native_port=native_port,
+                    storage_port=storage_port,
+                    dist_dir=dist_dir,
+                    **node_options,
+                ),
+            )
+            return
+        self.root = (root or cluster_root()).resolve()
+        seeds = [f"{host}:{storage_port}" for host in hosts]
+        self._nodes = tuple(
+            LocalCassandra(
+                self.root / f"node{index}",
+                host=host,
+                native_port=native_port,
+                storage_port=storage_port,
+                dist_dir=dist_dir,
+                seeds=seeds,
+                initial_token=token,
+                hinted_handoff=True,
+                **node_options,
+            )
+            for index, (host, token) in enumerate(zip(hosts, ring_tokens(nodes), strict=True), 1)
+        )
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def nodes(self) -> tuple[LocalCassandra, ...]:
+        return self._nodes
+
+    def node(self, index: int) -> LocalCassandra:
+        """Node ``index``, counted from 1."""
+        if not 1 <= index <= len(self._nodes):
+            raise IndexError(f"no node {index} in a cluster of {len(self._nodes)}")
+        return self._nodes[index - 1]
+
+    @property
+    def contact_points(self) -> tuple[str, ...]:
+        """Every node's CQL host (all on ``native_port``)."""
+        return tuple(node.host for node in self._nodes)
+
+    @property
+    def native_port(self) -> int:
+        return self._nodes[0].native_port
+
+    def is_running(self) -> bool:
+        """True when every node is alive and answers CQL."""
+        return all(node.is_running() for node in self._nodes)
+
+    def start(self, timeout: float = 120.0) -> bool:
+        """Start the nodes that are not running, one after the other.
+
+        Each node is waited for (``timeout`` seconds for each) until it answers CQL and, in a
+        cluster, until it and every node already running see each other UP. Returns ``True``
+        when this call started a node, ``False`` when all of them were running. If one fails,
+        the nodes this call started are stopped again.
+        """
+        started_at = time.monotonic()
+        started: list[LocalCassandra] = []
+        try:
+            for node in self._nodes:
+                if self._start_node(node, timeout):
+                    started.append(node)
+        except BaseException:
+            for node in reversed(started):
+                node.stop()
+            raise
+        if started and len(self._nodes) > 1:
+            logger.info(
+                "Cassandra cluster of %d nodes up in %.1fs (%d started)",
+                len(self._nodes),
+                time.monotonic() - started_at,
+                len(started),
+            )
+        return bool(started)
+
+    def start_node(self, index: int, timeout: float = 120.0) -> bool:
+        """Start (or restart) node ``index`` and wait until it has rejoined: it answers CQL, every
+        other running node sees it UP and it sees them UP. ``False`` if it was running."""
+        return self._start_node(self.node(index), timeout)
+
+    def stop(self, grace: float = 30.0) -> bool:
+        """Stop every node, the last one first; ``True`` if any ran. The data stays."""
+        stopped = False
+        for node in reversed(self._nodes):
+            stopped = node.stop(grace=grace) or stopped
+        return stopped
+
+    def kill(self, index: int, *, wait_down: bool = False, timeout: float = 90.0) -> bool:
+        """SIGKILL node ``index`` (a crash, for fault tests); ``True`` if it ran.
+
+        With ``wait_down``, return only once every other running node sees it DOWN (their
+        failure detectors took 20-40 s on two busy cores). Until then they still send it
+        requests: a read that asks it waits for the speculative retry to another replica (or
+        times out).
+        """
+        node = self.node(index)
+        others = self._running_others(node)
+        marks = {other.address: other.log_mark() for other in others}
+        if not node.kill():
+            return False
+        if wait_down:
+            deadline = time.monotonic() + timeout
+            for other in others:
+                self._wait_for_log(
+                    other, f"/{node.address} is now DOWN", marks[other.address], deadline
+                )
+        return True
+
+    def _running_others(self, node: LocalCassandra) -> list[LocalCassandra]:
+        return [other for other in self._nodes if other is not node and other.pid() is not None]
+
+    def _start_node(self, node: LocalCassandra, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        others = self._running_others(node)
+        marks = {other.address: other.log_mark() for other in [node, *others]}
+        if not node.start(timeout=timeout):
+            return False
+        try:
+            for other in others:
+                self._wait_for_log(
+                    other, f"/{node.address} is now UP", marks[other.address], deadline
+                )
+                self._wait_for_log(
+                    node, f"/{other.address} is now UP", marks[node.address], deadline
+                )
+        except BaseException:
+            node.stop()
+            raise
+        return True
+
+    @staticmethod
+    def _wait_for_log(node: LocalCassandra, text: str, mark: int, deadline: float) -> None:
+        """Wait until ``node`` logs ``text`` after ``mark``; raise if it dies or time runs out."""
+        while not node.logged(text, mark):
+            if node.pid() is None:
+                raise ProcessError(
+                    f"Cassandra on {node.host} died; last lines of {node.system_log}:\n"
+                    f"{tail(node.system_log)}"
+                )
+            if time.monotonic() > deadline:
+                raise ProcessError(
+                    f"Cassandra on {node.host} did not log {text!r} in time; last lines of "
+                    f"{node.system_log}:\n{tail(node.system_log)}"
+                )
+            time.sleep(0.1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fetch``, ``start``, ``stop`` or ``status`` of the local node (or nodes); 0 on success.
+
+    ``status`` exits with 3 when the node (every node) is not running, as LSB init scripts do,
+    and with 1 when a node is alive but does not answer CQL (or, of several, only some run).
     """
     parser = argparse.ArgumentParser(
-        prog=f"python -m {__name__}", description="Run the local dev Cassandra node."
+        prog=f"python -m {__name__}", description="Run the local dev Cassandra node (or nodes)."
     )
     parser.add_argument(
         "command",
         choices=("fetch", "start", "stop", "status"),
         help="fetch: only resolve the jars (Maven), e.g. in a CI setup step",
     )
-    parser.add_argument("--root", type=Path, default=None, help="default: <repo>/build/cassandra")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="default: <repo>/build/cassandra (one node), <repo>/build/cassandra-cluster (more)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address of the (first) node; node i: host + i - 1"
+    )
     parser.add_argument("--port", type=int, default=9042, help="CQL port (default 9042)")
     parser.add_argument("--storage-port", type=int, default=7000, help="default 7000")
-    parser.add_argument("--timeout", type=float, default=120.0, help="start timeout, seconds")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="how many nodes, on 127.0.0.1..N (default 1)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="start timeout (of each node), seconds"
+    )
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("cassandra", "cassandra.cluster", "cassandra.connection"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.nodes > 1:
+        return _cluster_command(args)
 
     node = LocalCassandra(
         args.root, host=args.host, native_port=args.port, storage_port=args.storage_port
@@ -714,6 +951,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"Cassandra process {pid} is alive but CQL on {where} does not answer (yet)")
     return 1
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    """``main`` for more than one node."""
+    try:
+        cluster = LocalCassandraCluster(
+            args.nodes,
+            args.root,
+            base_address=args.host,
+            native_port=args.port,
+            storage_port=args.storage_port,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    where = ", ".join(f"{host}:{cluster.native_port}" for host in cluster.contact_points)
+    if args.command == "fetch":
+        node = cluster.node(1)
+        try:
+            jars = node.ensure_distribution()  # one folder of jars for all nodes
+        except ProcessError as exc:
+            print(f"could not fetch Cassandra: {exc}", file=sys.stderr)
+            return 1
+        print(f"Cassandra {node.version}: {len(jars)} jars in {node.lib_dir}")
+        return 0
+    if args.command == "start":
+        try:
+            started = cluster.start(timeout=args.timeout)
+        except ProcessError as exc:
+            print(f"Cassandra cluster failed to start: {exc}", file=sys.stderr)
+            return 1
+        state = "started" if started else "already running"
+        print(
+            f"Cassandra cluster {state}: {len(cluster)} nodes, CQL on {where} (in {cluster.root})"
+        )
+        return 0
+    if args.command == "stop":
+        if cluster.stop():
+            print(f"Cassandra cluster stopped (data kept in {cluster.root})")
+        else:
+            print("Cassandra cluster was not running")
+        return 0
+    alive = answering = 0
+    for index, node in enumerate(cluster.nodes, 1):
+        pid = node.pid()
+        port = node.configured_native_port() or node.native_port
+        if pid is None:
+            state = "not running"
+        elif cql_answers(node.host, port):
+            state = f"running: pid {pid}"
+            answering += 1
+        else:
+            state = f"process {pid} alive but CQL does not answer (yet)"
+        alive += pid is not None
+        print(f"node {index} ({node.host}:{port}, {node.root}): {state}")
+    if answering == len(cluster):
+        return 0
+    return 3 if alive == 0 else 1
 
 
 if __name__ == "__main__":
