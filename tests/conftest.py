@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-# Real-Cassandra fixtures (cassandra_endpoint, outage_cassandra) for integration and e2e tests.
+# Real-Cassandra fixtures (cassandra_endpoint, outage_cassandra, cassandra_cluster) for
+# integration and e2e tests.
 pytest_plugins = ("support.cassandra_fixtures",)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

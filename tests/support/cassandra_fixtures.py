@@ -11,6 +11,9 @@ Which Cassandra (``cassandra_endpoint``), in this order:
   else started, and then stopped at the end of the session.
 
 Each session works in a keyspace of its own (``it_<random>``), dropped at the end.
+
+Tests that stop or kill nodes get nodes of their own: ``outage_cassandra`` (one node) and
+``cassandra_cluster`` (three nodes on 127.0.0.1..3), on free ports in temporary folders.
 """
 
 from __future__ import annotations
@@ -19,19 +22,27 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from inference_service.devstack.cassandra import LocalCassandra, default_root
+from inference_service.devstack.cassandra import (
+    LocalCassandra,
+    LocalCassandraCluster,
+    default_root,
+)
 from inference_service.devstack.process import free_port
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraConfig, build_cluster
 from inference_service.stores.cassandra_schema import create_schema
 
 START_TIMEOUT_S = 180.0
+CLUSTER_NODES = 3
+CLUSTER_HOSTS = tuple(f"127.0.0.{index}" for index in range(1, CLUSTER_NODES + 1))
+DEV_NODE_PORTS = (9042, 7000)  # the dev node's (also another worktree's): never used by a test
 TESTCONTAINERS_IMAGE = "cassandra:5.0"
 
 
@@ -106,3 +117,61 @@ def outage_cassandra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
         yield node
     finally:
         node.stop()
+
+
+def free_port_on(hosts: Sequence[str], *, exclude: Sequence[int] = (), attempts: int = 50) -> int:
+    """A TCP port that is free right now on every one of ``hosts``, not in ``exclude`` nor one
+    of the dev node's ports."""
+    for _ in range(attempts):
+        port = free_port(hosts[0])
+        if port in exclude or port in DEV_NODE_PORTS:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for host in hosts:
+                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free on all of {', '.join(hosts)}")
+
+
+def _loopback_aliases_usable(hosts: Sequence[str]) -> bool:
+    """True when a socket can bind to each of ``hosts`` (Linux routes all of 127/8 to ``lo``;
+    other systems need aliases, e.g. ``ifconfig lo0 alias 127.0.0.2`` on macOS)."""
+    for host in hosts:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, 0))
+            except OSError:
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cassandra_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LocalCassandraCluster]:
+    """A local cluster of its own: three nodes on 127.0.0.1..3 (fresh data in a temporary
+    folder, the same free ports on each address) to kill and restart nodes of. It shares the
+    jars of the dev node. Costs three node starts, one after the other; stopped at the end."""
+    if shutil.which("java") is None:
+        pytest.skip("needs Java 17 to run local Cassandra nodes")
+    if not _loopback_aliases_usable(CLUSTER_HOSTS):
+        pytest.skip(f"needs the loopback addresses {', '.join(CLUSTER_HOSTS)}")
+    native_port = free_port_on(CLUSTER_HOSTS)
+    cluster = LocalCassandraCluster(
+        CLUSTER_NODES,
+        tmp_path_factory.mktemp("cassandra-cluster"),
+        native_port=native_port,
+        storage_port=free_port_on(CLUSTER_HOSTS, exclude=[native_port]),
+        dist_dir=default_root() / "dist",
+    )
+    try:
+        started = time.monotonic()
+        cluster.start(timeout=START_TIMEOUT_S)
+        print(f"{CLUSTER_NODES}-node cluster up in {time.monotonic() - started:.1f}s")
+        yield cluster
+    finally:
+        cluster.stop()

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference_service.devstack.cassandra import LocalCassandraCluster
 from inference_service.devstack.stack import LocalStack, StackSettings
 
 EXAMPLES = """\
@@ -29,6 +30,16 @@ Try it (from the repository root):
 Logs: {logs}
 Ctrl-C stops Envoy, the server and {cassandra}.
 """
+
+
+def cassandra_name(stack: LocalStack) -> str:
+    """What the stack runs of Cassandra, for the Ctrl-C line."""
+    if stack.cassandra is None:
+        return "nothing else"
+    if isinstance(stack.cassandra, LocalCassandraCluster):
+        hosts = stack.cassandra.contact_points
+        return f"the {len(hosts)} Cassandra nodes ({hosts[0]} .. {hosts[-1]})"
+    return "Cassandra"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server=", ".join(server.address for server in stack.servers),
                 image=os.path.relpath(image, repo_root),
                 logs=stack.build_dir,
-                cassandra="Cassandra" if stack.cassandra else "nothing else",
+                cassandra=cassandra_name(stack),
             ),
             flush=True,
         )

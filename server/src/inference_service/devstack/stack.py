@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
-from inference_service.devstack.cassandra import LocalCassandra
+from inference_service.devstack.cassandra import LocalCassandra, LocalCassandraCluster
 from inference_service.devstack.envoy import LocalEnvoy
 from inference_service.devstack.server import LocalServer
 from inference_service.limits import RequestLimits
@@ -30,7 +30,13 @@ class StackSettings(Settings):
     envoy_admin_port: int = Field(9901, ge=1, le=65535)
     """Envoy's admin interface (always on 127.0.0.1)."""
     cassandra_storage_port: int = Field(7000, ge=1, le=65535)
-    """Inter-node port of the local Cassandra node."""
+    """Inter-node port of the local Cassandra node (of every node)."""
+    cassandra_nodes: int = Field(1, ge=1, le=9)
+    """Local Cassandra nodes to run: 1 (the default) runs the single dev node; N > 1 runs a
+    cluster of N nodes on the loopback addresses ``127.0.0.1`` .. ``127.0.0.N`` (from the first
+    contact point on), each with the same ports, their files in ``<build_dir>/cassandra-cluster``,
+    and gives the servers all N as contact points. The keyspace's replication is a setting of
+    its own. Ignored when contact points are given (nothing local is started then)."""
     server_processes: int = Field(1, ge=1, le=16)
     """Server processes behind Envoy, on ports ``port``, ``port + 1``, ... (one Python process
     cannot use more than one core for its Python parts)."""
@@ -62,7 +68,8 @@ def server_environment(settings: Settings) -> dict[str, str]:
 
 
 class LocalStack:
-    """Starts Cassandra (unless an existing cluster is configured), the server, then Envoy."""
+    """Starts Cassandra (one node, N nodes, or none when an existing cluster is configured),
+    the servers, then Envoy."""
 
     def __init__(
         self, settings: StackSettings, *, repo_root: Path, base_env: Mapping[str, str]
@@ -75,13 +82,22 @@ class LocalStack:
             else repo_root / settings.build_dir
         )
         self.build_dir = build_dir
-        self.cassandra: LocalCassandra | None = None
-        if settings.uses_local_cassandra():
+        self.cassandra: LocalCassandra | LocalCassandraCluster | None = None
+        if settings.uses_local_cassandra() and settings.cassandra_nodes == 1:
             self.cassandra = LocalCassandra(
                 build_dir / "cassandra",
                 host=settings.cassandra_contact_points[0],
                 native_port=settings.cassandra_port,
                 storage_port=settings.cassandra_storage_port,
+            )
+        elif settings.uses_local_cassandra():
+            self.cassandra = LocalCassandraCluster(
+                settings.cassandra_nodes,
+                build_dir / "cassandra-cluster",
+                base_address=settings.cassandra_contact_points[0],
+                native_port=settings.cassandra_port,
+                storage_port=settings.cassandra_storage_port,
+                dist_dir=build_dir / "cassandra" / "dist",  # the single node's jars
             )
         server_env = server_environment(settings)
         if (
@@ -90,6 +106,12 @@ class LocalStack:
         ):
             # The dev stack creates its own schema (servers start one after the other).
             server_env["INFERENCE_CASSANDRA_CREATE_SCHEMA"] = "true"
+        if isinstance(self.cassandra, LocalCassandraCluster):
+            hosts = self.cassandra.contact_points
+            server_env["INFERENCE_CASSANDRA_CONTACT_POINTS"] = ",".join(hosts)
+            if "cassandra_replication_factor" not in settings.model_fields_set:
+                # A local cluster survives the loss of a node: RF 3 (or every node, if fewer).
+                server_env["INFERENCE_CASSANDRA_REPLICATION_FACTOR"] = str(min(len(hosts), 3))
         self.servers = [
             LocalServer(
                 host=settings.host,
