@@ -52,7 +52,8 @@ node_modules/.installed: package.json package-lock.json
 # google/api protos come from the installed googleapis-common-protos (no BSR).
 $(THIRD_PARTY)/.copied: $(VENV)/.deps
 	mkdir -p $(THIRD_PARTY)
-	cp $(GOOGLEAPIS)/annotations.proto $(GOOGLEAPIS)/http.proto $(GOOGLEAPIS)/field_behavior.proto $(THIRD_PARTY)/
+	cp $(GOOGLEAPIS)/annotations.proto $(GOOGLEAPIS)/http.proto $(GOOGLEAPIS)/field_behavior.proto \
+	   $(GOOGLEAPIS)/httpbody.proto $(THIRD_PARTY)/
 	touch $@
 
 protos: server/gen/.generated $(VENV)/.installed

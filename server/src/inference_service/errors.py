@@ -61,3 +61,9 @@ class ModelError(InferenceError):
     """The model failed on an input. The message is not shown to clients."""
 
     code = "INTERNAL"
+
+
+class FailedPreconditionError(InferenceError):
+    """The invocation is not in a state the call needs (e.g. no result to draw yet)."""
+
+    code = "FAILED_PRECONDITION"

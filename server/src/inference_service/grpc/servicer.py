@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from google.api import httpbody_pb2
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.grpc import converters
+from inference_service.render import PNG_CONTENT_TYPE, InvocationRenderer
 from inference_service.service import InferenceService
 
 
@@ -14,8 +16,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """``inference.v1.InferenceService`` over an ``InferenceService``; errors are
     mapped by ``inference_service.grpc.errors.ErrorMappingInterceptor``."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(
+        self, service: InferenceService, renderer: InvocationRenderer | None = None
+    ) -> None:
         self._service = service
+        self._renderer = renderer
 
     async def Invoke(  # noqa: N802 - gRPC method name
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
@@ -32,3 +37,11 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             request.id, with_content=converters.wants_content(request.view)
         )
         return pb.GetInvocationResponse(invocation=converters.invocation_to_proto(invocation))
+
+    async def RenderInvocation(  # noqa: N802 - gRPC method name
+        self, request: pb.RenderInvocationRequest, context: grpc.aio.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
+        if self._renderer is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rendering is not enabled")
+        png = await self._renderer.render(request.id)
+        return httpbody_pb2.HttpBody(content_type=PNG_CONTENT_TYPE, data=png)

@@ -1,0 +1,127 @@
+"""Annotated images: a stored input with its detections drawn on it, as a PNG.
+
+``draw_detections`` is pure (bytes and an output in, PNG bytes out) and blocking;
+``InvocationRenderer`` reads the invocation through the service (same id checks and errors as
+GetInvocation) and draws it off the event loop. The picture is the image the model saw (decoded
+and EXIF-oriented by ``decode_image``), scaled down to at most ``max_dimension`` pixels on its
+longer side, and further if its PNG would be over ``max_bytes`` (so that it always fits the gRPC
+message and Envoy's response limits, both derived from the content limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from inference_service.domain import Invocation, ModelOutput, State
+from inference_service.errors import FailedPreconditionError
+from inference_service.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+PNG_CONTENT_TYPE = "image/png"
+DEFAULT_MAX_DIMENSION = 2048
+"""Longest side of a rendered image, in pixels; larger images are scaled down (never up)."""
+BOX_COLOR = (0, 255, 0)
+LABEL_TEXT_COLOR = (0, 0, 0)
+_SHRINK = 0.75  # factor applied while a PNG is over its byte budget
+
+
+def draw_detections(
+    image: np.ndarray,
+    output: ModelOutput,
+    *,
+    max_dimension: int = DEFAULT_MAX_DIMENSION,
+    max_bytes: int | None = None,
+) -> bytes:
+    """PNG of ``image`` (RGB uint8, H x W x 3, as decoded for the model) with each detection's
+    box and score drawn, scaled to fit ``max_dimension`` and, when given, ``max_bytes``."""
+    height, width = image.shape[:2]
+    picture = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+    limit = max(1, min(max_dimension, max(width, height)))
+    while True:
+        png = _render(picture, output, limit)
+        if max_bytes is None or len(png) <= max_bytes or limit <= 16:
+            return png
+        logger.debug("rendered PNG of %d bytes over %d at %d px", len(png), max_bytes, limit)
+        limit = int(limit * _SHRINK)
+
+
+def _render(picture: Image.Image, output: ModelOutput, limit: int) -> bytes:
+    scale = min(1.0, limit / max(picture.width, picture.height))
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    canvas = picture.resize(size, Image.Resampling.BILINEAR) if scale < 1.0 else picture.copy()
+    # Boxes are in pixels of the oriented original image, whose size the output records.
+    sx = canvas.width / (output.image_width or picture.width)
+    sy = canvas.height / (output.image_height or picture.height)
+    line = max(2, round(max(canvas.size) / 400))
+    font = ImageFont.load_default(size=max(10, round(max(canvas.size) / 70)))
+    draw = ImageDraw.Draw(canvas)
+    for detection in output.detections:
+        box = detection.box
+        left, top = box.x_min * sx, box.y_min * sy
+        right, bottom = box.x_max * sx, box.y_max * sy
+        draw.rectangle((left, top, right, bottom), outline=BOX_COLOR, width=line)
+        label = f"{detection.score:.2f}"
+        text_left, text_top, text_right, text_bottom = draw.textbbox((0, 0), label, font=font)
+        text_w, text_h = text_right - text_left, text_bottom - text_top
+        y = top - text_h - 2 * line if top - text_h - 2 * line >= 0 else bottom
+        draw.rectangle((left, y, left + text_w + 2 * line, y + text_h + 2 * line), fill=BOX_COLOR)
+        draw.text(
+            (left + line - text_left, y + line - text_top), label, fill=LABEL_TEXT_COLOR, font=font
+        )
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+class InvocationRenderer:
+    """Renders stored invocations: ``get_invocation`` reads one (with its content, raising the
+    service's errors), ``decode`` turns content into the RGB array the model saw."""
+
+    def __init__(
+        self,
+        *,
+        get_invocation: Callable[..., Awaitable[Invocation]],
+        decode: Callable[[bytes, int], np.ndarray],
+        executor: Executor,
+        max_image_pixels: int,
+        max_dimension: int = DEFAULT_MAX_DIMENSION,
+        max_bytes: int | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._get = get_invocation
+        self._decode = decode
+        self._executor = executor
+        self._max_pixels = max_image_pixels
+        self._max_dimension = max_dimension
+        self._max_bytes = max_bytes
+
+    async def render(self, invocation_id: str) -> bytes:
+        """The PNG of a SUCCEEDED invocation; ``FailedPreconditionError`` for another state."""
+        invocation = await self._get(invocation_id, with_content=True)
+        if invocation.state is not State.SUCCEEDED or invocation.output is None:
+            raise FailedPreconditionError(
+                f"invocation {invocation_id!r} has no result to draw "
+                f"(state {invocation.state.value})"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._draw, invocation.input.content, invocation.output
+        )
+
+    def _draw(self, content: bytes, output: ModelOutput) -> bytes:
+        timer = self._metrics.time_stage("render") if self._metrics else contextlib.nullcontext()
+        with timer:
+            image = self._decode(content, self._max_pixels)
+            return draw_detections(
+                image, output, max_dimension=self._max_dimension, max_bytes=self._max_bytes
+            )
