@@ -100,6 +100,7 @@ def e2e_stack(
         port=free_ports(SERVER_PROCESSES),
         server_processes=SERVER_PROCESSES,
         envoy_port=free_port(),
+        metrics_port=free_ports(SERVER_PROCESSES),  # server i: metrics_port + i
         envoy_admin_port=free_port(),
         store="cassandra",
         cassandra_contact_points=list(endpoint.contact_points),

@@ -29,6 +29,7 @@ def two_servers(
         port=free_ports(2),
         server_processes=2,
         envoy_port=free_port(),
+        metrics_port=0,  # each server picks a free port for /metrics
         envoy_admin_port=free_port(),
         store="cassandra",
         cassandra_contact_points=list(endpoint.contact_points),

@@ -37,6 +37,7 @@ def stack_on_outage_node(
         host="127.0.0.1",
         port=free_port(),
         envoy_port=free_port(),
+        metrics_port=0,  # a free port for /metrics
         envoy_admin_port=free_port(),
         store="cassandra",
         cassandra_contact_points=[node.host],

@@ -247,6 +247,7 @@ def test_sigterm_drains_in_flight_calls_then_exits_0(shared_dir, tmp_path):
         "INFERENCE_PORT": str(port),
         "INFERENCE_SHARED_DIR": str(shared_dir),
         "INFERENCE_WORKERS": "1",
+        "INFERENCE_METRICS_PORT": "0",
     }
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(

@@ -18,11 +18,21 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from inference_service.detection.image import decode_image
 from inference_service.detection.model_source import default_model_source
 from inference_service.detection.tflite import TFLiteFaceDetector
+from inference_service.grpc.access_log import AccessLogInterceptor
 from inference_service.grpc.errors import ErrorMappingInterceptor
+from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.health import StoreHealthMonitor
 from inference_service.limits import RequestLimits
+from inference_service.metrics import (
+    CacheObserver,
+    InstrumentedDetector,
+    InstrumentedStore,
+    Metrics,
+    timed_decode,
+)
 from inference_service.ports import Detector, InvocationStore
+from inference_service.render import InvocationRenderer
 from inference_service.service import InferenceService
 from inference_service.settings import Settings
 from inference_service.stores.cache import CachingInvocationStore
@@ -54,17 +64,22 @@ def build_detector(settings: Settings) -> Detector:
     return detector
 
 
-async def build_store(settings: Settings) -> InvocationStore:
-    """The configured store, connected (and its schema created when asked)."""
+async def build_store(settings: Settings, metrics: Metrics | None = None) -> InvocationStore:
+    """The configured store, connected (and its schema created when asked); with ``metrics``,
+    timed (behind the cache) and its cache's hits and misses counted."""
+    metrics = metrics or Metrics()
     if settings.store == "memory":
-        return InMemoryInvocationStore()
+        return InstrumentedStore(InMemoryInvocationStore(), metrics)
     from inference_service.stores.cassandra import CassandraInvocationStore
 
-    store: InvocationStore = await CassandraInvocationStore.from_settings(settings)
+    store: InvocationStore = InstrumentedStore(
+        await CassandraInvocationStore.from_settings(settings), metrics
+    )
     if settings.cache_max_bytes > 0:
-        store = CachingInvocationStore(
+        cache = CachingInvocationStore(
             store, max_bytes=settings.cache_max_bytes, ttl_s=settings.cassandra_default_ttl_s
         )
+        store = CacheObserver(cache, metrics)
     return store
 
 
@@ -91,6 +106,8 @@ class Application:
         self._service: InferenceService | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.metrics = Metrics()
+        """This server's Prometheus metrics (``cli serve`` serves them on ``/metrics``)."""
 
     async def start(self) -> None:
         settings = self.settings
@@ -104,13 +121,16 @@ class Application:
             "model %s version %s loaded", self._detector.info.name, self._detector.info.version
         )
         if self._store is None:
-            self._store = await build_store(settings)
+            self._store = await build_store(settings, self.metrics)
+        else:
+            self._store = InstrumentedStore(self._store, self.metrics)
 
         limits = RequestLimits.from_settings(settings)
+        decode = timed_decode(self.metrics, _decode)
         self._service = service = InferenceService(
             store=self._store,
-            detector=self._detector,
-            decode=_decode,
+            detector=InstrumentedDetector(self._detector, self.metrics),
+            decode=decode,
             executor=self._executor,
             limits=limits,
             pending_wait_s=settings.pending_wait_s,
@@ -119,14 +139,27 @@ class Application:
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=[
+                MetricsInterceptor(self.metrics),
+                AccessLogInterceptor(),
+                ErrorMappingInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(service), server)
+        renderer = InvocationRenderer(
+            get_invocation=service.get_invocation,
+            decode=_decode,
+            executor=self._executor,
+            max_image_pixels=limits.max_image_pixels,
+            max_dimension=settings.render_max_dimension,
+            max_bytes=limits.max_content_bytes,
+            metrics=self.metrics,
+        )
+        pb_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(service, renderer), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from inference_service.logs import configure_logging
 from inference_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-path", type=Path, help="TFLite model file (INFERENCE_MODEL_PATH)")
     serve.add_argument("--shared-dir", type=Path, help="shared data folder (INFERENCE_SHARED_DIR)")
     serve.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines (INFERENCE_LOG_FORMAT)"
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, help="/metrics port (INFERENCE_METRICS_PORT, default 9464)"
+    )
 
     migrate = commands.add_parser(
         "migrate",
@@ -54,17 +61,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     # TensorFlow warns at every tf.lite.Interpreter that it moves to ai-edge-litert; the
     # interpreter is what this version of the service runs, so say it once, not per worker.
     warnings.filterwarnings(
         "once", message=r"\s*Warning: tf.lite.Interpreter is deprecated", category=UserWarning
     )
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(level, "json" if log_format == "json" else "text")
 
 
 async def _serve(settings: Settings) -> None:
@@ -76,11 +79,20 @@ async def _serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await app.start()
+    metrics_server = None
     try:
+        if settings.metrics_enabled:
+            from inference_service.metrics import start_metrics_endpoint
+
+            metrics_server, _ = start_metrics_endpoint(
+                app.metrics, settings.metrics_host, settings.metrics_port
+            )
         await stop.wait()
         logger.info("signal received: draining in-flight calls")
     finally:
         await app.stop(drain=stop.is_set())
+        if metrics_server is not None:
+            metrics_server.shutdown()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -92,7 +104,7 @@ async def _migrate(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         asyncio.run(_serve(settings))
     elif args.command == "migrate":

@@ -156,9 +156,22 @@ class Settings(BaseSettings):
     """Bytes of finished invocations (content included) each server process keeps in memory to
     answer GetInvocation without a store read (they never change); 0 turns the cache off."""
 
-    # --- logging -----------------------------------------------------------
+    # --- observability -----------------------------------------------------
     log_level: str = "INFO"
     """Root log level."""
+    log_format: Literal["text", "json"] = "text"
+    """``text`` (one readable line per record) or ``json`` (one JSON object per line, with the
+    access log's fields as keys). Either way every call is logged once (logger
+    ``inference_service.access``): request id, method, status, latency, invocation id."""
+    metrics_enabled: bool = True
+    """Serve Prometheus metrics at ``http://<metrics_host>:<metrics_port>/metrics``."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the metrics endpoint (loopback by default: expose it deliberately)."""
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    """Port of the metrics endpoint; 0 picks a free one (logged at start-up)."""
+    render_max_dimension: int = Field(2048, ge=16)
+    """Longest side, in pixels, of an image drawn by RenderInvocation (larger ones are scaled
+    down; the PNG is also kept under ``max_content_bytes``)."""
 
     @field_validator("cassandra_contact_points", mode="before")
     @classmethod

@@ -116,7 +116,13 @@ class LocalStack:
             LocalServer(
                 host=settings.host,
                 port=settings.port + index,
-                settings_env=server_env,
+                # Server i serves /metrics on metrics_port + i (0: each picks a free port).
+                settings_env={
+                    **server_env,
+                    "INFERENCE_METRICS_PORT": str(
+                        settings.metrics_port and settings.metrics_port + index
+                    ),
+                },
                 run_dir=build_dir / "server",
                 base_env=base_env,
                 name=f"server-{index}" if settings.server_processes > 1 else "server",
