@@ -1,0 +1,246 @@
+"""``inference-client``: invoke the service on files and folders, read and render invocations.
+
+Talks native gRPC to ``--target`` (Envoy's listener by default, ``INFERENCE_TARGET``). Progress
+goes to stderr, results to stdout; the exit status is 1 when any input failed (their reasons
+are listed), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import json_format
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from inference_service.client.batch import Outcome, invoke_all
+from inference_service.client.files import find_images
+
+DEFAULT_TARGET = "127.0.0.1:8080"
+# Larger than any message the service sends or takes (about 9.1 MiB by default).
+MESSAGE_LIMIT = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+]
+
+app = typer.Typer(
+    name="inference-client",
+    help="Client of inference.v1.InferenceService (native gRPC, through Envoy by default).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+Target = Annotated[
+    str,
+    typer.Option(
+        "--target",
+        envvar="INFERENCE_TARGET",
+        help="host:port of Envoy's listener (or of a server).",
+    ),
+]
+Timeout = Annotated[float, typer.Option(help="Deadline of each call, in seconds.", min=0.1)]
+
+
+class RateColumn(ProgressColumn):
+    """Files per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} files/s" if speed else "- files/s", style="progress.data.speed")
+
+
+def _fail(error: grpc.RpcError) -> typer.Exit:
+    err.print(f"[red]error[/red]: {error.code().name}: {error.details()}", highlight=False)
+    return typer.Exit(1)
+
+
+def _state_text(outcome: Outcome) -> Text:
+    if outcome.error and not outcome.state:
+        return Text(outcome.error.split(":", 1)[0], style="red")
+    label = outcome.state + (" (stored)" if outcome.resumed else "")
+    return Text(label, style="green" if outcome.ok else "red")
+
+
+def summary_table(outcomes: list[Outcome]) -> Table:
+    table = Table(title=None, show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("id", overflow="fold")
+    table.add_column("faces", justify="right")
+    table.add_column("state")
+    for outcome in outcomes:
+        faces = "" if outcome.faces is None else str(outcome.faces)
+        table.add_row(str(outcome.file.path), outcome.id, faces, _state_text(outcome))
+    return table
+
+
+@app.command()
+def invoke(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Image files, and folders searched recursively for images."),
+    ],
+    target: Target = DEFAULT_TARGET,
+    concurrency: Annotated[int, typer.Option(help="Files in flight at once.", min=1)] = 4,
+    id_prefix: Annotated[
+        str, typer.Option(help="Put before every id derived from a file's relative path.")
+    ] = "",
+    timeout: Timeout = 60.0,
+) -> None:
+    """Invoke the model on every image; running it again resumes (stored inputs are not sent
+    again). Ids: the file's path relative to the current folder, '/' written as '~'."""
+    try:
+        files = list(find_images(paths))
+    except FileNotFoundError as exc:
+        err.print(f"[red]error[/red]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if not files:
+        err.print("no image files found")
+        raise typer.Exit(1)
+
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+    async def run() -> list[Outcome]:
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+            with progress:
+                task = progress.add_task("invoking", total=len(files))
+                return await invoke_all(
+                    channel,
+                    files,
+                    id_prefix=id_prefix,
+                    concurrency=concurrency,
+                    deadline_s=timeout,
+                    on_done=lambda _: progress.advance(task),
+                )
+
+    outcomes = asyncio.run(run())
+    out.print(summary_table(outcomes))
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    resumed = sum(outcome.resumed for outcome in outcomes)
+    faces = sum(outcome.faces or 0 for outcome in outcomes)
+    out.print(
+        f"{len(outcomes)} files: {len(outcomes) - len(failed)} succeeded "
+        f"({resumed} already stored), {len(failed)} failed; {faces} faces",
+        highlight=False,
+    )
+    if failed:
+        out.print("failed:", style="red")
+        for outcome in failed:
+            out.print(f"  {outcome.file.path} ({outcome.id}): {outcome.error}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def get(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID", help="The input id.")],
+    target: Target = DEFAULT_TARGET,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the API's JSON (as REST returns it).")
+    ] = False,
+    full: Annotated[
+        bool, typer.Option(help="Include the content bytes (base64 in JSON).")
+    ] = False,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Show a stored invocation: a table, or the API's JSON."""
+    view = pb.INVOCATION_VIEW_FULL if full else pb.INVOCATION_VIEW_BASIC
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        try:
+            response = pb_grpc.InferenceServiceStub(channel).GetInvocation(
+                pb.GetInvocationRequest(id=invocation_id, view=view), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+    if as_json:
+        document = json_format.MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return
+    invocation = response.invocation
+    fields = Table(show_header=False, box=None)
+    fields.add_column(style="bold")
+    fields.add_column()
+    fields.add_row("id", invocation.id)
+    fields.add_row("state", pb.Invocation.State.Name(invocation.state).removeprefix("STATE_"))
+    fields.add_row("model", f"{invocation.model} {invocation.model_version[:12]}")
+    fields.add_row("image", f"{invocation.output.image_width} x {invocation.output.image_height}")
+    fields.add_row("created", invocation.create_time.ToJsonString())
+    if invocation.HasField("complete_time"):
+        fields.add_row("completed", invocation.complete_time.ToJsonString())
+    fields.add_row("sha256", invocation.content_sha256)
+    for key in sorted(invocation.input.metadata):
+        fields.add_row(f"metadata.{key}", invocation.input.metadata[key])
+    if invocation.error:
+        fields.add_row("error", invocation.error)
+    fields.add_row("faces", str(len(invocation.output.detections)))
+    out.print(fields)
+    if invocation.output.detections:
+        boxes = Table("#", "score", "x_min", "y_min", "x_max", "y_max", "label")
+        for index, detection in enumerate(invocation.output.detections, 1):
+            box = detection.box
+            boxes.add_row(
+                str(index),
+                f"{detection.score:.3f}",
+                *(f"{value:.1f}" for value in (box.x_min, box.y_min, box.x_max, box.y_max)),
+                detection.label,
+            )
+        out.print(boxes)
+
+
+@app.command()
+def render(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID", help="The input id.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")],
+    target: Target = DEFAULT_TARGET,
+    timeout: Timeout = 60.0,
+) -> None:
+    """Write the stored image with its boxes and scores drawn, as a PNG."""
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        try:
+            body = pb_grpc.InferenceServiceStub(channel).RenderInvocation(
+                pb.RenderInvocationRequest(id=invocation_id), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+    output.write_bytes(body.data)
+    err.print(f"wrote {output} ({body.content_type}, {len(body.data)} bytes)", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
