@@ -10,20 +10,30 @@ GOOGLEAPIS := $(VENV)/lib/$(SITE)/site-packages/google/api
 THIRD_PARTY := build/third_party/google/api
 DESCRIPTOR := build/protos/descriptor.binpb
 PROTOS := $(shell find api -name '*.proto')
+GO ?= go
+TOOLS_BIN := build/bin
+# grpc-gateway: protoc-gen-openapiv2 (built with `go install` into build/bin) and its options
+# protos (annotations.proto, openapiv2.proto), copied from the Go module cache: never the BSR.
+GRPC_GATEWAY := github.com/grpc-ecosystem/grpc-gateway/v2
+GRPC_GATEWAY_VERSION := v2.33.0
+OPENAPI_OPTIONS := build/third_party/protoc-gen-openapiv2/options
+OPENAPI_PLUGIN := $(TOOLS_BIN)/protoc-gen-openapiv2
+OPENAPI_SPEC := api/openapi/inference/v1/inference_service.swagger.json
 
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos lint test test-unit test-integration test-e2e test-faults run bench clean
+.PHONY: help setup protos openapi lint test test-unit test-integration test-e2e test-faults run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
 	@echo "make test     set up and run every test (unit, integration, e2e)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
+	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
 	@echo "make lint     ruff + buf lint"
 	@echo "make bench    benchmarks against the local stack"
 
-setup: $(VENV)/.installed node_modules/.installed build/.compose-schema
+setup: $(VENV)/.installed node_modules/.installed build/.compose-schema $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION)
 
 # compose.yaml is validated against the compose-spec schema that compose-go ships
 # (from the Go module proxy); without Go that one test is skipped.
@@ -56,9 +66,29 @@ $(THIRD_PARTY)/.copied: $(VENV)/.deps
 	   $(GOOGLEAPIS)/httpbody.proto $(THIRD_PARTY)/
 	touch $@
 
+$(OPENAPI_OPTIONS)/.copied:
+	mkdir -p $(OPENAPI_OPTIONS)
+	dir="$$($(GO) mod download -json $(GRPC_GATEWAY)@$(GRPC_GATEWAY_VERSION) \
+	  | $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')" \
+	  && install -m 644 "$$dir/protoc-gen-openapiv2/options/annotations.proto" \
+	       "$$dir/protoc-gen-openapiv2/options/openapiv2.proto" $(OPENAPI_OPTIONS)/
+	touch $@
+
+$(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION):
+	GOBIN=$(abspath $(TOOLS_BIN)) $(GO) install $(GRPC_GATEWAY)/protoc-gen-openapiv2@$(GRPC_GATEWAY_VERSION)
+	touch $@
+
 protos: server/gen/.generated $(VENV)/.installed
 
-server/gen/.generated: $(PROTOS) buf.yaml buf.gen.yaml tools/protoc-gen-grpc_python $(THIRD_PARTY)/.copied node_modules/.installed $(VENV)/.deps
+# The OpenAPI (Swagger 2.0) description of the REST API, committed: regenerate it after
+# changing the protos (a test fails while it is stale).
+openapi: $(OPENAPI_SPEC)
+
+$(OPENAPI_SPEC): $(PROTOS) buf.gen.openapi.yaml $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) server/gen/.generated
+	$(BUF) generate --template buf.gen.openapi.yaml
+	touch $@
+
+server/gen/.generated: $(PROTOS) buf.yaml buf.gen.yaml tools/protoc-gen-grpc_python $(THIRD_PARTY)/.copied $(OPENAPI_OPTIONS)/.copied node_modules/.installed $(VENV)/.deps
 	$(BUF) lint
 	$(BUF) generate
 	mkdir -p $(dir $(DESCRIPTOR))

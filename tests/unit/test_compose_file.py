@@ -117,7 +117,7 @@ def test_envoy_config_is_rendered_for_the_compose_network(compose):
 def test_dockerfile_generates_stubs_and_serves():
     dockerfile = (REPO / "server" / "Dockerfile").read_text()
     stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
-    assert stages == ["python:3.11-slim", "python:3.11-slim"]
+    assert stages == ["golang:1.26", "python:3.11-slim", "python:3.11-slim"]
     assert "grpc_tools.protoc" in dockerfile
     assert "--descriptor_set_out=protos/descriptor.binpb" in dockerfile
     assert 'CMD ["inference-service", "serve"]' in dockerfile
