@@ -19,11 +19,20 @@ GRPC_GATEWAY_VERSION := v2.33.0
 OPENAPI_OPTIONS := build/third_party/protoc-gen-openapiv2/options
 OPENAPI_PLUGIN := $(TOOLS_BIN)/protoc-gen-openapiv2
 OPENAPI_SPEC := api/openapi/inference/v1/inference_service.swagger.json
+# Stubs for other languages (buf.gen.clients.yaml -> build/gen) and the two test clients built
+# on them (clients/ -> build/clients): Go plugins by `go install` into build/bin, TypeScript from
+# package.json.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+GO_PLUGINS := $(TOOLS_BIN)/protoc-gen-go.$(PROTOC_GEN_GO_VERSION) \
+	$(TOOLS_BIN)/protoc-gen-go-grpc.$(PROTOC_GEN_GO_GRPC_VERSION)
+GO_CLIENT := build/clients/inference-client-go
+TS_CLIENT := build/clients/ts/clients/ts/main.js
 
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi lint test test-unit test-integration test-e2e test-faults run bench clean
+.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -33,7 +42,7 @@ help:
 	@echo "make lint     ruff + buf lint"
 	@echo "make bench    benchmarks against the local stack"
 
-setup: $(VENV)/.installed node_modules/.installed build/.compose-schema $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION)
+setup: $(VENV)/.installed node_modules/.installed build/.compose-schema $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) clients
 
 # compose.yaml is validated against the compose-spec schema that compose-go ships
 # (from the Go module proxy); without Go that one test is skipped.
@@ -88,6 +97,39 @@ $(OPENAPI_SPEC): $(PROTOS) buf.gen.openapi.yaml $(OPENAPI_PLUGIN).$(GRPC_GATEWAY
 	$(BUF) generate --template buf.gen.openapi.yaml
 	touch $@
 
+$(TOOLS_BIN)/protoc-gen-go.$(PROTOC_GEN_GO_VERSION):
+	GOBIN=$(abspath $(TOOLS_BIN)) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	touch $@
+
+$(TOOLS_BIN)/protoc-gen-go-grpc.$(PROTOC_GEN_GO_GRPC_VERSION):
+	GOBIN=$(abspath $(TOOLS_BIN)) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	touch $@
+
+clients: $(GO_CLIENT) $(TS_CLIENT)
+
+build/gen/.generated: $(PROTOS) buf.gen.clients.yaml $(GO_PLUGINS) node_modules/.installed server/gen/.generated
+	$(BUF) generate --template buf.gen.clients.yaml
+	printf 'module github.com/inference-service/api/gen/go\n\ngo 1.24\n' > build/gen/go/go.mod
+	printf '{"type": "module"}\n' > build/gen/ts/package.json
+	touch $@
+
+$(GO_CLIENT): build/gen/.generated clients/go/main.go clients/go/go.mod clients/go/go.sum
+	cd clients/go && $(GO) build -trimpath -o $(abspath $@) .
+
+$(TS_CLIENT): build/gen/.generated clients/ts/main.ts clients/ts/tsconfig.json clients/ts/package.json
+	node_modules/.bin/tsc -p clients/ts
+	printf '{"type": "module"}\n' > build/clients/ts/package.json
+
+# buf breaking: the API against the previous commit's (HEAD~1; on main, the main before the
+# merge), with the same vendored imports. A breaking change to the contract fails here.
+breaking: server/gen/.generated
+	rm -rf build/breaking && mkdir -p build/breaking/build
+	if git rev-parse -q --verify HEAD~1 >/dev/null; then \
+	  git archive HEAD~1 api buf.yaml | tar -x -C build/breaking \
+	  && cp -r build/third_party build/breaking/build/ \
+	  && $(BUF) breaking --against build/breaking; \
+	else echo "no previous commit: buf breaking skipped"; fi
+
 server/gen/.generated: $(PROTOS) buf.yaml buf.gen.yaml tools/protoc-gen-grpc_python $(THIRD_PARTY)/.copied $(OPENAPI_OPTIONS)/.copied node_modules/.installed $(VENV)/.deps
 	$(BUF) lint
 	$(BUF) generate
@@ -100,7 +142,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check server/src tests
 	$(BUF) lint
 
-test: setup
+test: setup breaking
 	$(PY) -m pytest tests
 
 test-unit: setup
