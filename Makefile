@@ -10,6 +10,9 @@ GOOGLEAPIS := $(VENV)/lib/$(SITE)/site-packages/google/api
 THIRD_PARTY := build/third_party/google/api
 DESCRIPTOR := build/protos/descriptor.binpb
 PROTOS := $(shell find api -name '*.proto')
+LOCK := server/requirements.lock
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
 GO ?= go
 TOOLS_BIN := build/bin
 # grpc-gateway: protoc-gen-openapiv2 (built with `go install` into build/bin) and its options
@@ -41,6 +44,7 @@ help:
 	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
 	@echo "make lint     ruff + buf lint"
 	@echo "make bench    benchmarks against the local stack"
+	@echo "make lock     re-resolve and pin the Python dependencies (server/requirements.lock)"
 
 setup: $(VENV)/.installed node_modules/.installed build/.compose-schema $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) clients
 
@@ -54,11 +58,24 @@ build/.compose-schema:
 
 # Dependencies first; the package itself is installed (editable) again once the
 # stubs exist, so that its import finder maps the generated `inference` package.
-$(VENV)/.deps: server/pyproject.toml
+# Every Python dependency comes pinned from the lock (`make lock` writes it).
+$(VENV)/.deps: server/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e 'server[dev]'
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e server
 	touch $@
+
+# Resolve the Python dependencies (server/pyproject.toml with its dev extra, under
+# server/constraints.txt) again and pin them all in server/requirements.lock: the one command to
+# run after changing a dependency (then commit the lock).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	rm -f $(LOCK)
+	$(VENV)/bin/uv pip compile server/pyproject.toml --extra dev --constraint server/constraints.txt \
+	  --python $(PY) --python-platform x86_64-manylinux_2_36 --no-header --quiet \
+	  --output-file $(LOCK)
 
 $(VENV)/.installed: $(VENV)/.deps server/gen/.generated
 	$(PY) -m pip install --quiet --no-deps -e server
