@@ -168,9 +168,7 @@ def get(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the API's JSON (as REST returns it).")
     ] = False,
-    full: Annotated[
-        bool, typer.Option(help="Include the content bytes (base64 in JSON).")
-    ] = False,
+    full: Annotated[bool, typer.Option(help="Include the content bytes (base64 in JSON).")] = False,
     timeout: Timeout = 30.0,
 ) -> None:
     """Show a stored invocation: a table, or the API's JSON."""

@@ -42,9 +42,7 @@ def find_images(arguments: Iterable[Path]) -> Iterator[InputFile]:
         if argument.is_dir():
             base = argument.resolve()
             found = sorted(
-                p
-                for p in argument.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in argument.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
         elif argument.is_file():
             base = argument.resolve().parent
