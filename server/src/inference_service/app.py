@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,6 +38,10 @@ from inference_service.service import InferenceService
 from inference_service.settings import Settings
 from inference_service.stores.cache import CachingInvocationStore
 from inference_service.stores.memory import InMemoryInvocationStore
+from inference_service.tracing import ContextExecutor, tracer_provider_from
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +101,13 @@ class Application:
         *,
         store: InvocationStore | None = None,
         detector: Detector | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
+        self._tracer_provider = tracer_provider
         self._store = store
         self._detector = detector
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Executor | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._service: InferenceService | None = None
@@ -114,6 +121,15 @@ class Application:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="inference"
         )
+        if self._tracer_provider is None:
+            self._tracer_provider = tracer_provider_from(settings.otlp_endpoint)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self._tracer_provider is not None:
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            interceptors.append(aio_server_interceptor(tracer_provider=self._tracer_provider))
+            self.metrics.tracer = self._tracer_provider.get_tracer(__name__)
+            self._executor = ContextExecutor(self._executor)  # spans of decode and model
         loop = asyncio.get_running_loop()
         if self._detector is None:
             self._detector = await loop.run_in_executor(None, build_detector, settings)
@@ -140,6 +156,7 @@ class Application:
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
             interceptors=[
+                *interceptors,
                 MetricsInterceptor(self.metrics),
                 AccessLogInterceptor(),
                 ErrorMappingInterceptor(),
@@ -226,4 +243,6 @@ class Application:
             await asyncio.to_thread(self._executor.shutdown, True)
         if self._detector is not None:
             self._detector.close()
+        if self._tracer_provider is not None:
+            self._tracer_provider.force_flush()
         logger.info("stopped")

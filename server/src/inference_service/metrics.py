@@ -23,7 +23,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import numpy as np
@@ -112,15 +112,23 @@ class Metrics:
         self.model = Info("inference_model", "The model this server runs.", registry=r)
         for result in ("hit", "miss"):
             self.cache_requests.labels(result)
+        self.tracer: Any = None
+        """An OpenTelemetry tracer when tracing is on: each stage is then a span too."""
 
     def set_model(self, info: ModelInfo) -> None:
         self.model.info({"name": info.name, "version": info.version})
 
     @contextmanager
-    def time_stage(self, stage: str) -> Iterator[None]:
+    def time_stage(self, stage: str, *, trace: bool = True) -> Iterator[None]:
+        span = (
+            self.tracer.start_as_current_span(f"inference.{stage}")
+            if self.tracer is not None and trace
+            else nullcontext()
+        )
         start = time.perf_counter()
         try:
-            yield
+            with span:
+                yield
         finally:
             self.stage.labels(stage).observe(time.perf_counter() - start)
 
@@ -165,15 +173,13 @@ class InstrumentedStore:
         self._inner = inner
         self._metrics = metrics
 
-    async def _call(self, operation: str, call: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        try:
-            return await call()
-        except Exception as error:
-            self._metrics.store_errors.labels(operation, type(error).__name__).inc()
-            raise
-        finally:
-            self._metrics.stage.labels(f"store_{operation}").observe(time.perf_counter() - start)
+    async def _call(self, operation: str, call: Callable[[], Any], *, trace: bool = True) -> Any:
+        with self._metrics.time_stage(f"store_{operation}", trace=trace):
+            try:
+                return await call()
+            except Exception as error:
+                self._metrics.store_errors.labels(operation, type(error).__name__).inc()
+                raise
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
         return await self._call("claim", lambda: self._inner.claim(invocation))
@@ -193,7 +199,7 @@ class InstrumentedStore:
         )
 
     async def check(self) -> None:
-        await self._call("check", self._inner.check)
+        await self._call("check", self._inner.check, trace=False)  # each second: no spans
 
     async def close(self) -> None:
         await self._inner.close()

@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     """Address of the metrics endpoint (loopback by default: expose it deliberately)."""
     metrics_port: int = Field(9464, ge=0, le=65535)
     """Port of the metrics endpoint; 0 picks a free one (logged at start-up)."""
+    otlp_endpoint: str | None = None
+    """OpenTelemetry tracing (off when unset): spans of every call and stage are exported with
+    OTLP/gRPC to this collector, e.g. ``http://127.0.0.1:4317``."""
     render_max_dimension: int = Field(2048, ge=16)
     """Longest side, in pixels, of an image drawn by RenderInvocation (larger ones are scaled
     down; the PNG is also kept under ``max_content_bytes``)."""
