@@ -92,6 +92,24 @@ def test_render_of_a_large_image_is_scaled_to_2048_px(api: RestClient, id_prefix
     assert Image.open(io.BytesIO(reply.body)).size == (2048, 1024)
 
 
+def test_render_of_a_worst_case_8_mib_image_fits_every_limit(api: RestClient, id_prefix):
+    """Noise compresses worst: its PNG at 2048 px would be about 12 MiB, over the gRPC message
+    and Envoy's response limits; it is drawn smaller until it is under the content limit."""
+    noise = np.random.default_rng(8).integers(0, 256, (1850, 2250, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG", quality=100)
+    content = buffer.getvalue()
+    assert 7 * 2**20 < len(content) <= 8 * 2**20, len(content)
+    invocation_id = f"{id_prefix}-render-noise"
+    invoke(api, invocation_id, content)
+    reply = api.get(f"/v1/invocations/{invocation_id}:render")
+    assert reply.status == 200, reply.body[:300]
+    assert reply.headers["content-type"] == "image/png"
+    assert len(reply.body) <= 8 * 2**20
+    width, height = Image.open(io.BytesIO(reply.body)).size
+    assert width / height == pytest.approx(2250 / 1850, rel=0.01)
+
+
 @pytest.fixture(scope="module")
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
