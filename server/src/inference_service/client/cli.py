@@ -87,7 +87,7 @@ def _state_text(outcome: Outcome) -> Text:
 def summary_table(outcomes: list[Outcome]) -> Table:
     table = Table(title=None, show_lines=False)
     table.add_column("file", overflow="fold")
-    table.add_column("id", overflow="fold")
+    table.add_column("id", no_wrap=True)  # ids are copied and pasted whole
     table.add_column("faces", justify="right")
     table.add_column("state")
     for outcome in outcomes:
