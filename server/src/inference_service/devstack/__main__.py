@@ -18,6 +18,7 @@ EXAMPLES = """\
 inference-service is up.
   REST/JSON + gRPC (Envoy): {rest}    native gRPC also on {grpc}
   gRPC server (direct):     {server}
+  Prometheus metrics:       {metrics}
 
 Try it (from the repository root):
   printf '{{"input": {{"id": "face-1", "content": "%s"}}}}' "$(base64 -w0 {image})" \\
@@ -26,6 +27,8 @@ Try it (from the repository root):
   grpcurl -plaintext {grpc} list
   grpcurl -plaintext -d '{{"id": "face-1", "view": "INVOCATION_VIEW_BASIC"}}' \\
     {grpc} inference.v1.InferenceService/GetInvocation
+  curl -s -o face-1.png '{rest}/v1/invocations/face-1:render'
+  .venv/bin/inference-client --help        # invoke folders, get, render (--target {grpc})
 
 Logs: {logs}
 Ctrl-C stops Envoy, the server and {cassandra}.
@@ -64,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rest=stack.rest_url,
                 grpc=stack.grpc_target,
                 server=", ".join(server.address for server in stack.servers),
+                metrics=", ".join(
+                    f"http://127.0.0.1:{settings.metrics_port + index}/metrics"
+                    for index in range(len(stack.servers))
+                )
+                if settings.metrics_enabled and settings.metrics_port
+                else "off (or on free ports: see the server logs)",
                 image=os.path.relpath(image, repo_root),
                 logs=stack.build_dir,
                 cassandra=cassandra_name(stack),
