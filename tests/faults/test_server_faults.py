@@ -61,7 +61,7 @@ def test_sigkill_of_a_server_under_load_loses_nothing(
     try:
         load.wait_for_acks(12)
         stack.servers[1].kill()
-        load.wait_for_acks(load.acked_count() + 24)
+        load.wait_for_acks(load.acked_count() + 60)
     finally:
         result = load.stop()
     back = read_back(stack.grpc_target, load.result.acked)

@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     """Username for PasswordAuthenticator; none means no authentication."""
     cassandra_password: SecretStr | None = None
     """Password for PasswordAuthenticator."""
+    cassandra_tls_ca_file: Path | None = None
+    """CA certificate(s) (PEM) that signed the nodes' certificates; set, the driver connects
+    with TLS (client-to-node encryption) and verifies the nodes."""
+    cassandra_tls_verify_hostname: bool = True
+    """Check that a node's certificate names the address the driver connects to."""
+    cassandra_tls_cert_file: Path | None = None
+    """Client certificate (PEM), for clusters that require client certificate authentication."""
+    cassandra_tls_key_file: Path | None = None
+    """Private key (PEM) of ``cassandra_tls_cert_file``."""
     cassandra_replication_strategy: Literal["SimpleStrategy", "NetworkTopologyStrategy"] = (
         "SimpleStrategy"
     )

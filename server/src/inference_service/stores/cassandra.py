@@ -42,11 +42,13 @@ import datetime as dt
 import logging
 import math
 import socket
+import ssl
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cassandra import (
+    AuthenticationFailed,
     ConsistencyLevel,
     CoordinationFailure,
     OperationTimedOut,
@@ -145,6 +147,11 @@ class CassandraConfig:
     reconnect_max_delay_s: float = 4.0
     retry_budget_s: float = 10.0
     """How long idempotent writes and settling reads are retried before UNAVAILABLE."""
+    tls_ca_file: str | None = None
+    """CA (PEM) of the nodes' certificates: connect with TLS. None: plain TCP."""
+    tls_verify_hostname: bool = True
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassandraConfig:
@@ -172,6 +179,10 @@ class CassandraConfig:
             connect_timeout_s=settings.cassandra_connect_timeout_s,
             default_ttl_s=settings.cassandra_default_ttl_s,
             create_schema=settings.cassandra_create_schema,
+            tls_ca_file=_path(settings.cassandra_tls_ca_file),
+            tls_verify_hostname=settings.cassandra_tls_verify_hostname,
+            tls_cert_file=_path(settings.cassandra_tls_cert_file),
+            tls_key_file=_path(settings.cassandra_tls_key_file),
         )
 
 
@@ -244,7 +255,15 @@ class CassandraInvocationStore:
             store = cls(cluster, session, config)
         except UNAVAILABLE_ERRORS as exc:
             cluster.shutdown()
-            logger.error("cannot connect to Cassandra at %s: %s", config.contact_points, exc)
+            if _authentication_failed(exc):
+                # Never the password, nor the server's message (it may echo what was sent).
+                logger.error(
+                    "Cassandra at %s rejected the credentials of user %r",
+                    list(config.contact_points),
+                    config.username,
+                )
+            else:
+                logger.error("cannot connect to Cassandra at %s: %s", config.contact_points, exc)
             raise StoreUnavailableError("invocation store unavailable") from exc
         except BaseException:
             cluster.shutdown()
@@ -588,6 +607,7 @@ def build_cluster(config: CassandraConfig) -> Cluster:
     if config.username:
         auth = PlainTextAuthProvider(username=config.username, password=config.password or "")
     return Cluster(
+        ssl_context=tls_context(config),
         contact_points=list(config.contact_points),
         port=config.port,
         protocol_version=config.protocol_version,
@@ -606,6 +626,26 @@ def build_cluster(config: CassandraConfig) -> Cluster:
         # Content is compressed images: compressing it again costs CPU for nothing.
         compression=False,
     )
+
+
+def tls_context(config: CassandraConfig) -> ssl.SSLContext | None:
+    """The client TLS context for ``config``, or ``None`` for plain TCP."""
+    if config.tls_ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=config.tls_ca_file)
+    context.check_hostname = config.tls_verify_hostname
+    if config.tls_cert_file is not None:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return context
+
+
+def _path(value: object) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _authentication_failed(exc: BaseException) -> bool:
+    errors = exc.errors.values() if isinstance(exc, NoHostAvailable) else ()
+    return any(isinstance(error, AuthenticationFailed) for error in errors)
 
 
 def _warn_about_replication(session: Session, config: CassandraConfig) -> None:
