@@ -42,7 +42,8 @@ def test_rest_invocation_reads_the_same_over_grpc(
             "id": invocation_id,
             "content": base64.b64encode(content).decode(),
             "metadata": {"via": "rest"},
-        }
+        },
+        "view": "INVOCATION_VIEW_FULL",
     }
     created = api.post_json("/v1/invocations", payload)
     assert created.status == 200, created.body[:500]
@@ -74,7 +75,8 @@ def test_grpc_invoke_reads_back_the_same_over_rest(
     content = (images_dir / name).read_bytes()
     stub = pb_grpc.InferenceServiceStub(channel)
     request = pb.InvokeRequest(
-        input=pb.ModelInput(id=invocation_id, content=content, metadata={"via": "grpc"})
+        input=pb.ModelInput(id=invocation_id, content=content, metadata={"via": "grpc"}),
+        view=pb.INVOCATION_VIEW_FULL,
     )
     invocation = stub.Invoke(request, timeout=30).invocation
     assert invocation.state == pb.Invocation.STATE_SUCCEEDED
