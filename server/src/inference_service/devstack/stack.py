@@ -89,6 +89,8 @@ class LocalStack:
                 host=settings.cassandra_contact_points[0],
                 native_port=settings.cassandra_port,
                 storage_port=settings.cassandra_storage_port,
+                # `make run` serves at full speed once warm (C2); tests start nodes C1-only.
+                c1_only=False,
             )
         elif settings.uses_local_cassandra():
             self.cassandra = LocalCassandraCluster(
@@ -98,6 +100,7 @@ class LocalStack:
                 native_port=settings.cassandra_port,
                 storage_port=settings.cassandra_storage_port,
                 dist_dir=build_dir / "cassandra" / "dist",  # the single node's jars
+                c1_only=False,
             )
         server_env = server_environment(settings)
         if (
