@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from inference_service.admission import UnlimitedAdmission
 from inference_service.domain import Invocation, ModelInput, ModelOutput, State
 from inference_service.errors import (
     AlreadyExistsError,
@@ -28,7 +29,7 @@ from inference_service.errors import (
     ModelError,
     NotFoundError,
 )
-from inference_service.ports import Detector, InvocationStore
+from inference_service.ports import Admission, Detector, InvocationStore
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class InferenceService:
         clock: Callable[[], dt.datetime] = _utcnow,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         pending_wait_s: float = 5.0,
+        admission: Admission | None = None,
     ) -> None:
         self._store = store
         self._detector = detector
@@ -111,6 +113,7 @@ class InferenceService:
         self._clock = clock
         self._new_id = new_id
         self._pending_wait_s = pending_wait_s
+        self._admission = admission or UnlimitedAdmission()
         # Model runs of won claims; they finish (and store their outcome) even when the call
         # that started them is cancelled, so that no claimed id stays PENDING.
         self._runs: set[asyncio.Future[Invocation]] = set()
@@ -128,24 +131,34 @@ class InferenceService:
         validate_id(model_input.id)
         self._check_content(model_input)
         self._check_metadata(model_input)
-        loop = asyncio.get_running_loop()
-        image, sha256 = await loop.run_in_executor(
-            self._executor, self._decode_and_hash, model_input.content
-        )
-        pending = Invocation(
-            input=model_input,
-            content_sha256=sha256,
-            content_type=sniff_content_type(model_input.content),
-            state=State.PENDING,
-            model=self._detector.info,
-            create_time=self._clock(),
-        )
-        existing = await self._store.claim(pending)
+        # Room to decode (work queue, memory budget) until the model run ends.
+        admitted = await self._admission.admit(model_input.content)
+        try:
+            loop = asyncio.get_running_loop()
+            image, sha256 = await loop.run_in_executor(
+                self._executor, self._decode_and_hash, model_input.content
+            )
+            pending = Invocation(
+                input=model_input,
+                content_sha256=sha256,
+                content_type=sniff_content_type(model_input.content),
+                state=State.PENDING,
+                model=self._detector.info,
+                create_time=self._clock(),
+            )
+            existing = await self._store.claim(pending)
+        except BaseException:
+            admitted.release()
+            raise
         if existing is not None:
+            del image
+            admitted.release()
             return await self._resolve_existing(existing, sha256)
         run = asyncio.ensure_future(self._run_model(pending, image))
+        del image  # held by the run only, until the admission is released
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
+        run.add_done_callback(lambda _: admitted.release())
         return await asyncio.shield(run)
 
     async def wait_idle(self) -> None:
