@@ -129,7 +129,7 @@ def corpus() -> tuple[HostileCase, ...]:
     cases = [
         HostileCase("zero-bytes", b"", "INVALID_ARGUMENT", r"^input\.content is empty"),
         HostileCase("one-pixel", encode(Image.new("RGB", (1, 1), "red"), "PNG"), "OK", size=(1, 1)),
-        HostileCase("random-bytes", bytes(range(256)) * 4, "INVALID_ARGUMENT", _UNDECODABLE),
+        HostileCase("random-bytes", bytes(range(256)) * 4, "INVALID_ARGUMENT", _UNDECODABLE + "$"),
         HostileCase(
             "truncated-jpeg",
             jpeg[: len(jpeg) // 2],
@@ -259,7 +259,7 @@ def corpus() -> tuple[HostileCase, ...]:
             "tga",
             encode(pattern(), "TGA"),
             "INVALID_ARGUMENT",
-            _UNDECODABLE + r" \(supported formats: JPEG, PNG, GIF, BMP, TIFF, WebP\)",
+            _UNDECODABLE + "$",
         ),
     ]
     return tuple(cases)

@@ -254,10 +254,10 @@ def other_format(rgb: np.ndarray, fmt: str) -> bytes:
         ("PSD", r"^input\.content is in the PSD format, which is not accepted; the supported "),
         ("ICO", r"^input\.content is in the ICO format, which is not accepted"),
         ("PDF", r"^input\.content is in the PDF format, which is not accepted"),
-        ("TGA", r"^input\.content is not a decodable image \(supported formats: JPEG, PNG, GIF, "),
-        ("PCX", r"^input\.content is not a decodable image \(supported formats"),
-        ("PPM", r"^input\.content is not a decodable image \(supported formats"),
-        ("SGI", r"^input\.content is not a decodable image \(supported formats"),
+        ("TGA", r"^input\.content is not a decodable image$"),
+        ("PCX", r"^input\.content is not a decodable image$"),
+        ("PPM", r"^input\.content is not a decodable image$"),
+        ("SGI", r"^input\.content is not a decodable image$"),
     ],
 )
 def test_only_the_listed_formats_are_decoded(rgb: np.ndarray, fmt: str, message: str) -> None:

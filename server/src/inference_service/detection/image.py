@@ -202,7 +202,7 @@ def _unsupported_message(content: bytes) -> str:
                 f"input.content is in the {name} format, which is not accepted; the supported "
                 f"formats are {_SUPPORTED_NAMES}"
             )
-    return f"{_UNDECODABLE} (supported formats: {_SUPPORTED_NAMES})"
+    return _UNDECODABLE
 
 
 def _checked_header(
