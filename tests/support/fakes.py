@@ -15,16 +15,18 @@ from inference_service.stores.memory import InMemoryInvocationStore
 
 
 class RecordingStore(InMemoryInvocationStore):
-    """The in-memory store, remembering the id of every claim (the only write that stores an
-    input), so that a test can tell that a rejected request stored nothing."""
+    """The in-memory store, remembering the id of every claim that stored an input (the only
+    write that does), so that a test can tell that a rejected request stored nothing."""
 
     def __init__(self) -> None:
         super().__init__()
         self.claimed: list[str] = []
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
-        self.claimed.append(invocation.id)
-        return await super().claim(invocation)
+        existing = await super().claim(invocation)
+        if existing is None:
+            self.claimed.append(invocation.id)
+        return existing
 
 
 class FakeDetector:
