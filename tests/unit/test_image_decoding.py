@@ -492,3 +492,13 @@ def test_orientation_matches_pillow_for_every_mode(
     decoded = decode_image(content, max_pixels=LIMIT)
     assert decoded.shape == ((64, 48, 3) if orientation >= 5 else (48, 64, 3))
     np.testing.assert_array_equal(decoded, reference_decode(content))
+
+
+def test_a_header_that_cannot_be_sized_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(image: Image.Image, content: bytes) -> int:
+        raise TypeError("tile width is a string")
+
+    monkeypatch.setattr(image_module, "_scratch_bytes", broken)
+    content = tiff_header_only(10, 10)
+    with pytest.raises(InvalidArgumentError, match=r"decodable image \(corrupt TIFF header\)$"):
+        inspect_image(content, max_pixels=LIMIT)

@@ -215,12 +215,19 @@ def _checked_header(
         raise InvalidArgumentError(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+    try:
+        decoded_bytes = _decoded_bytes(image, content)
+    except Exception as exc:  # a header Pillow accepted but whose layout makes no sense
+        if isinstance(exc, MemoryError):
+            raise
+        logger.debug("cannot size %s image: %r", image.format, exc)
+        raise InvalidArgumentError(f"{_UNDECODABLE} (corrupt {image.format} header)") from None
     header = ImageHeader(
         format=image.format or "",
         mode=image.mode,
         width=width,
         height=height,
-        decoded_bytes=_decoded_bytes(image, content),
+        decoded_bytes=decoded_bytes,
     )
     if max_decoded_bytes is not None and header.decoded_bytes > max_decoded_bytes:
         raise InvalidArgumentError(
