@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -502,3 +503,13 @@ def test_a_header_that_cannot_be_sized_is_refused(monkeypatch: pytest.MonkeyPatc
     content = tiff_header_only(10, 10)
     with pytest.raises(InvalidArgumentError, match=r"decodable image \(corrupt TIFF header\)$"):
         inspect_image(content, max_pixels=LIMIT)
+
+
+def test_signalling_nans_become_zero_without_warnings() -> None:
+    values = np.array([[0.0, 0.5, 1.0, 0.25]], dtype=np.float32)
+    values.view(np.uint32)[0, 0] = 0x7FA00000  # a signalling NaN
+    content = encode(Image.fromarray(values), "TIFF")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_image(content, max_pixels=LIMIT)
+    np.testing.assert_array_equal(decoded[0, :, 0], [0, 128, 255, 64])

@@ -403,8 +403,10 @@ def _extrema(
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
-    """Float samples as float64 with NaN and infinities replaced by 0."""
-    return np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    """Float samples as float64 with NaN (signalling ones too) and infinities replaced by 0."""
+    with np.errstate(invalid="ignore"):  # casting a signalling NaN raises "invalid"
+        wide = values.astype(np.float64)
+    return np.nan_to_num(wide, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _sixteen_to_uint8(values: np.ndarray) -> np.ndarray:
