@@ -14,13 +14,14 @@ PROTOS := $(shell find api -name '*.proto')
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos lint test test-unit test-integration test-e2e test-faults run bench clean
+.PHONY: help setup protos lint test test-unit test-integration test-e2e test-faults fuzz run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
 	@echo "make test     set up and run every test (unit, integration, e2e)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make lint     ruff + buf lint"
+	@echo "make fuzz     property-based fuzzing of the gRPC API, 10,000 cases a test"
 	@echo "make bench    benchmarks against the local stack"
 
 setup: $(VENV)/.installed node_modules/.installed build/.compose-schema
@@ -83,6 +84,10 @@ test-e2e: setup
 
 test-faults: setup
 	$(PY) -m pytest tests/faults
+
+# The fuzz tests also run in `make test`, with a few hundred cases each (profile "quick").
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz -m fuzz -rA --timeout=3600
 
 run: setup
 	$(PY) -m inference_service.devstack run

@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from inference_service.detection.image import decode_image
+from inference_service.admission import AdmissionController
+from inference_service.detection.image import PillowImageDecoder
 from inference_service.detection.model_source import default_model_source
 from inference_service.detection.tflite import TFLiteFaceDetector
 from inference_service.grpc.errors import ErrorMappingInterceptor
@@ -68,10 +69,6 @@ async def build_store(settings: Settings) -> InvocationStore:
     return store
 
 
-def _decode(content: bytes, max_pixels: int):
-    return decode_image(content, max_pixels=max_pixels)
-
-
 class Application:
     """The running server: detector, store, service, gRPC server, health and reflection."""
 
@@ -107,11 +104,22 @@ class Application:
             self._store = await build_store(settings)
 
         limits = RequestLimits.from_settings(settings)
+        decoder = PillowImageDecoder(
+            max_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_bytes
+        )
+        admission = AdmissionController(
+            estimate=decoder.decoded_bytes,
+            executor=self._executor,
+            memory_budget_bytes=settings.image_memory_budget_bytes,
+            max_admitted=settings.workers + settings.work_queue_size,
+            wait_s=settings.admission_wait_s,
+        )
         self._service = service = InferenceService(
             store=self._store,
             detector=self._detector,
-            decode=_decode,
+            decode=decoder.decode,
             executor=self._executor,
+            admission=admission,
             limits=limits,
             pending_wait_s=settings.pending_wait_s,
             claim_lease_s=settings.claim_lease_s,
@@ -120,6 +128,7 @@ class Application:
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor()],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),

@@ -80,3 +80,19 @@ class InvocationStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class AdmissionTicket(Protocol):
+    """What an admitted request holds (a place in the work queue, a share of the memory
+    budget) until ``release``, which may be called more than once."""
+
+    def release(self) -> None: ...
+
+
+class Admission(Protocol):
+    """Decides whether a request may decode its image now (``inference_service.admission``)."""
+
+    async def admit(self, content: bytes) -> AdmissionTicket:
+        """Wait (bounded) for room to decode ``content``; raises ``ServerBusyError`` when there
+        is none, ``InvalidArgumentError`` when the image could never fit."""
+        ...
