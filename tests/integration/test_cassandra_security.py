@@ -86,6 +86,7 @@ async def test_store_connects_with_tls_and_a_password(secure_node) -> None:
             create_time=dt.datetime.now(dt.UTC).replace(microsecond=0),
         )
         assert await store.claim(invocation) is None
+        await store.store_content(invocation)
         assert (await store.get("secure-1")).input.content == content
     finally:
         await store.close()

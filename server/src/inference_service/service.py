@@ -183,23 +183,29 @@ class InferenceService:
         image = self._decode(content, self._limits.max_image_pixels)
         return image, hashlib.sha256(content).hexdigest()
 
-    async def _run_model(self, pending: Invocation, image: np.ndarray) -> Invocation:
-        """Run the model on a claimed input and store the outcome, success or failure."""
+    async def _run_model(self, owned: Invocation, image: np.ndarray) -> Invocation:
+        """The owner of a claim: store the content while the model runs, then the outcome
+        (success or failure), which is written only once the content is stored."""
         loop = asyncio.get_running_loop()
+        content = asyncio.ensure_future(self._store.store_content(owned))
         try:
             output: ModelOutput = await loop.run_in_executor(
                 self._executor, self._detector.detect, image
             )
         except Exception as exc:
-            logger.exception("model %s failed on input %s", pending.model.name, pending.id)
+            logger.exception("model %s failed on input %s", owned.model.name, owned.id)
+            await content
             failed = dataclasses.replace(
-                pending, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
+                owned, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
             )
             await self._store.complete(failed)
             raise ModelError("the model failed") from exc
-
+        except BaseException:
+            await asyncio.gather(content, return_exceptions=True)
+            raise
+        await content
         done = dataclasses.replace(
-            pending, state=State.SUCCEEDED, output=output, complete_time=self._clock()
+            owned, state=State.SUCCEEDED, output=output, complete_time=self._clock()
         )
         await self._store.complete(done)
         return done
@@ -283,7 +289,12 @@ class InferenceService:
             if refreshed is None:  # expired meanwhile (TTL)
                 raise InvocationPendingError(f"invocation {existing.id!r} expired; retry")
             existing = dataclasses.replace(refreshed, input=existing.input)
-        return existing
+        # The stored content is the caller's, byte for byte (same hash): it may not be written
+        # yet when the claim was read, and need not be read back.
+        content = pending.input.content
+        return dataclasses.replace(
+            existing, input=dataclasses.replace(existing.input, content=content)
+        )
 
 
 def _settle_unit_of_work(work: asyncio.Future[Invocation]) -> None:

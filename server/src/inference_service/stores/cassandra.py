@@ -279,12 +279,13 @@ class CassandraInvocationStore:
     # --- InvocationStore ----------------------------------------------------------------
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
-        # Two steps. The lightweight transaction claims the id with the small cells only (hash,
-        # type, metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides
-        # the table, so a content blob in it would be written twice and pushed through every
-        # Paxos phase. The winner then writes the content with a plain update of a column that
-        # only it writes. Until that lands (or if the winner dies in between) the row reads as
-        # a PENDING invocation without content; losers compare hashes, which the claim holds.
+        # The lightweight transaction claims the id with the small cells only (hash, type,
+        # metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides the
+        # table, so a content blob in it would be written twice and pushed through every Paxos
+        # phase. The winner then writes the content (``store_content``, while the model runs)
+        # with a plain update of a column that only it writes. Until that lands (or if the
+        # winner dies in between) the row reads as a PENDING invocation without content; losers
+        # compare hashes, which the claim holds.
         claim = _claim_of(invocation)
         claim_id = uuid.UUID(claim.token)
         params = (
@@ -319,15 +320,12 @@ class CassandraInvocationStore:
                     row = None
             break
         if row is None or row["claim_id"] == claim_id:  # applied (maybe by an earlier attempt)
-            await self._store_content(invocation)
             return None
         existing = self._to_invocation(row, with_content=True)
         if existing is None:
             # The last second of an expiring row (its outcome cells already gone): the id is
             # free in a moment; the caller may retry.
             raise _unavailable("claim", RuntimeError(f"row {invocation.id!r} expiring"))
-        if row["content"] is None:
-            existing = await self._content_of_fresh_claim(existing)
         return existing
 
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
@@ -349,7 +347,6 @@ class CassandraInvocationStore:
         else:
             won = bool(rows[0]["[applied]"])
         if won:
-            await self._store_content(invocation)
             return None
         current = await self._serial_read(stale.id, "take over", None)
         return self._to_invocation(current, with_content=True) if current is not None else None
@@ -404,25 +401,7 @@ class CassandraInvocationStore:
 
     # --- claim helpers ------------------------------------------------------------------
 
-    async def _content_of_fresh_claim(self, existing: Invocation) -> Invocation:
-        """The winner of a claim writes its content right after it: wait for it (up to the
-        request timeout), so that a loser gets the stored input with its content."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.request_timeout_s
-        delay = 0.002
-        while loop.time() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-            try:
-                rows = await self._execute(self._get_with_content, (existing.id,))
-            except Exception as exc:
-                raise _unavailable_or(exc, "claim") from exc
-            if rows and rows[0]["content"] is not None:
-                return self._to_invocation(rows[0], with_content=True) or existing
-        logger.warning("invocation %r has no content yet; its writer may have died", existing.id)
-        return existing
-
-    async def _store_content(self, invocation: Invocation) -> None:
+    async def store_content(self, invocation: Invocation) -> None:
         ttl = self._remaining_ttl(invocation.create_time)
         if ttl is None:
             return
