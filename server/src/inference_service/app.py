@@ -19,6 +19,7 @@ from inference_service.detection.image import decode_image
 from inference_service.detection.model_source import default_model_source
 from inference_service.detection.tflite import TFLiteFaceDetector
 from inference_service.grpc.errors import ErrorMappingInterceptor
+from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.health import StoreHealthMonitor
 from inference_service.limits import RequestLimits
@@ -119,7 +120,8 @@ class Application:
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            # The request id first: the error mapping's log lines carry it too.
+            interceptors=[RequestIdInterceptor(), ErrorMappingInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
