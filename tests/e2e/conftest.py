@@ -100,6 +100,7 @@ def e2e_stack(
         port=free_ports(SERVER_PROCESSES),
         server_processes=SERVER_PROCESSES,
         envoy_port=free_port(),
+        envoy_internal_port=free_port(),
         envoy_admin_port=free_port(),
         store="cassandra",
         cassandra_contact_points=list(endpoint.contact_points),
@@ -144,12 +145,19 @@ def api(stack: LocalStack) -> RestClient:
 
 @pytest.fixture
 def channel(stack: LocalStack) -> Iterator[grpc.Channel]:
-    """A native gRPC channel to the stack, through Envoy's (only) listener."""
+    """A native gRPC channel to the stack, through Envoy's public listener."""
     limits = [
         ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
         ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
     ]
     with grpc.insecure_channel(stack.grpc_target, options=limits) as chan:
+        yield chan
+
+
+@pytest.fixture
+def internal_channel(stack: LocalStack) -> Iterator[grpc.Channel]:
+    """A native gRPC channel to Envoy's internal (loopback) listener: health and reflection."""
+    with grpc.insecure_channel(stack.internal_target) as chan:
         yield chan
 
 
