@@ -76,6 +76,35 @@ def test_rendered_config_passes_envoy_validation(tmp_path):
     assert '"port_value": 50052' in config
 
 
+def test_default_render_is_plain_http_without_auth_with_the_documented_limits():
+    """The one-command local stack: no TLS, no authentication, health and reflection on the
+    internal listener only; the timeouts and limits of README's "Envoy" section."""
+    template = (REPO / "envoy" / "envoy.yaml").read_text()
+    config = render_config(template, descriptor=Path("d.binpb"))
+    assert "transport_socket" not in config
+    assert "envoy.filters.http.jwt_authn" not in config
+    assert "envoy.filters.http.rbac" not in config
+    assert "grpc\\.(health" not in config
+    for line in (
+        "request_headers_timeout: 10s",
+        "request_timeout: 30s",
+        "stream_idle_timeout: 90s",
+        "idle_timeout: 300s",
+        "route: { cluster: inference_grpc, timeout: 60s }",
+        "route: { cluster: inference_grpc, timeout: 30s }",
+        "max_concurrent_streams: 100",
+        "max_heap_size_bytes: 1073741824",
+        "max_active_downstream_connections: 10000",
+        "max_requests: 1024",
+        "use_remote_address: true",
+        "preserve_external_request_id: false",
+        "always_set_request_id_in_response: true",
+        "suppress_envoy_headers: true",
+        "address: 127.0.0.1, port_value: 8081",
+    ):
+        assert line in config, line
+
+
 def test_render_refuses_values_that_would_break_the_yaml():
     template = (REPO / "envoy" / "envoy.yaml").read_text()
     with pytest.raises(EnvoyError):
