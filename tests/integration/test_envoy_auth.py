@@ -22,6 +22,7 @@ from support.envoy_upstream import FakeInferenceService, rest_client, running_en
 from support.http import RestClient, assert_status_json
 
 from inference_service.devstack.envoy import EnvoySettings, LocalEnvoy, render_config
+from inference_service.devstack.envoy import main as envoy_main
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +268,24 @@ def test_rendered_config_with_every_option_passes_envoy_validation(fake, tls, is
     config = proxy.config_path.read_text()
     for part in ("DownstreamTlsContext", "jwt_authn", "rbac", "ServerReflection"):
         assert part in config, part
+
+
+def test_render_command_takes_the_edge_settings_as_flags_and_variables(
+    tls, issuer, tmp_path, monkeypatch
+):
+    """What compose.yaml's envoy-config runs: flags override INFERENCE_ENVOY_* variables."""
+    monkeypatch.setenv("INFERENCE_ENVOY_REQUEST_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("INFERENCE_ENVOY_JWT_REQUIRED_SCOPE", "from-env")
+    out = tmp_path / "envoy.yaml"
+    argv = ["render", "--out", str(out), "--internal-port", "18081"]
+    argv += ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
+    argv += ["--jwt-jwks", str(issuer.jwks_file), "--jwt-issuer", ISSUER]
+    argv += ["--jwt-audience", AUDIENCE, "--jwt-audience", "other", "--jwt-required-scope", SCOPE]
+    assert envoy_main(argv) == 0
+    config = out.read_text()
+    assert "request_timeout: 12.500s" in config
+    assert "port_value: 18081" in config
+    assert "DownstreamTlsContext" in config
+    assert f'"audiences": ["{AUDIENCE}", "other"]' in config
+    assert f'"exact": "{SCOPE}"' in config and "from-env" not in config
+    assert envoy_main(["render", "--out", str(out), "--tls-cert", str(tls.server_cert)]) == 1
