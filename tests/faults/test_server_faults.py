@@ -29,6 +29,7 @@ def two_servers(
         port=free_ports(2),
         server_processes=2,
         envoy_port=free_port(),
+        envoy_internal_port=free_port(),
         envoy_admin_port=free_port(),
         store="cassandra",
         cassandra_contact_points=list(endpoint.contact_points),

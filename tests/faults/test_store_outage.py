@@ -37,6 +37,7 @@ def stack_on_outage_node(
         host="127.0.0.1",
         port=free_port(),
         envoy_port=free_port(),
+        envoy_internal_port=free_port(),
         envoy_admin_port=free_port(),
         store="cassandra",
         cassandra_contact_points=[node.host],

@@ -20,6 +20,7 @@ from inference_service.detection.image import PillowImageDecoder
 from inference_service.detection.model_source import default_model_source
 from inference_service.detection.tflite import TFLiteFaceDetector
 from inference_service.grpc.errors import ErrorMappingInterceptor
+from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.health import StoreHealthMonitor
 from inference_service.limits import RequestLimits
@@ -127,7 +128,8 @@ class Application:
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            # The request id first: the error mapping's log lines carry it too.
+            interceptors=[RequestIdInterceptor(), ErrorMappingInterceptor()],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_message),

@@ -60,11 +60,15 @@ def _configure_logging(level: str) -> None:
     warnings.filterwarnings(
         "once", message=r"\s*Warning: tf.lite.Interpreter is deprecated", category=UserWarning
     )
+    from inference_service.grpc.request_id import install_log_filter
+
+    # [request id]: Envoy's x-request-id of the call being served, "-" outside a call.
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s",
         stream=sys.stderr,
     )
+    install_log_filter()
 
 
 async def _serve(settings: Settings) -> None:
