@@ -21,7 +21,7 @@ help:
 	@echo "make test     set up and run every test (unit, integration, e2e)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make lint     ruff + buf lint"
-	@echo "make fuzz     property-based fuzzing of the gRPC API, 10,000 cases a test"
+	@echo "make fuzz     property-based fuzzing of the gRPC and REST APIs, 10,000 cases a test"
 	@echo "make bench    benchmarks against the local stack"
 
 setup: $(VENV)/.installed node_modules/.installed build/.compose-schema
@@ -87,7 +87,7 @@ test-faults: setup
 
 # The fuzz tests also run in `make test`, with a few hundred cases each (profile "quick").
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz -m fuzz -rA --timeout=3600
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz tests/e2e/test_rest_fuzz.py -m fuzz -rA --timeout=3600
 
 run: setup
 	$(PY) -m inference_service.devstack run

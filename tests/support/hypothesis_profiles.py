@@ -1,4 +1,5 @@
-"""Hypothesis profiles of the fuzz tests, chosen by ``HYPOTHESIS_PROFILE``:
+"""Hypothesis profiles of the fuzz tests (gRPC in tests/fuzz, REST through Envoy in tests/e2e),
+chosen by ``HYPOTHESIS_PROFILE``; loaded once by ``tests/conftest.py``:
 
 * ``quick`` (default): a modest number of cases per test, for every ``make test``;
 * ``fuzz``: 10,000 cases per test (``make fuzz``).
