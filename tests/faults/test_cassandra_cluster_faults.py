@@ -5,17 +5,15 @@ not retry), and every acknowledged invocation reads back whole."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from conftest import FaultReport, InvokeLoad, read_back
+from support.stacks import running_stack, stack_settings
 
 from inference_service.devstack.cassandra import LocalCassandraCluster
-from inference_service.devstack.process import free_port, free_ports
-from inference_service.devstack.stack import LocalStack, StackSettings
+from inference_service.stores.cassandra import CassandraConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VICTIM = 2
 
 
@@ -27,25 +25,19 @@ def test_sigkill_of_a_cassandra_node_under_load_fails_nothing(
     fault_report: FaultReport,
 ) -> None:
     cluster = cassandra_cluster
-    settings = StackSettings(
-        host="127.0.0.1",
-        port=free_ports(2),
+    endpoint = CassandraConfig(
+        contact_points=tuple(cluster.contact_points), port=cluster.native_port, keyspace="faults"
+    )
+    settings = stack_settings(
+        endpoint,
+        shared_dir,
+        tmp_path,
         server_processes=2,
-        envoy_port=free_port(),
-        envoy_admin_port=free_port(),
-        store="cassandra",
-        cassandra_contact_points=list(cluster.contact_points),
-        cassandra_port=cluster.native_port,
-        cassandra_keyspace="faults",
         cassandra_create_schema=True,
         cassandra_replication_factor=3,
         workers=1,
-        shared_dir=shared_dir,
-        build_dir=tmp_path,
     )
-    stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
-    stack.start()
-    try:
+    with running_stack(settings) as stack:
         load = InvokeLoad(stack.grpc_target, load_images, clients=3, retry_s=0).start()
         try:
             load.wait_for_acks(12, timeout=90)
@@ -60,8 +52,6 @@ def test_sigkill_of_a_cassandra_node_under_load_fails_nothing(
         finally:
             result = load.stop()
         back = read_back(stack.grpc_target, result.acked)
-    finally:
-        stack.stop()
     assert cluster.is_running()
     fault_report.add(
         "SIGKILL one of 3 Cassandra nodes (RF 3, LOCAL_QUORUM)",

@@ -3,11 +3,14 @@ Cassandra keyspace (the one ``cassandra_endpoint`` made)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from inference_service.devstack.process import free_port, free_ports
-from inference_service.devstack.stack import StackSettings
+from inference_service.devstack.process import free_port, free_ports, pid_alive
+from inference_service.devstack.stack import LocalStack, StackSettings
 from inference_service.stores.cassandra import CassandraConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,3 +46,16 @@ def stack_settings(
         **credentials,
         **overrides,
     )
+
+
+@contextlib.contextmanager
+def running_stack(settings: StackSettings) -> Iterator[LocalStack]:
+    """The stack of ``settings``, started, and stopped at the end: no process of it left."""
+    stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        left = [s.pid for s in stack.servers if s.pid and pid_alive(s.pid)]
+        assert not left, f"server processes still run: {left}"
