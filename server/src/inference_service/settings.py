@@ -61,19 +61,21 @@ class Settings(BaseSettings):
     """Bytes of images being decoded or held (waiting for the model or in it) at once in one
     server process (384 MiB), counted as ``max_decoded_bytes`` counts them. An Invoke waits up
     to ``admission_wait_s`` for its share, then gets UNAVAILABLE ("server busy, retry")."""
-    work_queue_size: int = Field(16, ge=0)
+    work_queue_size: int = Field(64, ge=0)
     """Invokes that may wait for one of the ``workers`` (decoding or in the model) beyond those
     the workers run: the bound of the work queue in front of them. One more waits up to
     ``admission_wait_s`` for a place, then gets UNAVAILABLE ("server busy, retry")."""
     admission_wait_s: float = Field(2.0, ge=0)
     """How long an Invoke waits for a place in the work queue and its share of the image memory
     budget before it is answered UNAVAILABLE ("server busy, retry")."""
-    max_concurrent_rpcs: int | None = Field(64, ge=1)
-    """Calls (of every method, health included) the gRPC server runs at once; None: no limit.
-    Over it gRPC itself answers RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") before
-    reading the request; it bounds the request messages held in memory (each up to
-    ``max_content_bytes`` + 1 MiB). Keep it above ``workers`` + ``work_queue_size`` so that a
-    busy server answers Invokes UNAVAILABLE from its admission control first."""
+    max_concurrent_rpcs: int | None = Field(None, ge=1)
+    """Calls (of every method, health checks included) the gRPC server runs at once; None (the
+    default): no limit. Over it gRPC itself answers RESOURCE_EXHAUSTED ("Concurrent RPC limit
+    exceeded!") before any handler runs: a status that means "too large" to this API (413
+    through Envoy), and health checks that fail under load take the server out of Envoy's
+    rotation. So it is off: Envoy's circuit breaker (``INFERENCE_ENVOY_UPSTREAM_MAX_REQUESTS``)
+    bounds the calls in flight to the servers, and admission control answers busy Invokes
+    UNAVAILABLE. If set, keep it well above ``workers`` + ``work_queue_size``."""
 
     # --- model -------------------------------------------------------------
     shared_dir: Path = Path("../shared")
