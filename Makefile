@@ -35,7 +35,7 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults run bench clean
+.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults fuzz run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -43,6 +43,7 @@ help:
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
 	@echo "make lint     ruff + buf lint"
+	@echo "make fuzz     property-based fuzzing of the gRPC and REST APIs, 10,000 cases a test"
 	@echo "make bench    benchmarks against the local stack"
 	@echo "make lock     re-resolve and pin the Python dependencies (server/requirements.lock)"
 
@@ -173,6 +174,10 @@ test-e2e: setup
 
 test-faults: setup
 	$(PY) -m pytest tests/faults
+
+# The fuzz tests also run in `make test`, with a few hundred cases each (profile "quick").
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz tests/e2e/test_rest_fuzz.py -m fuzz -rA --timeout=3600
 
 run: setup
 	$(PY) -m inference_service.devstack run

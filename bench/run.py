@@ -198,6 +198,7 @@ def stack_settings(options: Options) -> StackSettings:
         "port": base + 100,
         "envoy_port": base + 80,
         "envoy_admin_port": base + 81,
+        "envoy_internal_port": base + 82,
         "cassandra_port": base + 42,
         "cassandra_storage_port": base + 70,
         "build_dir": options.out_dir / "stack",

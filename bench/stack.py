@@ -57,7 +57,7 @@ class BenchStack:
     def check_ports(self) -> None:
         """Fail before starting anything when a port the bench needs is taken."""
         s = self.settings
-        ports = [s.envoy_port, s.envoy_admin_port]
+        ports = [s.envoy_port, s.envoy_internal_port, s.envoy_admin_port]
         ports += [s.port + i for i in range(s.server_processes)]
         if self.stack.cassandra is not None and self.stack.cassandra.pid() is None:
             ports += [s.cassandra_port, s.cassandra_storage_port]

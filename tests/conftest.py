@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-# Real-Cassandra fixtures (cassandra_endpoint, outage_cassandra, cassandra_cluster) for
-# integration and e2e tests.
-pytest_plugins = ("support.cassandra_fixtures",)
+# Real-Cassandra fixtures for the integration, e2e and fault tests; the fuzz tests' hypothesis
+# profiles.
+pytest_plugins = ("support.cassandra_fixtures", "support.hypothesis_profiles")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = "models/tflite/version-RFB-320_without_postprocessing.tflite"

@@ -12,21 +12,19 @@ them afterwards (e.g. under a plugin that reorders tests).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from support.http import RestClient
+from support.stacks import stack_settings
 
-from inference_service.devstack.process import free_port, pid_alive
-from inference_service.devstack.stack import LocalStack, StackSettings
+from inference_service.devstack.process import pid_alive
+from inference_service.devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
 logger = logging.getLogger(__name__)
@@ -66,21 +64,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[position:position] = last
 
 
-def free_ports(count: int, host: str = "127.0.0.1", attempts: int = 50) -> int:
-    """The first of ``count`` consecutive TCP ports that are all free on ``host`` right now."""
-    for _ in range(attempts):
-        first = free_port(host)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(first, first + count):
-                    sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                    sock.bind((host, port))
-            except OSError:
-                continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports found on {host}")
-
-
 @pytest.fixture(scope="package")
 def e2e_stack(
     cassandra_endpoint: CassandraConfig,
@@ -88,29 +71,11 @@ def e2e_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalStack]:
     """``SERVER_PROCESSES`` servers and Envoy on free ports, storing in the session's keyspace."""
-    endpoint = cassandra_endpoint
-    credentials: dict[str, Any] = {}
-    if endpoint.username is not None:
-        credentials = {
-            "cassandra_username": endpoint.username,
-            "cassandra_password": endpoint.password,
-        }
-    settings = StackSettings(
-        host="127.0.0.1",
-        port=free_ports(SERVER_PROCESSES),
+    settings = stack_settings(
+        cassandra_endpoint,
+        shared_dir,
+        tmp_path_factory.mktemp("e2e-stack"),
         server_processes=SERVER_PROCESSES,
-        envoy_port=free_port(),
-        metrics_port=free_ports(SERVER_PROCESSES),  # server i: metrics_port + i
-        envoy_admin_port=free_port(),
-        store="cassandra",
-        cassandra_contact_points=list(endpoint.contact_points),
-        cassandra_port=endpoint.port,
-        cassandra_local_dc=endpoint.local_dc,
-        cassandra_keyspace=endpoint.keyspace,
-        cassandra_create_schema=False,  # the session fixture created it
-        shared_dir=shared_dir,
-        build_dir=tmp_path_factory.mktemp("e2e-stack"),
-        **credentials,
     )
     stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
     assert stack.cassandra is None, "the e2e stack must reuse the session's Cassandra"
@@ -145,12 +110,19 @@ def api(stack: LocalStack) -> RestClient:
 
 @pytest.fixture
 def channel(stack: LocalStack) -> Iterator[grpc.Channel]:
-    """A native gRPC channel to the stack, through Envoy's (only) listener."""
+    """A native gRPC channel to the stack, through Envoy's public listener."""
     limits = [
         ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
         ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
     ]
     with grpc.insecure_channel(stack.grpc_target, options=limits) as chan:
+        yield chan
+
+
+@pytest.fixture
+def internal_channel(stack: LocalStack) -> Iterator[grpc.Channel]:
+    """A native gRPC channel to Envoy's internal (loopback) listener: health and reflection."""
+    with grpc.insecure_channel(stack.internal_target) as chan:
         yield chan
 
 

@@ -1,5 +1,5 @@
-"""Native gRPC through Envoy's one listener on the real stack: the same invocations as REST,
-health, and server reflection (what grpcurl uses)."""
+"""Native gRPC through Envoy on the real stack: the same invocations as REST on the public
+listener; health and server reflection (what grpcurl uses) on the internal one only."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -42,7 +43,8 @@ def test_rest_invocation_reads_the_same_over_grpc(
             "id": invocation_id,
             "content": base64.b64encode(content).decode(),
             "metadata": {"via": "rest"},
-        }
+        },
+        "view": "INVOCATION_VIEW_FULL",
     }
     created = api.post_json("/v1/invocations", payload)
     assert created.status == 200, created.body[:500]
@@ -74,7 +76,8 @@ def test_grpc_invoke_reads_back_the_same_over_rest(
     content = (images_dir / name).read_bytes()
     stub = pb_grpc.InferenceServiceStub(channel)
     request = pb.InvokeRequest(
-        input=pb.ModelInput(id=invocation_id, content=content, metadata={"via": "grpc"})
+        input=pb.ModelInput(id=invocation_id, content=content, metadata={"via": "grpc"}),
+        view=pb.INVOCATION_VIEW_FULL,
     )
     invocation = stub.Invoke(request, timeout=30).invocation
     assert invocation.state == pb.Invocation.STATE_SUCCEEDED
@@ -97,11 +100,22 @@ def test_grpc_invoke_reads_back_the_same_over_rest(
     }
 
 
-def test_health_through_envoy_is_serving(channel: grpc.Channel) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
+def test_health_through_envoys_internal_listener_is_serving(
+    internal_channel: grpc.Channel,
+) -> None:
+    health = health_pb2_grpc.HealthStub(internal_channel)
     for service in ("", SERVICE):
         response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
         assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_health_and_reflection_are_not_on_the_public_listener(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as raised:
+        reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def reflect(
@@ -112,11 +126,13 @@ def reflect(
     return list(stub.ServerReflectionInfo(iter(requests), timeout=10))
 
 
-def test_reflection_through_envoy_lists_and_describes_the_service(channel: grpc.Channel) -> None:
+def test_reflection_through_envoys_internal_listener_lists_and_describes_the_service(
+    internal_channel: grpc.Channel,
+) -> None:
     """What ``grpcurl list`` and ``grpcurl describe`` need: the service list, and the file
     that declares the service together with every file it imports."""
     listed, described = reflect(
-        channel,
+        internal_channel,
         reflection_pb2.ServerReflectionRequest(list_services=""),
         reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
     )

@@ -192,7 +192,8 @@ class GrpcPath:
         self._stub = pb_grpc.InferenceServiceStub(channel)
 
     def invoke(self, model_input: pb.ModelInput) -> pb.Invocation:
-        request = pb.InvokeRequest(input=model_input)
+        # FULL: the response carries the content back, the largest response Invoke sends.
+        request = pb.InvokeRequest(input=model_input, view=pb.INVOCATION_VIEW_FULL)
         return self._call(self._stub.Invoke, request).invocation
 
     def get(self, invocation_id: str, view: int = pb.INVOCATION_VIEW_FULL) -> pb.Invocation:
@@ -222,7 +223,8 @@ class RestPath:
                 "id": model_input.id,
                 "content": base64.b64encode(model_input.content).decode(),
                 "metadata": dict(model_input.metadata),
-            }
+            },
+            "view": "INVOCATION_VIEW_FULL",
         }
         # json.dumps escapes every non-ASCII and control character (\u00XX): the longest JSON.
         return self._invocation(
@@ -440,7 +442,10 @@ def request_of_size(invocation_id: str, size: int) -> pb.InvokeRequest:
     """An Invoke of zero bytes of content whose message is exactly ``size`` bytes."""
     length = size
     for _ in range(8):
-        request = pb.InvokeRequest(input=pb.ModelInput(id=invocation_id, content=bytes(length)))
+        request = pb.InvokeRequest(
+            input=pb.ModelInput(id=invocation_id, content=bytes(length)),
+            view=pb.INVOCATION_VIEW_FULL,  # as every path sends it
+        )
         excess = request.ByteSize() - size
         if excess == 0:
             return request

@@ -37,12 +37,14 @@ METADATA = {"suite": "e2e", "note": "café ☕", "empty": "", "quoted": '{"a": [
 
 
 def invoke_body(invocation_id: str, content: bytes, metadata: dict[str, str]) -> dict[str, Any]:
+    """An Invoke whose answer carries the content back (FULL), to compare with a read."""
     return {
         "input": {
             "id": invocation_id,
             "content": base64.b64encode(content).decode(),
             "metadata": metadata,
-        }
+        },
+        "view": "INVOCATION_VIEW_FULL",
     }
 
 
@@ -187,8 +189,10 @@ def test_no_id_no_metadata_no_face_prints_defaults_and_assigns_uuid(api: RestCli
     assert created["state"] == "STATE_SUCCEEDED"
     assert SHA256_HEX.fullmatch(created["model_version"])
 
+    assert created["input"]["content"] == ""  # Invoke's default view: BASIC
     read = invocation_of(api.get(f"/v1/invocations/{created['id']}"))
-    assert read == created
+    assert base64.b64decode(read["input"]["content"]) == content
+    assert {**read, "input": {**read["input"], "content": ""}} == created
 
 
 def test_invoke_is_idempotent_over_rest(api: RestClient, id_prefix: str, images_dir: Path) -> None:

@@ -24,7 +24,10 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def invoke_body(invocation_id: str, content: bytes) -> dict[str, Any]:
-    return {"input": {"id": invocation_id, "content": base64.b64encode(content).decode()}}
+    return {
+        "input": {"id": invocation_id, "content": base64.b64encode(content).decode()},
+        "view": "INVOCATION_VIEW_FULL",
+    }
 
 
 def assert_not_stored(api: RestClient, invocation_id: str) -> None:

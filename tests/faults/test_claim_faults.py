@@ -119,6 +119,7 @@ async def test_a_claim_sent_twice_knows_it_won(store: FaultyCassandraStore) -> N
 
     store.inject("claim", sent_twice)
     assert await store.claim(invocation) is None
+    await store.store_content(invocation)
     await assert_owned(store, invocation)
 
 
@@ -138,6 +139,7 @@ async def test_an_applied_claim_whose_answer_was_lost_knows_it_won(
 
     store.inject("claim", applied_then_lost)
     assert await store.claim(invocation) is None
+    await store.store_content(invocation)
     await assert_owned(store, invocation)
 
 
@@ -153,6 +155,7 @@ async def test_a_claim_lost_before_it_was_applied_is_sent_again(
     store.executed.clear()
     assert await store.claim(invocation) is None
     assert store.executed[:3] == ["claim", "read", "claim"]  # the serial read settled it
+    await store.store_content(invocation)
     await assert_owned(store, invocation)
 
 
@@ -166,6 +169,7 @@ async def test_an_uncertain_claim_that_lost_returns_the_winner(
 
     async def a_competitor_won(real: Real) -> list[Any]:
         assert await CassandraInvocationStore.claim(store, winner) is None
+        await store.store_content(winner)
         raise cas_unknown()
 
     store.inject("claim", a_competitor_won)
@@ -202,6 +206,7 @@ async def test_content_and_outcome_writes_are_retried(store: FaultyCassandraStor
         store.inject("store_content", fails)
         store.inject("complete", fails)
     assert await store.claim(invocation) is None
+    await store.store_content(invocation)
     done = dataclasses.replace(
         invocation, state=State.FAILED, error="x", complete_time=invocation.create_time
     )

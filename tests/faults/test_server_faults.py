@@ -3,18 +3,16 @@ one is killed (SIGKILL) or stopped (SIGTERM) in the middle."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import FaultReport, InvokeLoad, read_back
+from support.stacks import running_stack, stack_settings
 
-from inference_service.devstack.process import free_port, free_ports, pid_alive
-from inference_service.devstack.stack import LocalStack, StackSettings
+from inference_service.devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 2.0
 """A short claim lease, so that a retry takes over a dead server's claims within its wait."""
 
@@ -23,33 +21,16 @@ LEASE_S = 2.0
 def two_servers(
     cassandra_endpoint: CassandraConfig, shared_dir: Path, tmp_path: Path
 ) -> Iterator[LocalStack]:
-    endpoint = cassandra_endpoint
-    settings = StackSettings(
-        host="127.0.0.1",
-        port=free_ports(2),
+    settings = stack_settings(
+        cassandra_endpoint,
+        shared_dir,
+        tmp_path,
         server_processes=2,
-        envoy_port=free_port(),
-        metrics_port=0,  # each server picks a free port for /metrics
-        envoy_admin_port=free_port(),
-        store="cassandra",
-        cassandra_contact_points=list(endpoint.contact_points),
-        cassandra_port=endpoint.port,
-        cassandra_local_dc=endpoint.local_dc,
-        cassandra_keyspace=endpoint.keyspace,
-        cassandra_create_schema=False,
         claim_lease_s=LEASE_S,
         workers=1,
-        shared_dir=shared_dir,
-        build_dir=tmp_path,
     )
-    stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
-    stack.start()
-    try:
+    with running_stack(settings) as stack:
         yield stack
-    finally:
-        stack.stop()
-        left = [s.pid for s in stack.servers if s.pid and pid_alive(s.pid)]
-        assert not left, f"server processes still run: {left}"
 
 
 def test_sigkill_of_a_server_under_load_loses_nothing(
@@ -62,7 +43,7 @@ def test_sigkill_of_a_server_under_load_loses_nothing(
     try:
         load.wait_for_acks(12)
         stack.servers[1].kill()
-        load.wait_for_acks(load.acked_count() + 24)
+        load.wait_for_acks(load.acked_count() + 60)
     finally:
         result = load.stop()
     back = read_back(stack.grpc_target, load.result.acked)

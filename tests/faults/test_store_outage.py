@@ -5,7 +5,6 @@ server serves again within seconds, without a restart."""
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +13,13 @@ import grpc
 import pytest
 from conftest import FaultReport
 from support.http import RestClient, assert_status_json
+from support.stacks import running_stack, stack_settings
 
 from inference_service.devstack.cassandra import LocalCassandra, cql_answers
-from inference_service.devstack.process import free_port
 from inference_service.devstack.server import grpc_serving
-from inference_service.devstack.stack import LocalStack, StackSettings
+from inference_service.devstack.stack import LocalStack
+from inference_service.stores.cassandra import CassandraConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_S = 125.0
 """Longer than the driver's old reconnection limit (64 attempts, about a minute)."""
 BACK_WITHIN_S = 10.0
@@ -33,28 +32,19 @@ def stack_on_outage_node(
     node = outage_cassandra
     if not node.is_running():
         node.start()
-    settings = StackSettings(
-        host="127.0.0.1",
-        port=free_port(),
-        envoy_port=free_port(),
-        metrics_port=0,  # a free port for /metrics
-        envoy_admin_port=free_port(),
-        store="cassandra",
-        cassandra_contact_points=[node.host],
-        cassandra_port=node.native_port,
-        cassandra_keyspace="outage",
+    endpoint = CassandraConfig(
+        contact_points=(node.host,), port=node.native_port, keyspace="outage"
+    )
+    settings = stack_settings(
+        endpoint,
+        shared_dir,
+        tmp_path,
         cassandra_create_schema=True,
         cassandra_request_timeout_s=2.0,
         workers=1,
-        shared_dir=shared_dir,
-        build_dir=tmp_path,
     )
-    stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
-    stack.start()
-    try:
+    with running_stack(settings) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def invoke(api: RestClient, invocation_id: str, content: bytes):

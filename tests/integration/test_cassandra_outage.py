@@ -65,6 +65,7 @@ async def test_store_fails_fast_while_down_and_recovers_without_restart(
     try:
         before = pending()
         assert await store.claim(before) is None
+        await store.store_content(before)
 
         # A node that hangs: calls time out instead of waiting for it.
         pid = node.pid()

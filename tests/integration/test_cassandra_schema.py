@@ -48,6 +48,13 @@ async def test_migrate_upgrades_an_older_table(cassandra_endpoint, caplog) -> No
             )
         await migrated.close()
         assert "claim_time" in table_columns(session, keyspace)
+        options = session.execute(
+            "SELECT compression FROM system_schema.tables"
+            " WHERE keyspace_name = %s AND table_name = 'invocations'",
+            (keyspace,),
+        ).one()
+        compression = options["compression"] if isinstance(options, dict) else options[0]
+        assert compression.get("enabled") == "false", compression  # images: no LZ4 on top
         # RF 1: losing the node loses the store, and the operator is told so.
         assert any("losing one node" in record.message for record in caplog.records)
 

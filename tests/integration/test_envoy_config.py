@@ -9,148 +9,40 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from support.envoy_upstream import (
+    DEFAULT_LIMITS,
+    ERROR_PREFIX,
+    LARGEST_PREFIX,
+    REPO,
+    REST_BODY_LIMIT,
+    FakeInferenceService,
+    MiB,
+    content_of,
+    largest_metadata,
+    make_envoy,
+    rest_client,
+    running_envoy,
+    serve_fake,
+)
 from support.http import RestClient, assert_status_json
 
 from inference_service.devstack.envoy import EnvoyError, LocalEnvoy, render_config
 from inference_service.devstack.process import free_port
-from inference_service.limits import (
-    MAX_METADATA_KEY_BYTES,
-    MAX_METADATA_VALUE_BYTES,
-    RequestLimits,
-)
-
-REPO = Path(__file__).resolve().parents[2]
-MiB = 1024 * 1024
-DEFAULT_LIMITS = RequestLimits()
-# The buffer filter's max_request_bytes in the rendered envoy.yaml (default limits).
-REST_BODY_LIMIT = DEFAULT_LIMITS.rest_request_body_bytes
-ERROR_PREFIX = "error-"  # an Invoke input id "error-NOT_FOUND" fails with NOT_FOUND
-LARGEST_PREFIX = "largest-"  # GetInvocation of "largest-N": the largest invocation, N bytes
-
-
-def largest_metadata(entries: int) -> dict[str, str]:
-    """The most and largest metadata entries, of a character JSON escapes (six bytes each)."""
-    return {
-        f"{index:04d}".ljust(MAX_METADATA_KEY_BYTES, "\x01"): "\x01" * MAX_METADATA_VALUE_BYTES
-        for index in range(entries)
-    }
-
-
-def content_of(size: int) -> bytes:
-    """``size`` bytes that differ from one position to the next (a shifted copy shows)."""
-    return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
-
-
-class FakeInferenceService(pb_grpc.InferenceServiceServicer):
-    """Canned answers; records the requests it gets."""
-
-    def __init__(self) -> None:
-        self.requests: list[Any] = []
-        self.metadata: list[dict[str, str]] = []
-        self.time_remaining: list[float | None] = []
-
-    def Invoke(self, request: pb.InvokeRequest, context: grpc.ServicerContext) -> Any:
-        self.requests.append(request)
-        self.metadata.append(dict(context.invocation_metadata()))
-        self.time_remaining.append(context.time_remaining())
-        if request.input.id.startswith(ERROR_PREFIX):
-            code = grpc.StatusCode[request.input.id.removeprefix(ERROR_PREFIX)]
-            context.abort(code, f"canned {code.name}")
-        detection = pb.Detection(
-            box=pb.BoundingBox(x_min=1.5, y_min=2.0, x_max=10.0, y_max=12.25),
-            score=0.9,
-            label="face",
-        )
-        invocation = pb.Invocation(
-            id=request.input.id,
-            input=request.input,
-            output=pb.ModelOutput(detections=[detection], image_width=64, image_height=0),
-            state=pb.Invocation.STATE_SUCCEEDED,
-            model="face-detector",
-        )
-        return pb.InvokeResponse(invocation=invocation)
-
-    def GetInvocation(self, request: pb.GetInvocationRequest, context: grpc.ServicerContext) -> Any:
-        self.requests.append(request)
-        if request.id == "missing":
-            context.abort(grpc.StatusCode.NOT_FOUND, "no invocation with id missing")
-        if request.id.startswith(LARGEST_PREFIX):
-            size = int(request.id.removeprefix(LARGEST_PREFIX))
-            model_input = pb.ModelInput(
-                id=request.id,
-                content=content_of(size),
-                metadata=largest_metadata(DEFAULT_LIMITS.max_metadata_entries),
-            )
-            return pb.GetInvocationResponse(
-                invocation=pb.Invocation(
-                    id=request.id, input=model_input, state=pb.Invocation.STATE_SUCCEEDED
-                )
-            )
-        invocation = pb.Invocation(
-            id=request.id, input=pb.ModelInput(id=request.id), state=pb.Invocation.STATE_PENDING
-        )
-        return pb.GetInvocationResponse(invocation=invocation)
+from inference_service.limits import RequestLimits
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[tuple[FakeInferenceService, int]]:
-    """The fake service (with health and reflection) on a free port, in its own threads."""
-    service = FakeInferenceService()
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", 64 * MiB)],
-    )
-    pb_grpc.add_InferenceServiceServicer_to_server(service, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    reflection.enable_server_reflection(
-        [
-            pb.DESCRIPTOR.services_by_name["InferenceService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield service, port
-    finally:
-        server.stop(grace=None)
-
-
-def make_envoy(
-    build_dir: Path, upstream_ports: list[int], limits: RequestLimits | None = None
-) -> LocalEnvoy:
-    return LocalEnvoy.for_repo(
-        REPO,
-        build_dir=build_dir,
-        listen_port=free_port(),
-        admin_port=free_port(),
-        upstreams=[("127.0.0.1", port) for port in upstream_ports],
-        limits=limits,
-    )
-
-
-def running_envoy(
-    build_dir: Path, upstream_ports: list[int], limits: RequestLimits | None = None
-) -> Iterator[LocalEnvoy]:
-    """For a fixture: ``make_envoy`` started, and stopped when the fixture ends."""
-    proxy = make_envoy(build_dir, upstream_ports, limits)
-    proxy.start(timeout=60)
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+    with serve_fake() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +54,6 @@ def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
 def envoy_without_upstream(tmp_path_factory) -> Iterator[LocalEnvoy]:
     """An Envoy whose only upstream port has nothing listening."""
     yield from running_envoy(tmp_path_factory.mktemp("envoy-down"), [free_port()])
-
-
-def rest_client(proxy: LocalEnvoy) -> RestClient:
-    """REST/JSON calls through ``proxy``; every reply is checked for leaked grpc-* headers."""
-    return RestClient(proxy.listen_host, proxy.listen_port, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +74,35 @@ def test_rendered_config_passes_envoy_validation(tmp_path):
     config = proxy.config_path.read_text()
     assert "${" not in config
     assert '"port_value": 50052' in config
+
+
+def test_default_render_is_plain_http_without_auth_with_the_documented_limits():
+    """The one-command local stack: no TLS, no authentication, health and reflection on the
+    internal listener only; the timeouts and limits of README's "Envoy" section."""
+    template = (REPO / "envoy" / "envoy.yaml").read_text()
+    config = render_config(template, descriptor=Path("d.binpb"))
+    assert "transport_socket" not in config
+    assert "envoy.filters.http.jwt_authn" not in config
+    assert "envoy.filters.http.rbac" not in config
+    assert "grpc\\.(health" not in config
+    for line in (
+        "request_headers_timeout: 10s",
+        "request_timeout: 30s",
+        "stream_idle_timeout: 90s",
+        "idle_timeout: 300s",
+        "route: { cluster: inference_grpc, timeout: 60s }",
+        "route: { cluster: inference_grpc, timeout: 30s }",
+        "max_concurrent_streams: 100",
+        "max_heap_size_bytes: 1073741824",
+        "max_active_downstream_connections: 10000",
+        "max_requests: 1024",
+        "use_remote_address: true",
+        "preserve_external_request_id: false",
+        "always_set_request_id_in_response: true",
+        "suppress_envoy_headers: true",
+        "address: 127.0.0.1, port_value: 8081",
+    ):
+        assert line in config, line
 
 
 def test_render_refuses_values_that_would_break_the_yaml():
@@ -384,9 +300,21 @@ def test_native_grpc_passes_through(envoy, fake):
         invocation = stub.Invoke(request, timeout=10).invocation
         assert (invocation.id, invocation.input.content) == ("grpc-1", b"\1\2\3")
 
-        # Native gRPC bodies are not held to the REST limit (the server has its own).
-        big = pb.InvokeRequest(input=pb.ModelInput(id="grpc-big", content=b"\1" * REST_BODY_LIMIT))
-        assert len(stub.Invoke(big, timeout=30).invocation.input.content) == REST_BODY_LIMIT
+        # Native gRPC requests are held whole too, up to the same limit (the gRPC framing and
+        # the other fields are a few bytes): under it they reach the server (which has its own,
+        # smaller limit), over it Envoy answers RESOURCE_EXHAUSTED itself.
+        size = REST_BODY_LIMIT - 64
+        big = pb.InvokeRequest(input=pb.ModelInput(id="grpc-big", content=b"\1" * size))
+        assert len(stub.Invoke(big, timeout=30).invocation.input.content) == size
+        calls = len(fake[0].requests)
+        too_big = pb.InvokeRequest(
+            input=pb.ModelInput(id="grpc-too-big", content=b"\1" * REST_BODY_LIMIT)
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Invoke(too_big, timeout=30)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error.value.details() == "Payload Too Large"
+        assert len(fake[0].requests) == calls
 
         with pytest.raises(grpc.RpcError) as error:
             stub.Invoke(
@@ -400,21 +328,18 @@ def test_native_grpc_passes_through(envoy, fake):
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_rest_calls_get_a_route_timeout_and_grpc_calls_keep_their_deadline(envoy, api, fake):
-    timeout_header = "x-envoy-expected-rq-timeout-ms"
-    api.post_json("/v1/invocations", {"input": {"id": "timed", "content": "AA=="}})
-    assert fake[0].metadata[-1][timeout_header] == "60000"
+def test_grpc_calls_keep_their_deadline(envoy, fake):
+    """The route timeouts (tests/integration/test_envoy_edge.py) are Envoy's own; a client's
+    shorter deadline reaches the server as it is."""
     with grpc.insecure_channel(envoy.grpc_target) as channel:
         stub = pb_grpc.InferenceServiceStub(channel)
-        stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="no-deadline")))
-        assert timeout_header not in fake[0].metadata[-1]
         stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="deadline")), timeout=5)
-        assert timeout_header not in fake[0].metadata[-1]
         assert 0 < fake[0].time_remaining[-1] < 6  # grpc-timeout is rounded up
+        assert not any(key.startswith("x-envoy-") for key in fake[0].metadata[-1])
 
 
-def test_grpc_health_and_reflection_pass_through(envoy):
-    with grpc.insecure_channel(envoy.grpc_target) as channel:
+def test_grpc_health_and_reflection_pass_through_the_internal_listener(envoy):
+    with grpc.insecure_channel(envoy.internal_target) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=10
         )

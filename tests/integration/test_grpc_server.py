@@ -80,9 +80,11 @@ async def test_every_shared_image_matches_reference_and_reads_back(stub, shared_
         )
         assert_matches_reference(boxes(invocation.output), expected["boxes"], name)
 
+        assert invocation.input.content == b""  # Invoke's default view: BASIC
         read = (await stub.GetInvocation(pb.GetInvocationRequest(id=f"ref-{name}"))).invocation
-        assert read == invocation
         assert read.input.content == content
+        read.input.content = b""
+        assert read == invocation
         assert read.content_sha256 == hashlib.sha256(content).hexdigest()
         assert dict(read.input.metadata) == {"file": name}
 
@@ -106,6 +108,19 @@ async def test_basic_view_omits_content(stub, shared_dir):
     assert basic.input.content == b""
     assert basic.content_sha256 == hashlib.sha256(content).hexdigest()
     assert len(basic.output.detections) >= 1
+
+
+async def test_invoke_returns_the_content_only_with_the_full_view(stub, shared_dir):
+    content = (shared_dir / "images" / "face-9.jpg").read_bytes()
+    model_input = pb.ModelInput(id="invoke-views", content=content)
+    basic = await stub.Invoke(pb.InvokeRequest(input=model_input))
+    explicit = await stub.Invoke(pb.InvokeRequest(input=model_input, view=pb.INVOCATION_VIEW_BASIC))
+    full = await stub.Invoke(pb.InvokeRequest(input=model_input, view=pb.INVOCATION_VIEW_FULL))
+    assert basic.invocation.input.content == explicit.invocation.input.content == b""
+    assert basic.invocation.content_sha256 == hashlib.sha256(content).hexdigest()
+    assert full.invocation.input.content == content
+    full.invocation.input.content = b""
+    assert full == basic == explicit
 
 
 async def test_idempotent_and_already_exists(stub, shared_dir):
@@ -132,7 +147,10 @@ async def test_concurrent_invokes_of_one_id_first_writer_wins(stub, shared_dir):
     async def invoke(content: bytes):
         try:
             return await stub.Invoke(
-                pb.InvokeRequest(input=pb.ModelInput(id="contended", content=content))
+                pb.InvokeRequest(
+                    input=pb.ModelInput(id="contended", content=content),
+                    view=pb.INVOCATION_VIEW_FULL,
+                )
             )
         except grpc.aio.AioRpcError as error:
             return error

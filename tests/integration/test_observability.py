@@ -18,11 +18,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_service.app import Application
+from inference_service.grpc.request_id import RequestIdLogFilter
 from inference_service.logs import JsonFormatter
 from inference_service.metrics import start_metrics_endpoint
 from inference_service.settings import Settings
 
 SERVICE = "inference.v1.InferenceService"
+CALL_LOGGER = "inference_service.grpc.request_id"  # one line per call
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +99,10 @@ async def test_counters_and_stage_latencies_move_with_calls(server, stub, images
         == 0
     )
     for stage, calls in (
-        ("decode", 2),
+        ("decode", 1),  # the second Invoke's content is refused before any decoding
         ("model", 1),
         ("store_claim", 1),
+        ("store_content", 1),
         ("store_complete", 1),
         ("store_get", 2),
     ):
@@ -132,12 +135,11 @@ async def test_render_returns_a_png_with_the_boxes(server, stub, images_dir):
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_one_json_access_line_per_call_without_content_or_metadata(
-    server, stub, images_dir, caplog
-):
+async def test_one_json_line_per_call_without_content_or_metadata(server, stub, images_dir, caplog):
     content = (images_dir / "face-1.jpg").read_bytes()
     secret = "do-not-log-this-value"
-    caplog.set_level(logging.INFO, logger="inference_service.access")
+    caplog.handler.addFilter(RequestIdLogFilter())  # as the server's log handler has it
+    caplog.set_level(logging.INFO, logger=CALL_LOGGER)
     metadata = (("x-request-id", "req-123"),)
     await stub.Invoke(
         pb.InvokeRequest(
@@ -147,7 +149,7 @@ async def test_one_json_access_line_per_call_without_content_or_metadata(
     )
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.GetInvocation(pb.GetInvocationRequest(id="bad id\n"), metadata=metadata)
-    records = [r for r in caplog.records if r.name == "inference_service.access"]
+    records = [r for r in caplog.records if r.name == CALL_LOGGER]
     lines = [json.loads(JsonFormatter().format(record)) for record in records]
     assert len(lines) == 2, lines
     invoke, get = lines
@@ -156,9 +158,11 @@ async def test_one_json_access_line_per_call_without_content_or_metadata(
     assert invoke["request_id"] == "req-123"
     assert invoke["invocation_id"] == "obs-log"
     assert invoke["latency_ms"] > 0
-    assert invoke["level"] == "INFO" and invoke["logger"] == "inference_service.access"
+    assert invoke["level"] == "INFO"
+    assert invoke["message"].endswith(" invocation=obs-log")
     assert get["status"] == "INVALID_ARGUMENT"
-    assert get["invocation_id"] == "(invalid)"  # never client text that is not an id
+    assert get["request_id"] == "req-123"
+    assert get["invocation_id"] == "invalid"  # never client text that is not an id
     text = "\n".join(JsonFormatter().format(record) for record in records)
     assert secret not in text
     assert all("\n" not in JsonFormatter().format(record) for record in records)

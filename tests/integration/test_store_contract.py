@@ -64,6 +64,12 @@ def pending(
     )
 
 
+async def own(store: InvocationStore, invocation: Invocation) -> None:
+    """Claim ``invocation`` and store its content, as its owner does."""
+    assert await store.claim(invocation) is None
+    await store.store_content(invocation)
+
+
 def succeeded(invocation: Invocation, detections: tuple[Detection, ...] = ()) -> Invocation:
     return dataclasses.replace(
         invocation,
@@ -108,7 +114,7 @@ async def test_claim_then_get_round_trips_content_byte_identical(
     content = (JPEG_HEADER + os.urandom(size))[:size]
     invocation = pending(content=content)
 
-    assert await store.claim(invocation) is None
+    await own(store, invocation)
 
     stored = await store.get(invocation.id)
     assert stored == invocation
@@ -124,7 +130,7 @@ async def test_get_unknown_id_returns_none(store: InvocationStore) -> None:
 
 async def test_get_without_content_omits_content_but_keeps_sha256(store: InvocationStore) -> None:
     invocation = pending()
-    await store.claim(invocation)
+    await own(store, invocation)
 
     basic = await store.get(invocation.id, with_content=False)
 
@@ -134,14 +140,14 @@ async def test_get_without_content_omits_content_but_keeps_sha256(store: Invocat
 
 async def test_empty_metadata_round_trips(store: InvocationStore) -> None:
     invocation = pending(metadata={})
-    await store.claim(invocation)
+    await own(store, invocation)
 
     assert await store.get(invocation.id) == invocation
 
 
 async def test_complete_records_success_with_output(store: InvocationStore) -> None:
     invocation = pending()
-    await store.claim(invocation)
+    await own(store, invocation)
     faces = (
         Detection(box=BoundingBox(10.5, 20.25, 110.125, 220.0), score=0.987654321, label="face"),
         Detection(box=BoundingBox(0.0, 0.0, 1.0, 1.0), score=0.71, label="face"),
@@ -156,7 +162,7 @@ async def test_complete_records_success_with_output(store: InvocationStore) -> N
 
 async def test_complete_records_success_without_detections(store: InvocationStore) -> None:
     invocation = pending()
-    await store.claim(invocation)
+    await own(store, invocation)
     done = succeeded(invocation)
 
     await store.complete(done)
@@ -168,7 +174,7 @@ async def test_complete_records_success_without_detections(store: InvocationStor
 
 async def test_complete_records_failure(store: InvocationStore) -> None:
     invocation = pending()
-    await store.claim(invocation)
+    await own(store, invocation)
     failed = dataclasses.replace(
         invocation, state=State.FAILED, error="model error: bad input", complete_time=now_ms()
     )
@@ -182,7 +188,7 @@ async def test_complete_records_failure(store: InvocationStore) -> None:
 
 async def test_complete_never_changes_the_input(store: InvocationStore) -> None:
     invocation = pending()
-    await store.claim(invocation)
+    await own(store, invocation)
     tampered = ModelInput(id=invocation.id, content=b"other bytes", metadata={"x": "y"})
     done = dataclasses.replace(
         succeeded(invocation), input=tampered, content_sha256="0" * 64, create_time=now_ms()
@@ -210,7 +216,7 @@ async def test_second_claim_returns_the_stored_invocation_unchanged(
     store: InvocationStore,
 ) -> None:
     first = pending()
-    await store.claim(first)
+    await own(store, first)
     second = pending(first.id, content=JPEG_HEADER + b"different", metadata={"other": "1"})
 
     existing = await store.claim(second)
@@ -221,7 +227,7 @@ async def test_second_claim_returns_the_stored_invocation_unchanged(
 
 async def test_second_claim_after_completion_returns_the_outcome(store: InvocationStore) -> None:
     invocation = pending()
-    await store.claim(invocation)
+    await own(store, invocation)
     done = succeeded(invocation)
     await store.complete(done)
 
@@ -236,7 +242,13 @@ async def test_first_writer_wins_under_concurrent_claims(store: InvocationStore)
 
     winners = [c for c, result in zip(contenders, results, strict=True) if result is None]
     assert len(winners) == 1
-    assert all(result == winners[0] for result in results if result is not None)
+    # Losers get the winner's invocation (with its content once the winner stored it).
+    assert all(
+        result.without_content() == winners[0].without_content()
+        for result in results
+        if result is not None
+    )
+    await store.store_content(winners[0])
     assert await store.get(invocation_id) == winners[0]
 
 
@@ -247,7 +259,7 @@ def claimed(invocation: Invocation, at: dt.datetime | None = None) -> Invocation
 
 async def test_a_lost_claim_shows_who_owns_the_id(store: InvocationStore) -> None:
     first = claimed(pending())
-    assert await store.claim(first) is None
+    await own(store, first)
     existing = await store.claim(claimed(pending(first.id)))
     assert existing is not None
     assert existing.claim == first.claim
@@ -270,6 +282,7 @@ async def test_of_concurrent_take_overs_exactly_one_wins(store: InvocationStore)
     winners = [s for s, result in zip(successors, results, strict=True) if result is None]
     assert len(winners) == 1
     assert all(r is not None and r.claim == winners[0].claim for r in results if r is not None)
+    await store.store_content(winners[0])  # the new owner stores the content again
     stored = await store.get(orphan.id)
     assert stored.claim == winners[0].claim
     assert stored.input.content == content
@@ -291,7 +304,7 @@ async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:
     )
     try:
         invocation = pending()
-        await store.claim(invocation)
+        await own(store, invocation)
         await store.complete(succeeded(invocation))
         assert await store.get(invocation.id) is not None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import ssl
 from typing import Any
 
 import grpc
@@ -39,12 +40,18 @@ def request(
     headers: dict[str, str] | None = None,
     timeout: float = 60.0,
     check_grpc_headers: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One HTTP/1.1 request on a fresh connection; a body is sent as ``application/json``."""
+    """One HTTP/1.1 request on a fresh connection (HTTPS with ``ssl_context``); a body is sent
+    as ``application/json``."""
     sent = dict(headers or {})
     if body is not None:
         sent.setdefault("content-type", "application/json")
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn: http.client.HTTPConnection
+    if ssl_context is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl_context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=sent)
         response = conn.getresponse()
@@ -86,10 +93,18 @@ class RestClient:
     port: int
     timeout: float = 60.0
     """Each request's timeout in seconds, unless a call passes its own ``timeout``."""
+    ssl_context: ssl.SSLContext | None = None
+    """HTTPS with this context (e.g. one that trusts a test CA); plain HTTP without."""
+    headers: dict[str, str] | None = dataclasses.field(default=None, repr=False)
+    """Headers sent with every request (e.g. ``authorization``), under a call's own; never in
+    the repr (credentials)."""
 
     def call(self, method: str, path: str, body: bytes | None = None, **kwargs: Any) -> Reply:
         """Any request; see ``request`` for the keyword arguments."""
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("ssl_context", self.ssl_context)
+        if self.headers:
+            kwargs["headers"] = {**self.headers, **(kwargs.get("headers") or {})}
         return request(self.host, self.port, method, path, body, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> Reply:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
+import hashlib
+import tracemalloc
 
 import pytest
 
-from inference_service.domain import Invocation, ModelInfo, ModelInput, ModelOutput, State
-from inference_service.stores.cache import ENTRY_OVERHEAD_BYTES, CachingInvocationStore
+from inference_service.domain import (
+    BoundingBox,
+    Detection,
+    Invocation,
+    ModelInfo,
+    ModelInput,
+    ModelOutput,
+    State,
+)
+from inference_service.errors import StoreUnavailableError
+from inference_service.stores.cache import CachingInvocationStore, entry_bytes
 from inference_service.stores.memory import InMemoryInvocationStore
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -83,7 +95,7 @@ async def test_reads_fill_the_cache_and_basic_entries_answer_basic_reads_only() 
 
 async def test_least_recently_used_entries_go_first_to_stay_within_bytes() -> None:
     inner = CountingStore()
-    entry = 100 + ENTRY_OVERHEAD_BYTES
+    entry = entry_bytes(finished(pending("a", size=100)))
     store = CachingInvocationStore(inner, max_bytes=2 * entry)
     for name in ("a", "b"):
         await run(store, pending(name, size=100))
@@ -99,7 +111,7 @@ async def test_least_recently_used_entries_go_first_to_stay_within_bytes() -> No
 
 async def test_entries_larger_than_the_cache_are_not_kept() -> None:
     inner = CountingStore()
-    store = CachingInvocationStore(inner, max_bytes=ENTRY_OVERHEAD_BYTES + 10)
+    store = CachingInvocationStore(inner, max_bytes=entry_bytes(finished(pending("big", 10))))
     await run(store, pending("big", size=11))
     await store.get("big")
     assert inner.gets == 1
@@ -120,3 +132,73 @@ async def test_entries_expire_with_their_rows() -> None:
 def test_needs_a_positive_size() -> None:
     with pytest.raises(ValueError, match="positive"):
         CachingInvocationStore(InMemoryInvocationStore(), max_bytes=0)
+
+
+def rich(invocation_id: str, *, detections: int, metadata: int) -> Invocation:
+    """A finished invocation whose bytes are mostly not content: detections and metadata,
+    every value a fresh object (as read from a store)."""
+    found = tuple(
+        Detection(BoundingBox(i + 0.5, i + 1.5, i + 2.5, i + 3.5), 0.5 + i / 1e6, "fa" + "ce")
+        for i in range(detections)
+    )
+    return Invocation(
+        input=ModelInput(
+            invocation_id,
+            b"c" * 10,
+            {f"key-{i:04d}-{invocation_id}": f"value-{i}-" + "v" * 100 for i in range(metadata)},
+        ),
+        content_sha256=hashlib.sha256(invocation_id.encode()).hexdigest(),
+        state=State.SUCCEEDED,
+        model=ModelInfo("face-detector", "v" * 64),
+        create_time=T0,
+        content_type="image/png",
+        output=ModelOutput(found, 640, 480),
+        complete_time=T0,
+    )
+
+
+def test_every_byte_of_an_entry_is_counted() -> None:
+    small = rich("s", detections=0, metadata=0)
+    assert entry_bytes(rich("d", detections=1000, metadata=0)) >= entry_bytes(small) + 1000 * 250
+    assert entry_bytes(rich("m", detections=0, metadata=64)) >= entry_bytes(small) + 64 * 150
+    longer_id = dataclasses.replace(small, input=ModelInput("s" * 128, b"c" * 10))
+    assert entry_bytes(longer_id) >= entry_bytes(small) + 127
+
+
+class FreshReadStore(InMemoryInvocationStore):
+    """Answers every read with a new invocation that nothing else references."""
+
+    async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        return rich(invocation_id, detections=200, metadata=32)
+
+
+async def test_the_cache_holds_no_more_memory_than_its_bound() -> None:
+    max_bytes = 2 * 1024 * 1024
+    store = CachingInvocationStore(FreshReadStore(), max_bytes=max_bytes)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(400):  # about 20 MB of invocations read through the cache
+            await store.get(f"id-{i}")
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert max_bytes // 2 < held <= max_bytes, held
+
+
+class FailingCompleteStore(InMemoryInvocationStore):
+    async def complete(self, invocation: Invocation) -> None:
+        raise StoreUnavailableError("store down")
+
+
+async def test_a_claim_whose_outcome_write_fails_is_dropped() -> None:
+    store = CachingInvocationStore(FailingCompleteStore(), max_bytes=1 << 20)
+    claim = pending("f", size=1000)
+    assert await store.claim(claim) is None
+    assert "f" in store._claimed
+    with pytest.raises(StoreUnavailableError):
+        await store.complete(finished(claim))
+    assert "f" not in store._claimed
+    assert store._bytes == 0  # and nothing was cached

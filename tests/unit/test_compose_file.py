@@ -109,6 +109,8 @@ def test_envoy_config_is_rendered_for_the_compose_network(compose):
     assert "python -m inference_service.devstack.envoy render" in render
     assert "--upstream server:50051" in render
     assert "--listen-host 0.0.0.0" in render
+    # The internal listener (health, reflection) is not published: only the public port is.
+    assert "--internal-port 8081" in render
     assert "--out /envoy-config/envoy.yaml" in render
     envoy_command = compose["services"]["envoy"]["command"]
     assert envoy_command[:3] == ["envoy", "-c", "/etc/envoy/generated/envoy.yaml"]

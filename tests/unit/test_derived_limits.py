@@ -173,7 +173,10 @@ def test_settings_from_the_environment_reach_the_limits(monkeypatch) -> None:
 
 
 def _http_filters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    (listener,) = config["static_resources"]["listeners"]
+    """The HTTP filters of the public listener (the internal one buffers nothing)."""
+    (listener,) = [
+        entry for entry in config["static_resources"]["listeners"] if entry["name"] == "public"
+    ]
     ((manager,),) = [chain["filters"] for chain in listener["filter_chains"]]
     filters = manager["typed_config"]["http_filters"]
     return {entry["name"]: entry.get("typed_config", {}) for entry in filters}

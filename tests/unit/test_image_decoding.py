@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from inference_service.detection.image import decode_image
+from inference_service.detection import image as image_module
+from inference_service.detection.image import (
+    SUPPORTED_FORMATS,
+    TILE_OVERHEAD_BYTES,
+    _count_jpeg_scans,
+    decode_image,
+    inspect_image,
+)
 from inference_service.errors import InvalidArgumentError
 
 LIMIT = 40_000_000
@@ -219,3 +227,289 @@ def test_pillow_decompression_bomb_is_refused() -> None:
     ):
         decode_image(png_header_only(20000, 20000), max_pixels=LIMIT)
     assert before == Image.MAX_IMAGE_PIXELS
+
+
+# --- formats ------------------------------------------------------------------------------
+
+
+def psd(width: int = 4, height: int = 3) -> bytes:
+    """A minimal uncompressed 8-bit RGB Photoshop file (Pillow can read it)."""
+    header = (
+        b"8BPS" + struct.pack(">H", 1) + bytes(6) + struct.pack(">HIIHH", 3, height, width, 8, 3)
+    )
+    sections = struct.pack(">III", 0, 0, 0) + struct.pack(
+        ">H", 0
+    )  # no colour data, resources, layers
+    return header + sections + bytes(width * height * 3)
+
+
+def other_format(rgb: np.ndarray, fmt: str) -> bytes:
+    if fmt == "PSD":
+        return psd()
+    return encode(Image.fromarray(rgb), fmt)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("PSD", r"^input\.content is in the PSD format, which is not accepted; the supported "),
+        ("ICO", r"^input\.content is in the ICO format, which is not accepted"),
+        ("PDF", r"^input\.content is in the PDF format, which is not accepted"),
+        ("TGA", r"^input\.content is not a decodable image$"),
+        ("PCX", r"^input\.content is not a decodable image$"),
+        ("PPM", r"^input\.content is not a decodable image$"),
+        ("SGI", r"^input\.content is not a decodable image$"),
+    ],
+)
+def test_only_the_listed_formats_are_decoded(rgb: np.ndarray, fmt: str, message: str) -> None:
+    content = other_format(rgb, fmt)
+    if fmt != "PDF":  # Pillow only writes PDF; every other one it would decode
+        Image.open(io.BytesIO(content)).load()
+    with pytest.raises(InvalidArgumentError, match=message):
+        decode_image(content, max_pixels=LIMIT)
+    with pytest.raises(InvalidArgumentError, match=message):
+        inspect_image(content, max_pixels=LIMIT)
+
+
+def test_other_plugins_never_see_the_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.init()
+    seen: list[str] = []
+    for name, (factory, accept) in list(Image.OPEN.items()):
+        if name not in SUPPORTED_FORMATS:
+
+            def spy(fp, filename, _name=name, _factory=factory):
+                seen.append(_name)
+                return _factory(fp, filename)
+
+            monkeypatch.setitem(Image.OPEN, name, (spy, accept))
+    with pytest.raises(InvalidArgumentError):
+        decode_image(psd(), max_pixels=LIMIT)
+    assert seen == []
+    opened = Image.open(io.BytesIO(psd()))  # the spies work: unrestricted, Pillow tries them
+    assert opened.format == "PSD"
+    assert seen[-1] == "PSD"
+
+
+def test_supported_format_with_a_broken_header_is_named(rgb: np.ndarray) -> None:
+    content = encode(Image.fromarray(rgb))
+    broken = content[:16] + b"\x00" * 8 + content[24:]  # width and height 0 in IHDR
+    with pytest.raises(
+        InvalidArgumentError, match=r"not a decodable image \(corrupt or unsupported PNG"
+    ):
+        decode_image(broken, max_pixels=LIMIT)
+
+
+# --- decoded bytes ----------------------------------------------------------------------------
+
+
+def tiff_header_only(
+    width: int,
+    height: int,
+    *,
+    rows_per_strip: int | None = None,
+    tile: int | None = None,
+    bits: int = 32,
+    sample_format: int = 3,
+) -> bytes:
+    """A deflate-compressed one-sample TIFF header (float by default) whose data is 16 zero
+    bytes: only the header says what the decode would allocate."""
+    entries = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, bits),
+        (259, 3, 8),
+        (262, 3, 1),
+        (277, 3, 1),
+        (339, 3, sample_format),
+    ]
+    if tile is not None:
+        entries += [(322, 4, tile), (323, 4, tile), (324, 4, None), (325, 4, 16)]
+    else:
+        entries += [(273, 4, None), (278, 4, rows_per_strip or height), (279, 4, 16)]
+    entries.sort()
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_offset if value is None else value
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + bytes(16)
+
+
+def test_decoded_bytes_depend_on_the_mode(grey: np.ndarray) -> None:
+    sizes = {
+        mode: inspect_image(content, max_pixels=LIMIT).decoded_bytes
+        for mode, content in {
+            "L": encode(Image.fromarray(grey)),
+            "I;16": encode(Image.fromarray(grey.astype(np.uint16) * 257)),
+            "RGB": encode(Image.fromarray(grey).convert("RGB")),
+            "F": encode(Image.fromarray(grey.astype(np.float32)), "TIFF"),
+        }.items()
+    }
+    pixels = grey.size
+    assert sizes["L"] < sizes["I;16"] < sizes["RGB"]
+    assert sizes["I;16"] - sizes["L"] >= pixels
+    assert sizes["RGB"] - sizes["I;16"] >= 2 * pixels
+    assert sizes["F"] >= sizes["RGB"]
+
+
+def test_decoded_bytes_limit_is_checked_from_the_header() -> None:
+    # 40 megapixels of floats in one strip: image, strip buffer and RGB copy are 11 bytes a pixel.
+    content = tiff_header_only(8000, 5000)
+    header = inspect_image(content, max_pixels=LIMIT)
+    assert (header.format, header.mode, header.width, header.height) == ("TIFF", "F", 8000, 5000)
+    assert header.decoded_bytes >= 8000 * 5000 * 11
+    with pytest.raises(
+        InvalidArgumentError,
+        match=rf"^decoding this 8000x5000 TIFF image \(mode F\) would take {header.decoded_bytes} "
+        r"bytes of memory; the limit is 402653184$",
+    ):
+        decode_image(content, max_pixels=LIMIT, max_decoded_bytes=384 * 1024 * 1024)
+
+
+def test_decoded_bytes_limit_is_inclusive(rgb: np.ndarray) -> None:
+    content = encode(Image.fromarray(rgb))
+    needed = inspect_image(content, max_pixels=LIMIT).decoded_bytes
+    assert decode_image(content, max_pixels=LIMIT, max_decoded_bytes=needed).shape == (48, 64, 3)
+    with pytest.raises(InvalidArgumentError, match=f"would take {needed} bytes"):
+        decode_image(content, max_pixels=LIMIT, max_decoded_bytes=needed - 1)
+
+
+def test_a_huge_tiff_tile_counts_even_on_a_small_image() -> None:
+    # libtiff decodes a whole tile at once: 16384 x 16384 floats is 1 GiB for a 100 x 100 image.
+    header = inspect_image(tiff_header_only(100, 100, tile=16384), max_pixels=LIMIT)
+    assert header.decoded_bytes >= 16384 * 16384 * 4
+    small_strips = inspect_image(tiff_header_only(100, 100, rows_per_strip=8), max_pixels=LIMIT)
+    assert small_strips.decoded_bytes < 1024 * 1024 + TILE_OVERHEAD_BYTES
+
+
+def test_progressive_and_multi_scan_jpegs_count_their_coefficients(rgb: np.ndarray) -> None:
+    image = Image.fromarray(np.tile(rgb, (4, 4, 1)))  # 192 x 256
+    baseline = encode(image, "JPEG", quality=90)
+    progressive = encode(image, "JPEG", quality=90, progressive=True)
+    assert _count_jpeg_scans(baseline) == 1
+    assert _count_jpeg_scans(progressive) > 1
+    assert _count_jpeg_scans(baseline[:2] + b"\x00" * 10) == 0  # broken: counted as buffered
+    pixels = 192 * 256
+    extra = (
+        inspect_image(progressive, max_pixels=LIMIT).decoded_bytes
+        - inspect_image(baseline, max_pixels=LIMIT).decoded_bytes
+    )
+    # 4:2:0 subsampling: 1.5 samples a pixel, 2 bytes each (plus block padding and the size
+    # difference of the two files, which is counted once).
+    assert 3 * pixels <= extra - (len(progressive) - len(baseline)) < 4 * pixels
+
+
+# --- the tiled conversion is exactly the whole-image one ------------------------------------
+
+
+def reference_decode(content: bytes) -> np.ndarray:
+    """The decode before tiling: Pillow's exif_transpose and whole-image conversions."""
+    image = Image.open(io.BytesIO(content))
+    ImageOps.exif_transpose(image, in_place=True)
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode.startswith("I;16"):
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    elif mode == "I":
+        values = np.asarray(image)
+        low, high = int(values.min()), int(values.max())
+        if low >= 0 and high <= 0xFFFF:
+            grey = (values >> 8).astype(np.uint8)
+        else:
+            grey = reference_stretch(values.astype(np.float64), low, high)
+    elif mode == "F":
+        values = np.nan_to_num(
+            np.asarray(image).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0
+        )
+        low, high = float(values.min()), float(values.max())
+        if low >= 0.0 and high <= 1.0:
+            grey = np.rint(values * 255.0).astype(np.uint8)
+        elif low >= 0.0 and high <= 255.0:
+            grey = np.rint(values).astype(np.uint8)
+        else:
+            grey = reference_stretch(values, low, high)
+    else:
+        if mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        return np.asarray(image.convert("RGB"))
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def reference_stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def mode_samples(rgb: np.ndarray) -> dict[str, bytes]:
+    rng = np.random.default_rng(11)
+    image = Image.fromarray(rgb)
+    grey = np.asarray(image.convert("L"))
+    floats = rng.normal(0, 1000, size=grey.shape).astype(np.float32)
+    floats[3, 5], floats[7, 1], floats[9, 9] = np.nan, np.inf, -np.inf
+    return {
+        "RGB": encode(image),
+        "RGBA": encode(image.convert("RGBA")),
+        "L": encode(image.convert("L")),
+        "LA": encode(image.convert("LA")),
+        "1": encode(image.convert("1")),
+        "P": encode(image.convert("P")),
+        "P-transparent": encode(image.convert("P"), transparency=3),
+        "CMYK": encode(image.convert("CMYK"), "JPEG", quality=90),
+        "I;16": encode(Image.fromarray(grey.astype(np.uint16) * 251)),
+        "I-16-bit-range": encode(Image.fromarray(grey.astype(np.int32) * 200), "TIFF"),
+        "I-wide": encode(Image.fromarray(grey.astype(np.int32) * 70_000 - 9_000_000), "TIFF"),
+        "F-unit": encode(Image.fromarray(grey.astype(np.float32) / 255), "TIFF"),
+        "F-byte": encode(Image.fromarray(grey.astype(np.float32) * 0.9), "TIFF"),
+        "F-wide-nan": encode(Image.fromarray(floats), "TIFF"),
+        "GIF": encode(image.convert("P"), "GIF"),
+        "WEBP": encode(image, "WEBP", lossless=True),
+        "BMP": encode(image, "BMP"),
+    }
+
+
+@pytest.mark.parametrize("tile_pixels", [7, 50, 1 << 18])
+def test_tiled_conversion_matches_the_whole_image(
+    rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch, tile_pixels: int
+) -> None:
+    monkeypatch.setattr(image_module, "TILE_PIXELS", tile_pixels)
+    for name, content in mode_samples(rgb).items():
+        expected = reference_decode(content)
+        np.testing.assert_array_equal(decode_image(content, max_pixels=LIMIT), expected, name)
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTATIONS))
+@pytest.mark.parametrize("mode", ["RGB", "L", "F"])
+def test_orientation_matches_pillow_for_every_mode(
+    rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch, orientation: int, mode: str
+) -> None:
+    monkeypatch.setattr(image_module, "TILE_PIXELS", 100)  # many tiles
+    stored = Image.fromarray(rgb).convert(mode)
+    exif = stored.getexif()
+    exif[0x0112] = orientation
+    content = encode(stored, "TIFF", exif=exif)
+    decoded = decode_image(content, max_pixels=LIMIT)
+    assert decoded.shape == ((64, 48, 3) if orientation >= 5 else (48, 64, 3))
+    np.testing.assert_array_equal(decoded, reference_decode(content))
+
+
+def test_a_header_that_cannot_be_sized_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(image: Image.Image, content: bytes) -> int:
+        raise TypeError("tile width is a string")
+
+    monkeypatch.setattr(image_module, "_scratch_bytes", broken)
+    content = tiff_header_only(10, 10)
+    with pytest.raises(InvalidArgumentError, match=r"decodable image \(corrupt TIFF header\)$"):
+        inspect_image(content, max_pixels=LIMIT)
+
+
+def test_signalling_nans_become_zero_without_warnings() -> None:
+    values = np.array([[0.0, 0.5, 1.0, 0.25]], dtype=np.float32)
+    values.view(np.uint32)[0, 0] = 0x7FA00000  # a signalling NaN
+    content = encode(Image.fromarray(values), "TIFF")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = decode_image(content, max_pixels=LIMIT)
+    np.testing.assert_array_equal(decoded[0, :, 0], [0, 128, 255, 64])

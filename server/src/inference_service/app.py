@@ -16,12 +16,13 @@ from grpc_reflection.v1alpha import reflection
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from inference_service.detection.image import decode_image
+from inference_service.admission import AdmissionController
+from inference_service.detection.image import PillowImageDecoder
 from inference_service.detection.model_source import default_model_source
 from inference_service.detection.tflite import TFLiteFaceDetector
-from inference_service.grpc.access_log import AccessLogInterceptor
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.metrics import MetricsInterceptor
+from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.health import StoreHealthMonitor
 from inference_service.limits import RequestLimits
@@ -88,10 +89,6 @@ async def build_store(settings: Settings, metrics: Metrics | None = None) -> Inv
     return store
 
 
-def _decode(content: bytes, max_pixels: int):
-    return decode_image(content, max_pixels=max_pixels)
-
-
 class Application:
     """The running server: detector, store, service, gRPC server, health and reflection."""
 
@@ -142,12 +139,22 @@ class Application:
             self._store = InstrumentedStore(self._store, self.metrics)
 
         limits = RequestLimits.from_settings(settings)
-        decode = timed_decode(self.metrics, _decode)
+        decoder = PillowImageDecoder(
+            max_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_bytes
+        )
+        admission = AdmissionController(
+            estimate=decoder.decoded_bytes,
+            executor=self._executor,
+            memory_budget_bytes=settings.image_memory_budget_bytes,
+            max_admitted=settings.workers + settings.work_queue_size,
+            wait_s=settings.admission_wait_s,
+        )
         self._service = service = InferenceService(
             store=self._store,
             detector=InstrumentedDetector(self._detector, self.metrics),
-            decode=decode,
+            decode=timed_decode(self.metrics, decoder.decode),
             executor=self._executor,
+            admission=admission,
             limits=limits,
             pending_wait_s=settings.pending_wait_s,
             claim_lease_s=settings.claim_lease_s,
@@ -155,12 +162,14 @@ class Application:
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
+            # The request id first: the lines of the others carry it too.
             interceptors=[
                 *interceptors,
+                RequestIdInterceptor(),
                 MetricsInterceptor(self.metrics),
-                AccessLogInterceptor(),
                 ErrorMappingInterceptor(),
             ],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
@@ -169,8 +178,9 @@ class Application:
         )
         renderer = InvocationRenderer(
             get_invocation=service.get_invocation,
-            decode=_decode,
+            decode=decoder.decode,
             executor=self._executor,
+            admission=admission,
             max_image_pixels=limits.max_image_pixels,
             max_dimension=settings.render_max_dimension,
             max_bytes=limits.max_content_bytes,

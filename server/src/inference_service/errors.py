@@ -51,6 +51,13 @@ class InvocationPendingError(InferenceError):
     code = "UNAVAILABLE"
 
 
+class ServerBusyError(InferenceError):
+    """No room for this request now (memory budget or work queue full); retrying later may
+    succeed. UNAVAILABLE (503 through Envoy), never RESOURCE_EXHAUSTED, which says "too large"."""
+
+    code = "UNAVAILABLE"
+
+
 class ModelNotReadyError(InferenceError):
     """The model is not loaded (yet)."""
 

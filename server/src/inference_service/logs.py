@@ -1,9 +1,9 @@
 """Logging set-up for the entry points: plain text (the default) or one JSON object a line.
 
-JSON lines carry ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, the traceback as
-``exception`` when there is one, and the ``fields`` a caller passed with ``extra={"fields":
-{...}}`` as keys of their own (e.g. the access log's ``request_id``, ``method``, ``status``,
-``latency_ms``, ``invocation_id``).
+JSON lines carry ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, ``request_id``
+(``-`` outside a call), the traceback as ``exception`` when there is one, and the ``fields`` a
+caller passed with ``extra={"fields": {...}}`` as keys of their own (e.g. the line of each
+call: ``method``, ``status``, ``latency_ms``, ``invocation_id``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import sys
 from typing import Literal
 
 LogFormat = Literal["text", "json"]
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# [request id]: Envoy's x-request-id of the call being served, "-" outside a call.
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +31,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None:
+            line["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
@@ -40,8 +44,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
-    """Configure the root logger once, on stderr."""
+    """Configure the root logger once, on stderr; every record carries the request id of the
+    call being served (``inference_service.grpc.request_id``)."""
+    from inference_service.grpc.request_id import RequestIdLogFilter
+
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdLogFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )

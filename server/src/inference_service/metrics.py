@@ -9,8 +9,8 @@ servers in one process (tests) never share counters. What is measured, and where
   ``grpc_server_requests_in_flight``;
 * stages (``inference_stage_seconds{stage}``): ``decode`` (image decoding and hashing),
   ``model`` (the detector), ``render``, and the store's reads and writes (``store_claim``,
-  ``store_take_over``, ``store_complete``, ``store_get``), wrapped around the components by
-  ``timed_decode``, ``InstrumentedDetector`` and ``InstrumentedStore``;
+  ``store_content``, ``store_take_over``, ``store_complete``, ``store_get``), wrapped around
+  the components by ``timed_decode``, ``InstrumentedDetector`` and ``InstrumentedStore``;
 * ``inference_store_errors_total{operation, error}``: failed store calls;
 * ``inference_cache_requests_total{result="hit"|"miss"}``: GetInvocation reads answered by the
   process's cache or by the store (``CacheObserver``);
@@ -184,6 +184,9 @@ class InstrumentedStore:
     async def claim(self, invocation: Invocation) -> Invocation | None:
         return await self._call("claim", lambda: self._inner.claim(invocation))
 
+    async def store_content(self, invocation: Invocation) -> None:
+        await self._call("content", lambda: self._inner.store_content(invocation))
+
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         return await self._call("take_over", lambda: self._inner.take_over(stale, invocation))
 
@@ -203,6 +206,9 @@ class InstrumentedStore:
 
     async def close(self) -> None:
         await self._inner.close()
+
+    def __getattr__(self, name: str) -> Any:  # anything else of the store, untimed
+        return getattr(self._inner, name)
 
 
 class CacheObserver:

@@ -42,21 +42,25 @@ class InvocationStore(Protocol):
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
         """Insert ``invocation`` (state PENDING, owned by ``invocation.claim``) unless its id
-        exists, content included.
+        exists: everything but the content, which the owner stores next (``store_content``).
 
         Returns ``None`` when this call owns the id (it inserted it, also when a retried
         attempt of its own insert is what it finds), else the invocation already stored under
-        that id, unchanged, with its content (when stored) and its ``claim``. First writer
+        that id, unchanged, with its content (once stored) and its ``claim``. First writer
         wins under concurrency.
         """
         ...
 
+    async def store_content(self, invocation: Invocation) -> None:
+        """Store the content of an invocation this caller owns (after ``claim`` or
+        ``take_over``): the bytes whose hash the claim holds. Idempotent."""
+        ...
+
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         """Move the claim of ``stale`` (a PENDING invocation as read from the store) to
-        ``invocation.claim``, only if ``stale.claim`` still owns it and no outcome is stored;
-        store ``invocation.input.content`` (the same bytes: the caller checked the hash) in
-        case the first owner died before writing it. The input's metadata and create time stay
-        as stored.
+        ``invocation.claim``, only if ``stale.claim`` still owns it and no outcome is stored.
+        The input stays as stored; the new owner stores the content again (``store_content``:
+        the same bytes, the caller checked the hash) in case the first owner died before.
 
         Returns ``None`` when this call now owns the id (of several callers exactly one does),
         else the invocation as stored now.
@@ -80,3 +84,19 @@ class InvocationStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class AdmissionTicket(Protocol):
+    """What an admitted request holds (a place in the work queue, a share of the memory
+    budget) until ``release``, which may be called more than once."""
+
+    def release(self) -> None: ...
+
+
+class Admission(Protocol):
+    """Decides whether a request may decode its image now (``inference_service.admission``)."""
+
+    async def admit(self, content: bytes) -> AdmissionTicket:
+        """Wait (bounded) for room to decode ``content``; raises ``ServerBusyError`` when there
+        is none, ``InvalidArgumentError`` when the image could never fit."""
+        ...

@@ -20,9 +20,11 @@ from concurrent.futures import Executor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from inference_service.admission import UnlimitedAdmission
 from inference_service.domain import Invocation, ModelOutput, State
 from inference_service.errors import FailedPreconditionError
 from inference_service.metrics import Metrics
+from inference_service.ports import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +98,10 @@ class InvocationRenderer:
         max_dimension: int = DEFAULT_MAX_DIMENSION,
         max_bytes: int | None = None,
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._metrics = metrics
+        self._admission = admission or UnlimitedAdmission()
         self._get = get_invocation
         self._decode = decode
         self._executor = executor
@@ -113,10 +117,16 @@ class InvocationRenderer:
                 f"invocation {invocation_id!r} has no result to draw "
                 f"(state {invocation.state.value})"
             )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, self._draw, invocation.input.content, invocation.output
-        )
+        # A render decodes the whole image, as an Invoke does: the same admission (work queue,
+        # memory budget) bounds it.
+        admitted = await self._admission.admit(invocation.input.content)
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._draw, invocation.input.content, invocation.output
+            )
+        finally:
+            admitted.release()
 
     def _draw(self, content: bytes, output: ModelOutput) -> bytes:
         timer = self._metrics.time_stage("render") if self._metrics else contextlib.nullcontext()

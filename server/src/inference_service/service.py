@@ -19,6 +19,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from inference_service.admission import UnlimitedAdmission
 from inference_service.domain import Claim, Invocation, ModelInput, ModelOutput, State
 from inference_service.errors import (
     AlreadyExistsError,
@@ -35,7 +36,7 @@ from inference_service.limits import (
     MAX_METADATA_VALUE_BYTES,
     RequestLimits,
 )
-from inference_service.ports import Detector, InvocationStore
+from inference_service.ports import Admission, Detector, InvocationStore
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class InferenceService:
         new_token: Callable[[], str] = lambda: uuid.uuid4().hex,
         pending_wait_s: float = 5.0,
         claim_lease_s: float = 60.0,
+        admission: Admission | None = None,
     ) -> None:
         self._store = store
         self._detector = detector
@@ -111,6 +113,7 @@ class InferenceService:
         self._new_id = new_id
         self._new_token = new_token
         self._pending_wait_s = pending_wait_s
+        self._admission = admission or UnlimitedAdmission()
         # Model runs of won claims; they finish (and store their outcome) even when the call
         # that started them is cancelled, so that no claimed id stays PENDING.
         self._runs: set[asyncio.Future[Invocation]] = set()
@@ -129,10 +132,16 @@ class InferenceService:
         validate_id(model_input.id)
         self._check_content(model_input)
         self._check_metadata(model_input)
-        loop = asyncio.get_running_loop()
-        image, sha256 = await loop.run_in_executor(
-            self._executor, self._decode_and_hash, model_input.content
-        )
+        # Room to decode (work queue, memory budget), held until the unit of work ends.
+        admitted = await self._admission.admit(model_input.content)
+        try:
+            loop = asyncio.get_running_loop()
+            image, sha256 = await loop.run_in_executor(
+                self._executor, self._decode_and_hash, model_input.content
+            )
+        except BaseException:
+            admitted.release()
+            raise
         now = self._clock()
         pending = Invocation(
             input=model_input,
@@ -147,8 +156,10 @@ class InferenceService:
         # end once started, even when the call is cancelled (a client's deadline, a REST client
         # gone); stopped half-way, they would hold the id until the claim's lease passes.
         work = asyncio.ensure_future(self._claim_and_run(pending, image))
+        del image  # held by the unit of work only, until the admission is released
         self._runs.add(work)
         work.add_done_callback(self._runs.discard)
+        work.add_done_callback(lambda _: admitted.release())
         work.add_done_callback(_settle_unit_of_work)
         return await asyncio.shield(work)
 
@@ -172,23 +183,29 @@ class InferenceService:
         image = self._decode(content, self._limits.max_image_pixels)
         return image, hashlib.sha256(content).hexdigest()
 
-    async def _run_model(self, pending: Invocation, image: np.ndarray) -> Invocation:
-        """Run the model on a claimed input and store the outcome, success or failure."""
+    async def _run_model(self, owned: Invocation, image: np.ndarray) -> Invocation:
+        """The owner of a claim: store the content while the model runs, then the outcome
+        (success or failure), which is written only once the content is stored."""
         loop = asyncio.get_running_loop()
+        content = asyncio.ensure_future(self._store.store_content(owned))
         try:
             output: ModelOutput = await loop.run_in_executor(
                 self._executor, self._detector.detect, image
             )
         except Exception as exc:
-            logger.exception("model %s failed on input %s", pending.model.name, pending.id)
+            logger.exception("model %s failed on input %s", owned.model.name, owned.id)
+            await content
             failed = dataclasses.replace(
-                pending, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
+                owned, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
             )
             await self._store.complete(failed)
             raise ModelError("the model failed") from exc
-
+        except BaseException:
+            await asyncio.gather(content, return_exceptions=True)
+            raise
+        await content
         done = dataclasses.replace(
-            pending, state=State.SUCCEEDED, output=output, complete_time=self._clock()
+            owned, state=State.SUCCEEDED, output=output, complete_time=self._clock()
         )
         await self._store.complete(done)
         return done
@@ -272,7 +289,12 @@ class InferenceService:
             if refreshed is None:  # expired meanwhile (TTL)
                 raise InvocationPendingError(f"invocation {existing.id!r} expired; retry")
             existing = dataclasses.replace(refreshed, input=existing.input)
-        return existing
+        # The stored content is the caller's, byte for byte (same hash): it may not be written
+        # yet when the claim was read, and need not be read back.
+        content = pending.input.content
+        return dataclasses.replace(
+            existing, input=dataclasses.replace(existing.input, content=content)
+        )
 
 
 def _settle_unit_of_work(work: asyncio.Future[Invocation]) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_FILE = "models/tflite/version-RFB-320_without_postprocessing.tflite"
@@ -49,6 +49,33 @@ class Settings(BaseSettings):
     max_metadata_entries: int = Field(64, ge=0)
     """Most metadata entries an input may carry (keys 1-128 bytes, values up to 1024 bytes).
     The message and body limits derive from it too."""
+    max_decoded_bytes: int = Field(384 * 1024 * 1024, ge=1)
+    """Most memory, in bytes, that decoding one image may take (384 MiB), as computed from its
+    header before any pixel is decoded: Pillow's image in its mode (1 to 4 bytes per pixel),
+    the decoder's own buffers (a TIFF strip or tile, the coefficients of a progressive JPEG,
+    WebP's canvas), the RGB copy the model gets and the conversion's tiles. An image over it is
+    INVALID_ARGUMENT. At most ``image_memory_budget_bytes``."""
+
+    # --- load ----------------------------------------------------------------
+    image_memory_budget_bytes: int = Field(384 * 1024 * 1024, ge=1)
+    """Bytes of images being decoded or held (waiting for the model or in it) at once in one
+    server process (384 MiB), counted as ``max_decoded_bytes`` counts them. An Invoke waits up
+    to ``admission_wait_s`` for its share, then gets UNAVAILABLE ("server busy, retry")."""
+    work_queue_size: int = Field(64, ge=0)
+    """Invokes that may wait for one of the ``workers`` (decoding or in the model) beyond those
+    the workers run: the bound of the work queue in front of them. One more waits up to
+    ``admission_wait_s`` for a place, then gets UNAVAILABLE ("server busy, retry")."""
+    admission_wait_s: float = Field(2.0, ge=0)
+    """How long an Invoke waits for a place in the work queue and its share of the image memory
+    budget before it is answered UNAVAILABLE ("server busy, retry")."""
+    max_concurrent_rpcs: int | None = Field(None, ge=1)
+    """Calls (of every method, health checks included) the gRPC server runs at once; None (the
+    default): no limit. Over it gRPC itself answers RESOURCE_EXHAUSTED ("Concurrent RPC limit
+    exceeded!") before any handler runs: a status that means "too large" to this API (413
+    through Envoy), and health checks that fail under load take the server out of Envoy's
+    rotation. So it is off: Envoy's circuit breaker (``INFERENCE_ENVOY_UPSTREAM_MAX_REQUESTS``)
+    bounds the calls in flight to the servers, and admission control answers busy Invokes
+    UNAVAILABLE. If set, keep it well above ``workers`` + ``work_queue_size``."""
 
     # --- model -------------------------------------------------------------
     shared_dir: Path = Path("../shared")
@@ -93,6 +120,15 @@ class Settings(BaseSettings):
     """Username for PasswordAuthenticator; none means no authentication."""
     cassandra_password: SecretStr | None = None
     """Password for PasswordAuthenticator."""
+    cassandra_tls_ca_file: Path | None = None
+    """CA certificate(s) (PEM) that signed the nodes' certificates; set, the driver connects
+    with TLS (client-to-node encryption) and verifies the nodes."""
+    cassandra_tls_verify_hostname: bool = True
+    """Check that a node's certificate names the address the driver connects to."""
+    cassandra_tls_cert_file: Path | None = None
+    """Client certificate (PEM), for clusters that require client certificate authentication."""
+    cassandra_tls_key_file: Path | None = None
+    """Private key (PEM) of ``cassandra_tls_cert_file``."""
     cassandra_replication_strategy: Literal["SimpleStrategy", "NetworkTopologyStrategy"] = (
         "SimpleStrategy"
     )
@@ -161,8 +197,8 @@ class Settings(BaseSettings):
     """Root log level."""
     log_format: Literal["text", "json"] = "text"
     """``text`` (one readable line per record) or ``json`` (one JSON object per line, with the
-    access log's fields as keys). Either way every call is logged once (logger
-    ``inference_service.access``): request id, method, status, latency, invocation id."""
+    line's fields as keys). Either way every call is logged once (logger
+    ``inference_service.grpc.request_id``): request id, method, status, latency, invocation id."""
     metrics_enabled: bool = True
     """Serve Prometheus metrics at ``http://<metrics_host>:<metrics_port>/metrics``."""
     metrics_host: str = "127.0.0.1"
@@ -198,6 +234,15 @@ class Settings(BaseSettings):
                 raise ValueError("expected DC:RF pairs separated by commas, e.g. dc1:3,dc2:3")
             return {dc.strip(): int(rf) for dc, rf in pairs}
         return value
+
+    @model_validator(mode="after")
+    def _budget_holds_the_largest_image(self) -> Settings:
+        if self.max_decoded_bytes > self.image_memory_budget_bytes:
+            raise ValueError(
+                f"max_decoded_bytes ({self.max_decoded_bytes}) is over image_memory_budget_bytes "
+                f"({self.image_memory_budget_bytes}): an image that large could never be decoded"
+            )
+        return self
 
     def resolved_shared_dir(self) -> Path:
         return self.shared_dir.expanduser().resolve()

@@ -16,19 +16,21 @@ from inference_service.devstack.stack import LocalStack, StackSettings
 
 EXAMPLES = """\
 inference-service is up.
-  REST/JSON + gRPC (Envoy): {rest}    native gRPC also on {grpc}
-  gRPC server (direct):     {server}
-  Prometheus metrics:       {metrics}
-
+  REST/JSON + gRPC (Envoy, public):          {rest}    native gRPC also on {grpc}
+  gRPC with health + reflection (loopback):  {internal}
+  gRPC server (direct):                      {server}
+  Prometheus metrics (per server):           {metrics}
+{notes}
 Try it (from the repository root):
   printf '{{"input": {{"id": "face-1", "content": "%s"}}}}' "$(base64 -w0 {image})" \\
-    | curl -s -H 'content-type: application/json' --data-binary @- {rest}/v1/invocations
-  curl -s '{rest}/v1/invocations/face-1?view=INVOCATION_VIEW_BASIC'
-  grpcurl -plaintext {grpc} list
+    | curl -s{curl} -H 'content-type: application/json' --data-binary @- {rest}/v1/invocations
+  curl -s{curl} '{rest}/v1/invocations/face-1?view=INVOCATION_VIEW_BASIC'
+  grpcurl -plaintext {internal} list
   grpcurl -plaintext -d '{{"id": "face-1", "view": "INVOCATION_VIEW_BASIC"}}' \\
-    {grpc} inference.v1.InferenceService/GetInvocation
-  curl -s -o face-1.png '{rest}/v1/invocations/face-1:render'
-  .venv/bin/inference-client --help        # invoke folders, get, render (--target {grpc})
+    {internal} inference.v1.InferenceService/GetInvocation
+  grpcurl -plaintext {internal} grpc.health.v1.Health/Check
+  curl -s{curl} -o face-1.png '{rest}/v1/invocations/face-1:render'
+  .venv/bin/inference-client --help    # invoke folders, get, render (--target {grpc})
 
 Logs: {logs}
 Ctrl-C stops Envoy, the server and {cassandra}.
@@ -62,10 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         image = settings.resolved_shared_dir() / "images" / "face-1.jpg"
+        notes, curl = [], ""
+        if settings.tls:
+            notes.append("  TLS on the public listener: give curl your CA (--cacert CA.pem).")
+            curl += " --cacert CA.pem"
+        if settings.jwt:
+            notes.append("  JWT required on the public listener: authorization: Bearer TOKEN.")
+            curl += " -H 'authorization: Bearer TOKEN'"
         print(
             EXAMPLES.format(
                 rest=stack.rest_url,
                 grpc=stack.grpc_target,
+                internal=stack.internal_target,
+                notes="\n".join(notes),
+                curl=curl,
                 server=", ".join(server.address for server in stack.servers),
                 metrics=", ".join(
                     f"http://127.0.0.1:{settings.metrics_port + index}/metrics"

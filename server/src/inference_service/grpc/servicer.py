@@ -28,6 +28,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         invocation = await self._service.invoke(
             converters.model_input_from_proto(request.input), request.model
         )
+        if not converters.wants_content(request.view, default=False):
+            invocation = invocation.without_content()
         return pb.InvokeResponse(invocation=converters.invocation_to_proto(invocation))
 
     async def GetInvocation(  # noqa: N802 - gRPC method name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -22,8 +23,13 @@ logger = logging.getLogger(__name__)
 
 # An entry is dropped this long before its row expires (TTL rounding, clock differences).
 EXPIRY_MARGIN = dt.timedelta(seconds=2)
-# Rough fixed cost of an entry besides its content: ids, hashes, detections, objects.
-ENTRY_OVERHEAD_BYTES = 4096
+# What an entry costs besides the bytes of its values: the objects holding them (the invocation,
+# its input, model, output, times, metadata mapping) and its place in the LRU dict.
+ENTRY_OVERHEAD_BYTES = 2048
+# One detection: its object, its box, five floats (the label string is counted on its own).
+DETECTION_BYTES = 320
+# One metadata entry's slots in its dict (the key and value strings are counted on their own).
+METADATA_ENTRY_BYTES = 64
 # Claims won by this process whose outcome is not written yet (bounded: a call that dies
 # between claim and complete must not leak).
 MAX_CLAIMS_IN_FLIGHT = 1024
@@ -75,9 +81,14 @@ class CachingInvocationStore:
                 self._claimed.popitem(last=False)
         return current
 
+    async def store_content(self, invocation: Invocation) -> None:
+        await self._inner.store_content(invocation)
+
     async def complete(self, invocation: Invocation) -> None:
-        await self._inner.complete(invocation)
-        claimed = self._claimed.pop(invocation.id, None)
+        try:
+            await self._inner.complete(invocation)
+        finally:  # written or not, the claim is over: never keep its content past this call
+            claimed = self._claimed.pop(invocation.id, None)
         if claimed is not None:  # as stored: the claimed input with this outcome
             self._remember(
                 dataclasses.replace(
@@ -134,7 +145,7 @@ class CachingInvocationStore:
         current = self._entries.get(invocation.id)
         if current is not None and _has_content(current) and not _has_content(invocation):
             return  # never trade a whole entry for a BASIC one
-        size = _size(invocation)
+        size = entry_bytes(invocation)
         if size > self._max_bytes:
             return
         self._forget(invocation.id)
@@ -147,11 +158,30 @@ class CachingInvocationStore:
     def _forget(self, invocation_id: str) -> None:
         removed = self._entries.pop(invocation_id, None)
         if removed is not None:
-            self._bytes -= _size(removed)
+            self._bytes -= entry_bytes(removed)
 
 
-def _size(invocation: Invocation) -> int:
-    return len(invocation.input.content) + ENTRY_OVERHEAD_BYTES
+def entry_bytes(invocation: Invocation) -> int:
+    """Bytes an entry keeps in memory: its content, every string (ids, hash, type, model, error,
+    metadata keys and values, labels) and every detection, on top of a fixed overhead."""
+    strings = [
+        invocation.input.id,
+        invocation.content_sha256,
+        invocation.content_type,
+        invocation.model.name,
+        invocation.model.version,
+        invocation.error,
+        *invocation.input.metadata.keys(),
+        *invocation.input.metadata.values(),
+    ]
+    size = ENTRY_OVERHEAD_BYTES + sys.getsizeof(invocation.input.content)
+    size += sum(sys.getsizeof(text) for text in strings)
+    size += len(invocation.input.metadata) * METADATA_ENTRY_BYTES
+    if invocation.output is not None:
+        detections = invocation.output.detections
+        size += sys.getsizeof(detections) + len(detections) * DETECTION_BYTES
+        size += sum(sys.getsizeof(detection.label) for detection in detections)
+    return size
 
 
 def _has_content(invocation: Invocation) -> bool:

@@ -42,11 +42,13 @@ import datetime as dt
 import logging
 import math
 import socket
+import ssl
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cassandra import (
+    AuthenticationFailed,
     ConsistencyLevel,
     CoordinationFailure,
     OperationTimedOut,
@@ -145,6 +147,11 @@ class CassandraConfig:
     reconnect_max_delay_s: float = 4.0
     retry_budget_s: float = 10.0
     """How long idempotent writes and settling reads are retried before UNAVAILABLE."""
+    tls_ca_file: str | None = None
+    """CA (PEM) of the nodes' certificates: connect with TLS. None: plain TCP."""
+    tls_verify_hostname: bool = True
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassandraConfig:
@@ -172,6 +179,10 @@ class CassandraConfig:
             connect_timeout_s=settings.cassandra_connect_timeout_s,
             default_ttl_s=settings.cassandra_default_ttl_s,
             create_schema=settings.cassandra_create_schema,
+            tls_ca_file=_path(settings.cassandra_tls_ca_file),
+            tls_verify_hostname=settings.cassandra_tls_verify_hostname,
+            tls_cert_file=_path(settings.cassandra_tls_cert_file),
+            tls_key_file=_path(settings.cassandra_tls_key_file),
         )
 
 
@@ -244,7 +255,15 @@ class CassandraInvocationStore:
             store = cls(cluster, session, config)
         except UNAVAILABLE_ERRORS as exc:
             cluster.shutdown()
-            logger.error("cannot connect to Cassandra at %s: %s", config.contact_points, exc)
+            if _authentication_failed(exc):
+                # Never the password, nor the server's message (it may echo what was sent).
+                logger.error(
+                    "Cassandra at %s rejected the credentials of user %r",
+                    list(config.contact_points),
+                    config.username,
+                )
+            else:
+                logger.error("cannot connect to Cassandra at %s: %s", config.contact_points, exc)
             raise StoreUnavailableError("invocation store unavailable") from exc
         except BaseException:
             cluster.shutdown()
@@ -260,12 +279,13 @@ class CassandraInvocationStore:
     # --- InvocationStore ----------------------------------------------------------------
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
-        # Two steps. The lightweight transaction claims the id with the small cells only (hash,
-        # type, metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides
-        # the table, so a content blob in it would be written twice and pushed through every
-        # Paxos phase. The winner then writes the content with a plain update of a column that
-        # only it writes. Until that lands (or if the winner dies in between) the row reads as
-        # a PENDING invocation without content; losers compare hashes, which the claim holds.
+        # The lightweight transaction claims the id with the small cells only (hash, type,
+        # metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides the
+        # table, so a content blob in it would be written twice and pushed through every Paxos
+        # phase. The winner then writes the content (``store_content``, while the model runs)
+        # with a plain update of a column that only it writes. Until that lands (or if the
+        # winner dies in between) the row reads as a PENDING invocation without content; losers
+        # compare hashes, which the claim holds.
         claim = _claim_of(invocation)
         claim_id = uuid.UUID(claim.token)
         params = (
@@ -300,15 +320,12 @@ class CassandraInvocationStore:
                     row = None
             break
         if row is None or row["claim_id"] == claim_id:  # applied (maybe by an earlier attempt)
-            await self._store_content(invocation)
             return None
         existing = self._to_invocation(row, with_content=True)
         if existing is None:
             # The last second of an expiring row (its outcome cells already gone): the id is
             # free in a moment; the caller may retry.
             raise _unavailable("claim", RuntimeError(f"row {invocation.id!r} expiring"))
-        if row["content"] is None:
-            existing = await self._content_of_fresh_claim(existing)
         return existing
 
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
@@ -330,7 +347,6 @@ class CassandraInvocationStore:
         else:
             won = bool(rows[0]["[applied]"])
         if won:
-            await self._store_content(invocation)
             return None
         current = await self._serial_read(stale.id, "take over", None)
         return self._to_invocation(current, with_content=True) if current is not None else None
@@ -385,25 +401,7 @@ class CassandraInvocationStore:
 
     # --- claim helpers ------------------------------------------------------------------
 
-    async def _content_of_fresh_claim(self, existing: Invocation) -> Invocation:
-        """The winner of a claim writes its content right after it: wait for it (up to the
-        request timeout), so that a loser gets the stored input with its content."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.request_timeout_s
-        delay = 0.002
-        while loop.time() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-            try:
-                rows = await self._execute(self._get_with_content, (existing.id,))
-            except Exception as exc:
-                raise _unavailable_or(exc, "claim") from exc
-            if rows and rows[0]["content"] is not None:
-                return self._to_invocation(rows[0], with_content=True) or existing
-        logger.warning("invocation %r has no content yet; its writer may have died", existing.id)
-        return existing
-
-    async def _store_content(self, invocation: Invocation) -> None:
+    async def store_content(self, invocation: Invocation) -> None:
         ttl = self._remaining_ttl(invocation.create_time)
         if ttl is None:
             return
@@ -588,6 +586,7 @@ def build_cluster(config: CassandraConfig) -> Cluster:
     if config.username:
         auth = PlainTextAuthProvider(username=config.username, password=config.password or "")
     return Cluster(
+        ssl_context=tls_context(config),
         contact_points=list(config.contact_points),
         port=config.port,
         protocol_version=config.protocol_version,
@@ -606,6 +605,26 @@ def build_cluster(config: CassandraConfig) -> Cluster:
         # Content is compressed images: compressing it again costs CPU for nothing.
         compression=False,
     )
+
+
+def tls_context(config: CassandraConfig) -> ssl.SSLContext | None:
+    """The client TLS context for ``config``, or ``None`` for plain TCP."""
+    if config.tls_ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=config.tls_ca_file)
+    context.check_hostname = config.tls_verify_hostname
+    if config.tls_cert_file is not None:
+        context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    return context
+
+
+def _path(value: object) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _authentication_failed(exc: BaseException) -> bool:
+    errors = exc.errors.values() if isinstance(exc, NoHostAvailable) else ()
+    return any(isinstance(error, AuthenticationFailed) for error in errors)
 
 
 def _warn_about_replication(session: Session, config: CassandraConfig) -> None:

@@ -44,6 +44,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Options ``migrate`` sets on the table, new or existing. The content is an encoded image,
+#: already compressed: compressing it again (LZ4 by default, at every flush, compaction and
+#: read) costs CPU and saves nothing.
+TABLE_OPTIONS = "compression = {'enabled': 'false'}"
+
+
 class SchemaError(RuntimeError):
     """The keyspace or table is missing or out of date: run ``inference-service migrate``."""
 
@@ -95,6 +101,7 @@ def schema_statements(keyspace: str, replication: str, default_ttl_s: int = 0) -
         " x_min double, y_min double, x_max double, y_max double, score double, label text)",
         f"CREATE TABLE IF NOT EXISTS {keyspace}.{TABLE} ({columns}, PRIMARY KEY (id))"
         f" WITH default_time_to_live = {int(default_ttl_s)}"
+        f" AND {TABLE_OPTIONS}"
         " AND comment = 'inference-service: one input and its outcome per id'",
     ]
 
@@ -145,6 +152,7 @@ def create_schema(
             logger.info("schema: adding column %s.%s.%s", keyspace, TABLE, name)
             alter = f"ALTER TABLE {keyspace}.{TABLE} ADD {name} {cql_type}"
             session.execute(alter, timeout=timeout_s)
+    session.execute(f"ALTER TABLE {keyspace}.{TABLE} WITH {TABLE_OPTIONS}", timeout=timeout_s)
     _wait_for_agreement(session, keyspace, timeout_s)
     logger.info("schema of keyspace %s is in place", keyspace)
 

@@ -30,12 +30,18 @@ class InMemoryInvocationStore:
                 raise KeyError(invocation.id)
             if stored.state is not State.PENDING or stored.claim != stale.claim:
                 return stored
-            self._items[invocation.id] = dataclasses.replace(
-                stored,
-                input=dataclasses.replace(stored.input, content=invocation.input.content),
-                claim=invocation.claim,
-            )
+            self._items[invocation.id] = dataclasses.replace(stored, claim=invocation.claim)
             return None
+
+    async def store_content(self, invocation: Invocation) -> None:
+        async with self._lock:
+            stored = self._items.get(invocation.id)
+            if stored is None:
+                raise KeyError(invocation.id)
+            content = invocation.input.content
+            self._items[invocation.id] = dataclasses.replace(
+                stored, input=dataclasses.replace(stored.input, content=content)
+            )
 
     async def complete(self, invocation: Invocation) -> None:
         async with self._lock:

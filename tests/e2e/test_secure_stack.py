@@ -1,0 +1,129 @@
+"""A real stack with TLS and JWT authentication on Envoy's public listener: one server, real
+images, through REST (HTTPS) and native gRPC (TLS). Credentials are made at test time
+(``support.credentials``); no token reaches a server, and none is written to a log."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from support.credentials import AUDIENCE, ISSUER, SCOPE, TlsFiles, TokenIssuer, make_tls_files
+from support.http import RestClient, assert_status_json
+from support.stacks import REPO_ROOT, stack_settings
+
+from inference_service.devstack.stack import LocalStack
+from inference_service.stores.cassandra import CassandraConfig
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("secure-tls"))
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> TokenIssuer:
+    return TokenIssuer(tmp_path_factory.mktemp("secure-jwt"))
+
+
+@pytest.fixture(scope="module")
+def secure_stack(
+    cassandra_endpoint: CassandraConfig,
+    shared_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tls: TlsFiles,
+    issuer: TokenIssuer,
+) -> Iterator[LocalStack]:
+    settings = stack_settings(
+        cassandra_endpoint,
+        shared_dir,
+        tmp_path_factory.mktemp("secure-stack"),
+        server_processes=1,
+        envoy_tls_cert_file=tls.server_cert,
+        envoy_tls_key_file=tls.server_key,
+        envoy_jwt_jwks_file=issuer.jwks_file,
+        envoy_jwt_issuer=ISSUER,
+        envoy_jwt_audiences=[AUDIENCE],
+        envoy_jwt_required_scope=SCOPE,
+    )
+    stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def https(secure_stack: LocalStack, tls: TlsFiles) -> RestClient:
+    context = ssl.create_default_context(cafile=str(tls.ca_cert))
+    return RestClient("127.0.0.1", secure_stack.envoy.listen_port, ssl_context=context)
+
+
+@pytest.fixture
+def tls_channel(secure_stack: LocalStack, tls: TlsFiles) -> Iterator[grpc.Channel]:
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_pem())
+    options = [("grpc.max_send_message_length", 32 * 1024 * 1024)]
+    with grpc.secure_channel(secure_stack.grpc_target, credentials, options) as channel:
+        yield channel
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_rest_over_https_with_a_token(
+    secure_stack: LocalStack, https: RestClient, issuer: TokenIssuer, id_prefix: str, images_dir
+) -> None:
+    assert secure_stack.rest_url.startswith("https://")
+    token = issuer.token()
+    invocation_id = f"{id_prefix}-secure-rest"
+    content = (images_dir / "face-6.jpg").read_bytes()
+    payload = {"input": {"id": invocation_id, "content": base64.b64encode(content).decode()}}
+    reply = https.post_json("/v1/invocations", payload, headers=bearer(token))
+    assert reply.status == 200, reply.body[:500]
+    assert reply.json()["invocation"]["state"] == "STATE_SUCCEEDED"
+    reply = https.get(f"/v1/invocations/{invocation_id}", headers=bearer(token))
+    assert reply.status == 200, reply.body[:500]
+    assert base64.b64decode(reply.json()["invocation"]["input"]["content"]) == content
+
+    missing = https.post_json("/v1/invocations", payload)
+    assert_status_json(missing, 401, grpc.StatusCode.UNAUTHENTICATED)
+    expired = https.get(
+        f"/v1/invocations/{invocation_id}", headers=bearer(issuer.token(lifetime_s=-120))
+    )
+    assert_status_json(expired, 401, grpc.StatusCode.UNAUTHENTICATED)
+    no_scope = https.get(
+        f"/v1/invocations/{invocation_id}", headers=bearer(issuer.token(scope="x"))
+    )
+    assert_status_json(no_scope, 403, grpc.StatusCode.PERMISSION_DENIED)
+
+    for log in (secure_stack.envoy.log_file, *(s.log_file for s in secure_stack.servers)):
+        text = log.read_text(errors="replace")
+        assert token not in text and token.split(".")[2] not in text, log
+
+
+def test_grpc_over_tls_with_a_token(
+    tls_channel: grpc.Channel, issuer: TokenIssuer, id_prefix: str, images_dir
+) -> None:
+    stub = pb_grpc.InferenceServiceStub(tls_channel)
+    content = (images_dir / "face-8.jpg").read_bytes()
+    request = pb.InvokeRequest(input=pb.ModelInput(id=f"{id_prefix}-secure-grpc", content=content))
+    invocation = stub.Invoke(request, metadata=list(bearer(issuer.token()).items()), timeout=30)
+    assert invocation.invocation.state == pb.Invocation.STATE_SUCCEEDED
+
+    get = pb.GetInvocationRequest(id=f"{id_prefix}-secure-grpc")
+    for metadata, code in [
+        ([], grpc.StatusCode.UNAUTHENTICATED),
+        (list(bearer("not.a.jwt").items()), grpc.StatusCode.UNAUTHENTICATED),
+        (list(bearer(issuer.token(scope=None)).items()), grpc.StatusCode.PERMISSION_DENIED),
+    ]:
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetInvocation(get, metadata=metadata, timeout=10)
+        assert raised.value.code() == code
