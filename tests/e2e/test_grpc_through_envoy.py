@@ -166,4 +166,5 @@ def test_reflection_through_envoys_internal_listener_lists_and_describes_the_ser
             "inference.v1.GetInvocationRequest",
             "inference.v1.GetInvocationResponse",
         ),
+        "RenderInvocation": ("inference.v1.RenderInvocationRequest", "google.api.HttpBody"),
     }
