@@ -23,6 +23,11 @@ REQUIRED_KEYS = (
     "mlserver_best_config",
     "single_image_inprocess_ms",
     "server_rss_mb",
+    "server_cpu_ms_per_invoke",
+    "envoy_cpu_ms_per_invoke",
+    "cassandra_cpu_ms_per_invoke",
+    "ceiling_cpu_ms_per_img",
+    "mlserver_best_cpu_ms_per_infer",
 )
 
 Metrics = Mapping[str, Any]

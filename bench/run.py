@@ -276,11 +276,14 @@ class BenchRun:
         self,
         name: str,
         run: Callable[[str, float], LoadResult],
-        cpu_groups: Mapping[str, Sequence[int]],
+        cpu_groups: Mapping[str, Sequence[int]] | Callable[[], Mapping[str, Sequence[int]]],
     ) -> LoadResult:
-        """Warm up, then measure with the processes' CPU time recorded; flag any error."""
+        """Warm up, then measure with the processes' CPU time recorded; flag any error.
+
+        ``cpu_groups`` (or a function that gives them, called after the warm-up, for process
+        trees that may grow) names the processes whose CPU time is measured, by group."""
         warm = run(f"{name}.warmup", self.options.warmup_s)
-        meter = procstats.CpuMeter(cpu_groups)
+        meter = procstats.CpuMeter(cpu_groups() if callable(cpu_groups) else cpu_groups)
         meter.start()
         result = run(name, self.options.duration_s)
         cpu = meter.stop()
@@ -290,6 +293,11 @@ class BenchRun:
         client = result.client_cpu_s / result.duration_s
         others = machine - sum(cores.values()) - client
         summary["server_cpu_cores"] = {group: round(value, 2) for group, value in cores.items()}
+        # CPU per successful call of each group: cores x 1000 / rate, i.e. CPU seconds / calls.
+        summary["cpu_s"] = {group: cpu[group] for group in cores}
+        summary["cpu_ms_per_call"] = {
+            group: round(cpu[group] * 1000 / result.ok, 3) if result.ok else None for group in cores
+        }
         summary["machine_cpu_cores"] = round(machine, 2)
         summary["other_cpu_cores"] = round(others, 2)
         summary["warmup_errors"] = warm.errors
@@ -619,9 +627,13 @@ class BenchRun:
                     name, call, [peer.grpc_target], concurrency=c, duration_s=duration
                 )
 
-            groups = {"mlserver": peer.refresh_tree()}
+            # every process of the peer (main, inference workers), as found after the warm-up
+            def groups() -> dict[str, list[int]]:
+                return {"mlserver": peer.refresh_tree()}
+
             c16 = self.measure(f"mlserver_pw{workers}_c{cc}", run_at(cc), groups)
             c1 = self.measure(f"mlserver_pw{workers}_c1", run_at(1), groups)
+            c16_summary = self.results[f"mlserver_pw{workers}_c{cc}"]
             rss = peer.peak_rss_mb()
         finally:
             peer.stop()
@@ -629,6 +641,8 @@ class BenchRun:
             "parallel_workers": workers,
             f"c{cc}_img_s": round(c16.rate, 1),
             f"c{cc}_errors": c16.errors,
+            f"c{cc}_cpu_cores": c16_summary["server_cpu_cores"]["mlserver"],
+            f"c{cc}_cpu_ms_per_infer": c16_summary["cpu_ms_per_call"]["mlserver"],
             "c1_p50_ms": round(c1.p50_ms, 2),
             "peak_rss_mb_by_pid": rss,
             "peak_rss_mb_total": round(sum(rss.values()), 1),
@@ -653,6 +667,11 @@ class BenchRun:
         def lat(name: str, key: str) -> float | None:
             return r[name][key] if name in r else None
 
+        def cpu_ms(name: str, group: str) -> float | None:
+            return r[name]["cpu_ms_per_call"].get(group) if name in r else None
+
+        envoy_cc = f"invoke_grpc_envoy_c{cc}"
+
         metrics: dict[str, Any] = {
             "ceiling_img_s": round(self.ceiling.img_s, 1),
             "invoke_grpc_envoy_c1_p50_ms": lat("invoke_grpc_envoy_c1", "p50_ms"),
@@ -667,6 +686,12 @@ class BenchRun:
             "mlserver_best_config": None,
             "single_image_inprocess_ms": round(self.ceiling.serial_median_ms, 2),
             "server_rss_mb": max(self.extra["server_rss_mb"].values(), default=None),
+            # CPU per image of each part (cores x 1000 / rate during the measurement)
+            "server_cpu_ms_per_invoke": cpu_ms(envoy_cc, "servers"),
+            "envoy_cpu_ms_per_invoke": cpu_ms(envoy_cc, "envoy"),
+            "cassandra_cpu_ms_per_invoke": cpu_ms(envoy_cc, "cassandra"),
+            "ceiling_cpu_ms_per_img": self.ceiling.cpu_ms_per_img,
+            "mlserver_best_cpu_ms_per_infer": None,
         }
         for c in self.options.concurrencies:
             name = f"invoke_grpc_envoy_c{c}"
@@ -691,8 +716,12 @@ class BenchRun:
             metrics["mlserver_best_config"] = f"parallel_workers={best['parallel_workers']}"
             metrics["mlserver_best_c1_p50_ms"] = best["c1_p50_ms"]
             metrics["mlserver_best_rss_mb_total"] = best["peak_rss_mb_total"]
+            metrics["mlserver_best_cpu_ms_per_infer"] = best[f"c{cc}_cpu_ms_per_infer"]
         for workers, values in configs.items():
             metrics[f"mlserver_pw{workers}_c16_img_s"] = values[f"c{cc}_img_s"]
+            metrics[f"mlserver_pw{workers}_c16_cpu_ms_per_infer"] = values[
+                f"c{cc}_cpu_ms_per_infer"
+            ]
         return metrics
 
     def _layout(self) -> dict[str, Any]:
