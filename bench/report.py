@@ -28,6 +28,7 @@ REQUIRED_KEYS = (
     "cassandra_cpu_ms_per_invoke",
     "ceiling_cpu_ms_per_img",
     "mlserver_best_cpu_ms_per_infer",
+    "invoke_memory_grpc_envoy_c16_img_s",
 )
 
 Metrics = Mapping[str, Any]
