@@ -672,6 +672,9 @@ class BenchRun:
             crashed = stack.crashed_servers()
             if crashed:
                 self.problems.append(f"memory-store servers exited during the run: {crashed}")
+        except Exception as exc:  # a failed extra stack fails the run, not the peer's phases
+            logger.exception("the memory-store stack failed")
+            self.problems.append(f"memory-store stack: {exc}")
         finally:
             with self.phase("memory stack stop"):
                 stack.stop(keep_cassandra=False)
