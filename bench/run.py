@@ -554,12 +554,16 @@ class BenchRun:
         stored what they reported (and were not idempotent replays). Each id is asked of the
         servers in turn until one has it (with the memory store, only the process that ran the
         call does)."""
-        found, missing = 0, []
+        found, missing, skipped = 0, [], []
         channels = [grpc.insecure_channel(target) for target in targets]
         try:
             stubs = [pb_grpc.InferenceServiceStub(channel) for channel in channels]
             for name, prefix in prefixes.items():
                 if name.endswith(".warmup") or name not in self.results:
+                    continue
+                if self.results[name]["errors"]:
+                    # the sampled numbers may be calls that failed (already a problem of the run)
+                    skipped.append(name)
                     continue
                 # ids of the first target only: about ok / targets of them were sent
                 ok = int(self.results[name]["ok"]) // len(self.results[name]["targets"])
@@ -577,7 +581,11 @@ class BenchRun:
         finally:
             for channel in channels:
                 channel.close()
-        self.checks[check] = {"sampled_found": found, "missing": missing}
+        self.checks[check] = {
+            "sampled_found": found,
+            "missing": missing,
+            "skipped_runs_with_errors": skipped,
+        }
         if missing:
             self.problems.append(
                 f"{check}: invocations the load runs reported are missing: {missing[:5]}"
