@@ -3,9 +3,10 @@
 ``measure_ceiling`` starts as many worker processes as the stack has server processes, each
 with the server's settings (same environment) and so the same detector and the same number of
 worker threads. Each worker decodes and detects the fixed image mix round-robin on all its
-threads for a fixed time; the ceiling is the sum of their rates. Before that, the first worker
-alone times decode + detect serially (one image at a time), which is what a c=1 call can at
-best cost.
+threads for a fixed time; the ceiling is the sum of their rates, and the CPU time the workers
+used meanwhile (``time.process_time``: every thread of the process) divided by the images done
+is what one image costs the pipeline. Before that, the first worker alone times decode +
+detect serially (one image at a time), which is what a c=1 call can at best cost.
 
 The worker side runs as ``python -m bench.ceiling`` and talks over stdin/stdout, one JSON line
 per answer: ``ready`` after loading, then the result of ``serial`` or ``go``.
@@ -19,6 +20,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import statistics
@@ -50,6 +52,11 @@ class CeilingResult:
     serial_p95_ms: float
     serial_per_image_ms: dict[str, float]
     peak_rss_mb: list[float]
+    cpu_s: float
+    """CPU time (user + system) the worker processes used during the measured time, summed."""
+    cpu_cores: float
+    cpu_ms_per_img: float
+    """``cpu_s`` per image done, in ms: what one image costs the in-process pipeline."""
 
 
 # --- worker (child process) ------------------------------------------------------------------
@@ -97,7 +104,8 @@ class _Pipeline:
         }
 
     def parallel(self, pool: ThreadPoolExecutor, duration_s: float) -> dict[str, object]:
-        """All worker threads on the mix for ``duration_s``; images done and time taken."""
+        """All worker threads on the mix for ``duration_s``; images done, time taken and the
+        CPU time the process used meanwhile."""
         counter = itertools.count()
         done = [0] * self.settings.workers
         deadline = time.perf_counter() + duration_s
@@ -108,8 +116,14 @@ class _Pipeline:
                 done[slot] += 1
 
         started = time.perf_counter()
+        cpu_started = time.process_time()
         list(pool.map(loop, range(self.settings.workers)))
-        return {"images": sum(done), "elapsed_s": time.perf_counter() - started}
+        return {
+            "images": sum(done),
+            "elapsed_s": time.perf_counter() - started,
+            # user + system time of this whole process (every thread, the model's included)
+            "cpu_s": time.process_time() - cpu_started,
+        }
 
 
 def _answer(data: Mapping[str, object]) -> None:
@@ -226,17 +240,23 @@ def measure_ceiling(
         for worker in workers:
             worker.stop()
     rates = [r["images"] / r["elapsed_s"] for r in results]
+    images = sum(r["images"] for r in results)
+    elapsed = max(r["elapsed_s"] for r in results)
+    cpu = sum(r["cpu_s"] for r in results)
     return CeilingResult(
         processes=processes,
         workers_per_process=int(ready[0]["workers"]),
-        images=sum(r["images"] for r in results),
-        elapsed_s=max(r["elapsed_s"] for r in results),
+        images=images,
+        elapsed_s=elapsed,
         img_s=sum(rates),
         per_process_img_s=[round(r, 1) for r in rates],
         serial_median_ms=serial["median_ms"],
         serial_p95_ms=serial["p95_ms"],
         serial_per_image_ms={k: round(v, 2) for k, v in serial["per_image_ms"].items()},
         peak_rss_mb=[round(p, 1) for p in peak],
+        cpu_s=round(cpu, 3),
+        cpu_cores=round(cpu / elapsed, 3) if elapsed > 0 else math.nan,
+        cpu_ms_per_img=round(cpu * 1000 / images, 3) if images else math.nan,
     )
 
 

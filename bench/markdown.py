@@ -21,6 +21,23 @@ def _num(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _rss_parts(report: Mapping[str, Any]) -> list[str]:
+    processes = report["processes"]
+    parts = [
+        "servers " + ", ".join(_num(v) for v in processes["server_rss_mb"].values()),
+        f"Envoy {_num(processes['envoy_rss_mb'])}",
+        f"Cassandra {_num(processes['cassandra_rss_mb'])}",
+    ]
+    if processes.get("memory_store_server_rss_mb"):
+        values = processes["memory_store_server_rss_mb"].values()
+        parts.append("servers with the memory store " + ", ".join(_num(v) for v in values))
+    parts += [
+        f"MLServer parallel_workers={k}: {_num(v['peak_rss_mb_total'])} in all"
+        for k, v in report["mlserver"].items()
+    ]
+    return parts
+
+
 def render(report: Mapping[str, Any]) -> str:
     """The run's layout, headline keys, targets, every measurement and the phase timings."""
     run, layout = report["run"], report["layout"]
@@ -57,12 +74,17 @@ def render(report: Mapping[str, Any]) -> str:
         f"{ceiling['workers_per_process']} threads); serial decode + detect median "
         f"{_num(ceiling['serial_median_ms'], 2)} ms, p95 {_num(ceiling['serial_p95_ms'], 2)} ms.",
         "",
-        "Peak RSS (MiB): servers "
-        + ", ".join(_num(v) for v in report["processes"]["server_rss_mb"].values())
-        + f"; Envoy {_num(report['processes']['envoy_rss_mb'])}; "
-        f"Cassandra {_num(report['processes']['cassandra_rss_mb'])}; MLServer "
+        "Peak RSS (MiB): " + "; ".join(_rss_parts(report)) + ".",
+        "",
+        "CPU per image (ms, CPU time / successful calls during the measurement): Invoke "
+        f"through Envoy at c=16: servers {_num(report.get('server_cpu_ms_per_invoke'), 2)}, "
+        f"Envoy {_num(report.get('envoy_cpu_ms_per_invoke'), 2)}, "
+        f"Cassandra {_num(report.get('cassandra_cpu_ms_per_invoke'), 2)}; with the memory "
+        f"store: servers {_num(report.get('memory_server_cpu_ms_per_invoke'), 2)}, "
+        f"Envoy {_num(report.get('memory_envoy_cpu_ms_per_invoke'), 2)}; ceiling "
+        f"{_num(report.get('ceiling_cpu_ms_per_img'), 2)}; MLServer "
         + "; ".join(
-            f"parallel_workers={k}: {_num(v['peak_rss_mb_total'])} in all"
+            f"parallel_workers={k}: {_num(v.get('c16_cpu_ms_per_infer'), 2)}"
             for k, v in report["mlserver"].items()
         )
         + ".",

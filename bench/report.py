@@ -23,6 +23,12 @@ REQUIRED_KEYS = (
     "mlserver_best_config",
     "single_image_inprocess_ms",
     "server_rss_mb",
+    "server_cpu_ms_per_invoke",
+    "envoy_cpu_ms_per_invoke",
+    "cassandra_cpu_ms_per_invoke",
+    "ceiling_cpu_ms_per_img",
+    "mlserver_best_cpu_ms_per_infer",
+    "invoke_memory_grpc_envoy_c16_img_s",
 )
 
 Metrics = Mapping[str, Any]
@@ -58,11 +64,43 @@ class Target:
         }
 
 
+def _ratio(numerator: str, denominator: str) -> Callable[[Metrics], float]:
+    return lambda m: m[numerator] / m[denominator]
+
+
 TARGETS = (
+    Target(
+        "cassandra_cpu_vs_ceiling_cpu",
+        "cassandra_cpu_ms_per_invoke / ceiling_cpu_ms_per_img",
+        _ratio("cassandra_cpu_ms_per_invoke", "ceiling_cpu_ms_per_img"),
+        0.25,
+        at_least=False,
+    ),
+    Target(
+        "server_cpu_vs_ceiling_cpu",
+        "server_cpu_ms_per_invoke / ceiling_cpu_ms_per_img",
+        _ratio("server_cpu_ms_per_invoke", "ceiling_cpu_ms_per_img"),
+        1.15,
+        at_least=False,
+    ),
+    Target(
+        "memory_envoy_c16_vs_mlserver",
+        "invoke_memory_grpc_envoy_c16_img_s / mlserver_best_c16_img_s",
+        _ratio("invoke_memory_grpc_envoy_c16_img_s", "mlserver_best_c16_img_s"),
+        1.1,
+        at_least=True,
+    ),
+    Target(
+        "envoy_c16_vs_mlserver",
+        "invoke_grpc_envoy_c16_img_s / mlserver_best_c16_img_s",
+        _ratio("invoke_grpc_envoy_c16_img_s", "mlserver_best_c16_img_s"),
+        1.0,
+        at_least=True,
+    ),
     Target(
         "envoy_c16_vs_ceiling",
         "invoke_grpc_envoy_c16_img_s / ceiling_img_s",
-        lambda m: m["invoke_grpc_envoy_c16_img_s"] / m["ceiling_img_s"],
+        _ratio("invoke_grpc_envoy_c16_img_s", "ceiling_img_s"),
         0.75,
         at_least=True,
     ),
@@ -70,13 +108,13 @@ TARGETS = (
         "c1_overhead_ms",
         "invoke_grpc_envoy_c1_p50_ms - single_image_inprocess_ms",
         lambda m: m["invoke_grpc_envoy_c1_p50_ms"] - m["single_image_inprocess_ms"],
-        2.0,
+        5.0,
         at_least=False,
     ),
     Target(
         "get_rest_vs_grpc",
         "get_rest_envoy_c16_rps / get_grpc_direct_c16_rps",
-        lambda m: m["get_rest_envoy_c16_rps"] / m["get_grpc_direct_c16_rps"],
+        _ratio("get_rest_envoy_c16_rps", "get_grpc_direct_c16_rps"),
         0.9,
         at_least=True,
     ),
@@ -88,13 +126,6 @@ TARGETS = (
         at_least=False,
     ),
     Target(
-        "envoy_c16_vs_mlserver",
-        "invoke_grpc_envoy_c16_img_s / mlserver_best_c16_img_s",
-        lambda m: m["invoke_grpc_envoy_c16_img_s"] / m["mlserver_best_c16_img_s"],
-        1.0,
-        at_least=True,
-    ),
-    Target(
         "server_rss_mb",
         "server_rss_mb (largest server process)",
         lambda m: m["server_rss_mb"],
@@ -102,6 +133,7 @@ TARGETS = (
         at_least=False,
     ),
 )
+"""The issue's targets (round two), in its order; ratios of numbers from one run."""
 
 
 def evaluate_targets(metrics: Metrics) -> list[dict[str, Any]]:
@@ -140,11 +172,11 @@ def headline_table(metrics: Metrics) -> str:
 
 
 def target_table(targets: list[dict[str, Any]]) -> str:
-    header = f"{'target':<60} {'value':>10} {'target':>9}  result"
+    header = f"{'target':<64} {'value':>10} {'target':>9}  result"
     lines = [header, "-" * len(header)]
     for t in targets:
         result = "ok" if t["ok"] else ("n/a" if t["value"] is None else f"MISS by {t['miss_by']:g}")
-        lines.append(f"{t['expression']:<60} {_fmt(t['value']):>10} {t['target']:>9}  {result}")
+        lines.append(f"{t['expression']:<64} {_fmt(t['value']):>10} {t['target']:>9}  {result}")
     return "\n".join(lines)
 
 

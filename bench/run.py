@@ -13,7 +13,14 @@ time; closed loop; errors counted and flagged):
    the ids each run wrote is read back;
 4. GetInvocation: gRPC directly to the server(s) and REST through Envoy, per view;
 5. the servers' peak RSS; the stack stops;
-6. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
+6. the serving path alone: a second stack (the same servers with the in-memory store, their
+   own Envoy, no Cassandra), its detections checked, Invoke through Envoy at the compare
+   concurrency, a sample of the ids read back; it stops;
+7. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
+
+Every measurement also records the CPU time of each group of processes (servers, Envoy,
+Cassandra; MLServer's whole tree); CPU time per successful call gives the ``*_cpu_ms_per_*``
+keys, the ceiling's from the CPU time of its own worker processes.
 
 Writes ``build/bench/report.json`` and prints the tables. Exit status: 0 when every measurement
 ran without errors and every detection matched; 1 otherwise (targets missed do not fail it).
@@ -190,9 +197,12 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
     )
 
 
-def stack_settings(options: Options) -> StackSettings:
+def stack_settings(options: Options, *, memory_store: bool = False) -> StackSettings:
     """The stack's settings: the environment's ``INFERENCE_*`` plus the bench's ports, folder
-    and (when given) layout."""
+    and (when given) layout.
+
+    ``memory_store``: the second stack, the serving path alone (servers with ``--store
+    memory``, so no Cassandra, behind their own Envoy), on ports and a folder of its own."""
     base = options.port_base
     overrides: dict[str, Any] = {
         "port": base + 100,
@@ -203,6 +213,17 @@ def stack_settings(options: Options) -> StackSettings:
         "cassandra_storage_port": base + 70,
         "build_dir": options.out_dir / "stack",
     }
+    if memory_store:
+        overrides.update(
+            {
+                "store": "memory",
+                "port": base + 120,
+                "envoy_port": base + 85,
+                "envoy_admin_port": base + 86,
+                "envoy_internal_port": base + 87,
+                "build_dir": options.out_dir / "stack-memory",
+            }
+        )
     if options.server_processes is not None:
         overrides["server_processes"] = options.server_processes
     if options.workers is not None:
@@ -276,11 +297,14 @@ class BenchRun:
         self,
         name: str,
         run: Callable[[str, float], LoadResult],
-        cpu_groups: Mapping[str, Sequence[int]],
+        cpu_groups: Mapping[str, Sequence[int]] | Callable[[], Mapping[str, Sequence[int]]],
     ) -> LoadResult:
-        """Warm up, then measure with the processes' CPU time recorded; flag any error."""
+        """Warm up, then measure with the processes' CPU time recorded; flag any error.
+
+        ``cpu_groups`` (or a function that gives them, called after the warm-up, for process
+        trees that may grow) names the processes whose CPU time is measured, by group."""
         warm = run(f"{name}.warmup", self.options.warmup_s)
-        meter = procstats.CpuMeter(cpu_groups)
+        meter = procstats.CpuMeter(cpu_groups() if callable(cpu_groups) else cpu_groups)
         meter.start()
         result = run(name, self.options.duration_s)
         cpu = meter.stop()
@@ -290,6 +314,11 @@ class BenchRun:
         client = result.client_cpu_s / result.duration_s
         others = machine - sum(cores.values()) - client
         summary["server_cpu_cores"] = {group: round(value, 2) for group, value in cores.items()}
+        # CPU per successful call of each group: cores x 1000 / rate, i.e. CPU seconds / calls.
+        summary["cpu_s"] = {group: cpu[group] for group in cores}
+        summary["cpu_ms_per_call"] = {
+            group: round(cpu[group] * 1000 / result.ok, 3) if result.ok else None for group in cores
+        }
         summary["machine_cpu_cores"] = round(machine, 2)
         summary["other_cpu_cores"] = round(others, 2)
         summary["warmup_errors"] = warm.errors
@@ -357,6 +386,7 @@ class BenchRun:
                 with contextlib.suppress(Exception):
                     stack.truncate()
                 stack.stop(keep_cassandra=self.options.keep_cassandra)
+        self._memory_store_phases()
         if not self.options.skip_mlserver:
             self._mlserver_phases()
         self.phase_s["total"] = round(time.monotonic() - started, 1)
@@ -407,7 +437,7 @@ class BenchRun:
         with self.phase("invoke"):
             self._invoke_phases(stack, groups)
         with self.phase("persistence check"):
-            self._persistence_check(stack)
+            self._persistence_check(stack.server_targets, self.invoke_prefixes, "persistence")
         self._quiesce("before get", groups)
         with self.phase("get"):
             self._get_phases(stack, groups)
@@ -474,24 +504,32 @@ class BenchRun:
             result.serial_median_ms,
         )
 
+    def _grpc_invoke(
+        self, targets: list[str], c: int, prefixes: dict[str, str]
+    ) -> Callable[[str, float], LoadResult]:
+        """A native gRPC Invoke run at concurrency ``c``, every call with a new id; the id
+        prefix of each run is recorded in ``prefixes`` (for the read-back)."""
+
+        def run(name: str, duration: float) -> LoadResult:
+            prefix = f"{self.tag}-{name}-"
+            prefixes[name] = prefix
+            return self.ghz.run(
+                name,
+                self.invoke_call,
+                targets,
+                concurrency=c,
+                duration_s=duration,
+                id_prefix=prefix,
+            )
+
+        return run
+
     def _invoke_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
         cc = self.options.compare_concurrency
         self.invoke_prefixes: dict[str, str] = {}
 
         def grpc_run(targets: list[str], c: int) -> Callable[[str, float], LoadResult]:
-            def run(name: str, duration: float) -> LoadResult:
-                prefix = f"{self.tag}-{name}-"
-                self.invoke_prefixes[name] = prefix
-                return self.ghz.run(
-                    name,
-                    self.invoke_call,
-                    targets,
-                    concurrency=c,
-                    duration_s=duration,
-                    id_prefix=prefix,
-                )
-
-            return run
+            return self._grpc_invoke(targets, c, self.invoke_prefixes)
 
         warm = grpc_run([stack.envoy_target], cc)("stack.warmup", self.options.stack_warmup_s)
         self.extra["stack_warmup"] = {"img_s": round(warm.rate, 1), "errors": warm.errors}
@@ -509,14 +547,23 @@ class BenchRun:
 
         self.measure(f"invoke_rest_envoy_c{cc}", rest_run, groups)
 
-    def _persistence_check(self, stack: BenchStack) -> None:
+    def _persistence_check(
+        self, targets: Sequence[str], prefixes: Mapping[str, str], check: str
+    ) -> None:
         """Read back a sample of the ids each measured Invoke run wrote: proof that the runs
-        stored what they reported (and were not idempotent replays)."""
-        found, missing = 0, []
-        with grpc.insecure_channel(stack.server_targets[0]) as channel:
-            stub = pb_grpc.InferenceServiceStub(channel)
-            for name, prefix in self.invoke_prefixes.items():
+        stored what they reported (and were not idempotent replays). Each id is asked of the
+        servers in turn until one has it (with the memory store, only the process that ran the
+        call does)."""
+        found, missing, skipped = 0, [], []
+        channels = [grpc.insecure_channel(target) for target in targets]
+        try:
+            stubs = [pb_grpc.InferenceServiceStub(channel) for channel in channels]
+            for name, prefix in prefixes.items():
                 if name.endswith(".warmup") or name not in self.results:
+                    continue
+                if self.results[name]["errors"]:
+                    # the sampled numbers may be calls that failed (already a problem of the run)
+                    skipped.append(name)
                     continue
                 # ids of the first target only: about ok / targets of them were sent
                 ok = int(self.results[name]["ok"]) // len(self.results[name]["targets"])
@@ -526,23 +573,41 @@ class BenchRun:
                     # bench-ghz numbers requests from 0 (its ids: prefix, target index, '-');
                     # the wrk script from 1, and wrk spends the first on a check it never sends.
                     invocation_id = f"{prefix}{number + 2}" if rest else f"{prefix}0-{number}"
-                    try:
-                        invocation = stub.GetInvocation(
-                            pb.GetInvocationRequest(
-                                id=invocation_id, view=pb.INVOCATION_VIEW_BASIC
-                            ),
-                            timeout=10,
-                        ).invocation
-                    except grpc.RpcError as exc:
-                        missing.append(f"{invocation_id}: {exc.code().name}")
-                        continue
-                    if invocation.state == pb.Invocation.STATE_SUCCEEDED:
+                    problem = self._read_back(stubs, invocation_id)
+                    if problem is None:
                         found += 1
                     else:
-                        missing.append(f"{invocation_id}: state {invocation.state}")
-        self.checks["persistence"] = {"sampled_found": found, "missing": missing}
+                        missing.append(f"{invocation_id}: {problem}")
+        finally:
+            for channel in channels:
+                channel.close()
+        self.checks[check] = {
+            "sampled_found": found,
+            "missing": missing,
+            "skipped_runs_with_errors": skipped,
+        }
         if missing:
-            self.problems.append(f"invocations the load runs reported are missing: {missing[:5]}")
+            self.problems.append(
+                f"{check}: invocations the load runs reported are missing: {missing[:5]}"
+            )
+
+    @staticmethod
+    def _read_back(stubs: Sequence[pb_grpc.InferenceServiceStub], invocation_id: str) -> str | None:
+        """``None`` when a server has ``invocation_id`` as succeeded; else what was wrong."""
+        problem = "no server"
+        for stub in stubs:
+            try:
+                invocation = stub.GetInvocation(
+                    pb.GetInvocationRequest(id=invocation_id, view=pb.INVOCATION_VIEW_BASIC),
+                    timeout=10,
+                ).invocation
+            except grpc.RpcError as exc:
+                problem = exc.code().name
+                continue
+            if invocation.state == pb.Invocation.STATE_SUCCEEDED:
+                return None
+            problem = f"state {invocation.state}"
+        return problem
 
     def _get_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
         cc = self.options.compare_concurrency
@@ -573,6 +638,54 @@ class BenchRun:
                 groups,
             )
             self.extra.setdefault("get_views", {})[view] = suffix or "(headline)"
+
+    # --- the serving path alone (memory store) ----------------------------------------
+
+    def _memory_store_phases(self) -> None:
+        """Invoke through Envoy (native gRPC, the compare concurrency) on a second stack whose
+        servers keep invocations in memory: the proxy + server path without Cassandra, run
+        after the Cassandra stack has stopped, alone on the machine as the peer is. Same layout,
+        settings, payloads and unique ids; the detections are checked and the ids read back."""
+        settings = stack_settings(self.options, memory_store=True)
+        stack = BenchStack(settings, repo_root=self.repo_root, base_env=self.env)
+        cc = self.options.compare_concurrency
+        self.memory_prefixes: dict[str, str] = {}
+        try:
+            with self.phase("memory stack start"):
+                stack.start()
+            groups = {
+                "servers": stack.server_pids,
+                "envoy": [stack.envoy_pid] if stack.envoy_pid else [],
+            }
+            self.extra["memory_store_pids"] = groups
+            with self.phase("memory store invoke"):
+                seeded = stack.seed(self.mix, f"{self.tag}-memseed-")
+                problems = _reference_mismatches(
+                    {name: boxes for name, (_, boxes) in seeded.items()}, self.reference
+                )
+                self.checks["detections"]["grpc_envoy_memory_store_mismatches"] = problems
+                if problems:
+                    self.problems.append(f"memory store: detections differ: {problems}")
+                self.measure(
+                    f"invoke_memory_grpc_envoy_c{cc}",
+                    self._grpc_invoke([stack.envoy_target], cc, self.memory_prefixes),
+                    groups,
+                )
+                self._persistence_check(
+                    stack.server_targets, self.memory_prefixes, "persistence_memory_store"
+                )
+            self.extra["memory_store_server_rss_mb"] = {
+                str(pid): round(procstats.peak_rss_mb(pid) or 0.0, 1) for pid in stack.server_pids
+            }
+            crashed = stack.crashed_servers()
+            if crashed:
+                self.problems.append(f"memory-store servers exited during the run: {crashed}")
+        except Exception as exc:  # a failed extra stack fails the run, not the peer's phases
+            logger.exception("the memory-store stack failed")
+            self.problems.append(f"memory-store stack: {exc}")
+        finally:
+            with self.phase("memory stack stop"):
+                stack.stop(keep_cassandra=False)
 
     # --- the peer ------------------------------------------------------------------------
 
@@ -619,9 +732,13 @@ class BenchRun:
                     name, call, [peer.grpc_target], concurrency=c, duration_s=duration
                 )
 
-            groups = {"mlserver": peer.refresh_tree()}
+            # every process of the peer (main, inference workers), as found after the warm-up
+            def groups() -> dict[str, list[int]]:
+                return {"mlserver": peer.refresh_tree()}
+
             c16 = self.measure(f"mlserver_pw{workers}_c{cc}", run_at(cc), groups)
             c1 = self.measure(f"mlserver_pw{workers}_c1", run_at(1), groups)
+            c16_summary = self.results[f"mlserver_pw{workers}_c{cc}"]
             rss = peer.peak_rss_mb()
         finally:
             peer.stop()
@@ -629,6 +746,8 @@ class BenchRun:
             "parallel_workers": workers,
             f"c{cc}_img_s": round(c16.rate, 1),
             f"c{cc}_errors": c16.errors,
+            f"c{cc}_cpu_cores": c16_summary["server_cpu_cores"]["mlserver"],
+            f"c{cc}_cpu_ms_per_infer": c16_summary["cpu_ms_per_call"]["mlserver"],
             "c1_p50_ms": round(c1.p50_ms, 2),
             "peak_rss_mb_by_pid": rss,
             "peak_rss_mb_total": round(sum(rss.values()), 1),
@@ -653,6 +772,11 @@ class BenchRun:
         def lat(name: str, key: str) -> float | None:
             return r[name][key] if name in r else None
 
+        def cpu_ms(name: str, group: str) -> float | None:
+            return r[name]["cpu_ms_per_call"].get(group) if name in r else None
+
+        envoy_cc, memory_cc = f"invoke_grpc_envoy_c{cc}", f"invoke_memory_grpc_envoy_c{cc}"
+
         metrics: dict[str, Any] = {
             "ceiling_img_s": round(self.ceiling.img_s, 1),
             "invoke_grpc_envoy_c1_p50_ms": lat("invoke_grpc_envoy_c1", "p50_ms"),
@@ -667,6 +791,21 @@ class BenchRun:
             "mlserver_best_config": None,
             "single_image_inprocess_ms": round(self.ceiling.serial_median_ms, 2),
             "server_rss_mb": max(self.extra["server_rss_mb"].values(), default=None),
+            # CPU per image of each part (cores x 1000 / rate during the measurement)
+            "server_cpu_ms_per_invoke": cpu_ms(envoy_cc, "servers"),
+            "envoy_cpu_ms_per_invoke": cpu_ms(envoy_cc, "envoy"),
+            "cassandra_cpu_ms_per_invoke": cpu_ms(envoy_cc, "cassandra"),
+            "ceiling_cpu_ms_per_img": self.ceiling.cpu_ms_per_img,
+            "mlserver_best_cpu_ms_per_infer": None,
+            # the serving path alone: the same Invoke with the in-memory store
+            "invoke_memory_grpc_envoy_c16_img_s": rate(memory_cc),
+            "invoke_memory_grpc_envoy_c16_p50_ms": lat(memory_cc, "p50_ms"),
+            "invoke_memory_grpc_envoy_c16_p99_ms": lat(memory_cc, "p99_ms"),
+            "memory_server_cpu_ms_per_invoke": cpu_ms(memory_cc, "servers"),
+            "memory_envoy_cpu_ms_per_invoke": cpu_ms(memory_cc, "envoy"),
+            "memory_server_rss_mb": max(
+                self.extra.get("memory_store_server_rss_mb", {}).values(), default=None
+            ),
         }
         for c in self.options.concurrencies:
             name = f"invoke_grpc_envoy_c{c}"
@@ -691,8 +830,12 @@ class BenchRun:
             metrics["mlserver_best_config"] = f"parallel_workers={best['parallel_workers']}"
             metrics["mlserver_best_c1_p50_ms"] = best["c1_p50_ms"]
             metrics["mlserver_best_rss_mb_total"] = best["peak_rss_mb_total"]
+            metrics["mlserver_best_cpu_ms_per_infer"] = best[f"c{cc}_cpu_ms_per_infer"]
         for workers, values in configs.items():
             metrics[f"mlserver_pw{workers}_c16_img_s"] = values[f"c{cc}_img_s"]
+            metrics[f"mlserver_pw{workers}_c16_cpu_ms_per_infer"] = values[
+                f"c{cc}_cpu_ms_per_infer"
+            ]
         return metrics
 
     def _layout(self) -> dict[str, Any]:
@@ -715,8 +858,13 @@ class BenchRun:
         total = self.phase_s.get("total", 0.0)
         if total > TIME_BUDGET_S:
             self.problems.append(f"the run took {total:.0f}s, over the {TIME_BUDGET_S}s budget")
-        missing = [key for key in REQUIRED_KEYS if metrics.get(key) is None]
-        if missing and not self.options.skip_mlserver:
+        missing = [
+            key
+            for key in REQUIRED_KEYS
+            if metrics.get(key) is None
+            and not (self.options.skip_mlserver and key.startswith("mlserver_"))
+        ]
+        if missing:
             self.problems.append(f"report keys without a value: {missing}")
         report = {
             **metrics,
