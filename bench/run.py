@@ -150,7 +150,7 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
         type=int,
         default=18000,
         help="Envoy +80 (admin +81), Cassandra +42 (storage +70), MLServer +90/+91, "
-        "servers +100... (default 18000: clear of make run's ports)",
+        "servers +100... (their /metrics +140...; default 18000: clear of make run's ports)",
     )
     parser.add_argument(
         "--keep-cassandra",
@@ -211,6 +211,7 @@ def stack_settings(options: Options, *, memory_store: bool = False) -> StackSett
         "envoy_internal_port": base + 82,
         "cassandra_port": base + 42,
         "cassandra_storage_port": base + 70,
+        "metrics_port": base + 140,  # server i: /metrics on metrics_port + i
         "build_dir": options.out_dir / "stack",
     }
     if memory_store:
@@ -221,6 +222,7 @@ def stack_settings(options: Options, *, memory_store: bool = False) -> StackSett
                 "envoy_port": base + 85,
                 "envoy_admin_port": base + 86,
                 "envoy_internal_port": base + 87,
+                "metrics_port": base + 160,
                 "build_dir": options.out_dir / "stack-memory",
             }
         )
