@@ -28,25 +28,25 @@ def stack_settings(
             "cassandra_password": endpoint.password,
         }
     processes = overrides.pop("server_processes", 1)
-    return StackSettings(
-        host="127.0.0.1",
-        port=free_ports(processes),
-        server_processes=processes,
-        metrics_port=free_ports(processes),  # server i serves /metrics on metrics_port + i
-        envoy_port=free_port(),
-        envoy_internal_port=free_port(),
-        envoy_admin_port=free_port(),
-        store="cassandra",
-        cassandra_contact_points=list(endpoint.contact_points),
-        cassandra_port=endpoint.port,
-        cassandra_local_dc=endpoint.local_dc,
-        cassandra_keyspace=endpoint.keyspace,
-        cassandra_create_schema=False,  # the session fixture created it
-        shared_dir=shared_dir,
-        build_dir=build_dir,
+    fields: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": free_ports(processes),
+        "server_processes": processes,
+        "metrics_port": free_ports(processes),  # server i serves /metrics on metrics_port + i
+        "envoy_port": free_port(),
+        "envoy_internal_port": free_port(),
+        "envoy_admin_port": free_port(),
+        "store": "cassandra",
+        "cassandra_contact_points": list(endpoint.contact_points),
+        "cassandra_port": endpoint.port,
+        "cassandra_local_dc": endpoint.local_dc,
+        "cassandra_keyspace": endpoint.keyspace,
+        "cassandra_create_schema": False,  # the session fixture created it
+        "shared_dir": shared_dir,
+        "build_dir": build_dir,
         **credentials,
-        **overrides,
-    )
+    }
+    return StackSettings(**{**fields, **overrides})
 
 
 @contextlib.contextmanager
