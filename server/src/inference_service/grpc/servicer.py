@@ -34,3 +34,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             request.id, with_content=converters.wants_content(request.view)
         )
         return pb.GetInvocationResponse(invocation=converters.invocation_to_proto(invocation))
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models = self._service.list_models()
+        return pb.ListModelsResponse(models=[converters.model_to_proto(m) for m in models])
+
+    async def GetModel(  # noqa: N802 - gRPC method name
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelResponse:
+        model = self._service.get_model(request.name)
+        return pb.GetModelResponse(model=converters.model_to_proto(model))
