@@ -358,3 +358,31 @@ def test_sighup_reloads_a_running_server(tmp_path: Path, shared_dir: Path) -> No
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_refuses_to_start_with_a_model_it_cannot_load(tmp_path: Path) -> None:
+    """`inference-service serve` with a model whose object is missing: exit status 2 and one
+    clear line, never a server listening with part of its models."""
+    config = write_models_toml(
+        tmp_path / "models.toml", [{"name": "m", "source": str(tmp_path / "missing.tflite")}]
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "INFERENCE_STORE": "memory",
+        "INFERENCE_PORT": str(port),
+        "INFERENCE_MODELS_FILE": str(config),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_service", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "cannot start: model 'm'" in result.stderr
+    assert "missing.tflite does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not port_open("127.0.0.1", port)
