@@ -166,4 +166,6 @@ def test_reflection_through_envoys_internal_listener_lists_and_describes_the_ser
             "inference.v1.GetInvocationRequest",
             "inference.v1.GetInvocationResponse",
         ),
+        "ListModels": ("inference.v1.ListModelsRequest", "inference.v1.ListModelsResponse"),
+        "GetModel": ("inference.v1.GetModelRequest", "inference.v1.GetModelResponse"),
     }
