@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 
 # Real-Cassandra fixtures for the integration, e2e and fault tests; the fuzz tests' hypothesis
-# profiles.
-pytest_plugins = ("support.cassandra_fixtures", "support.hypothesis_profiles")
+# profiles; the model tests' SavedModel export and local S3 server.
+pytest_plugins = (
+    "support.cassandra_fixtures",
+    "support.hypothesis_profiles",
+    "support.model_fixtures",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = "models/tflite/version-RFB-320_without_postprocessing.tflite"

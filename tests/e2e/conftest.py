@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support.http import RestClient
+from support.model_fixtures import E2E_MODELS, write_models_toml
 from support.stacks import stack_settings
 
 from inference_service.devstack.process import pid_alive
@@ -65,17 +66,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="package")
+def e2e_models_file(
+    shared_dir: Path, saved_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    models = []
+    for name, fields in E2E_MODELS.items():
+        source = fields["source"]
+        source = str(saved_model_dir if source == "<savedmodel>" else shared_dir / source)
+        models.append({"name": name, **fields, "source": source})
+    return write_models_toml(tmp_path_factory.mktemp("e2e-models") / "models.toml", models)
+
+
+@pytest.fixture(scope="package")
 def e2e_stack(
     cassandra_endpoint: CassandraConfig,
     shared_dir: Path,
+    e2e_models_file: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LocalStack]:
-    """``SERVER_PROCESSES`` servers and Envoy on free ports, storing in the session's keyspace."""
+    """``SERVER_PROCESSES`` servers and Envoy on free ports, storing in the session's keyspace,
+    serving ``E2E_MODELS``."""
     settings = stack_settings(
         cassandra_endpoint,
         shared_dir,
         tmp_path_factory.mktemp("e2e-stack"),
         server_processes=SERVER_PROCESSES,
+        models_file=e2e_models_file,
     )
     stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
     assert stack.cassandra is None, "the e2e stack must reuse the session's Cassandra"

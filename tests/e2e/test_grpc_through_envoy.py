@@ -167,4 +167,6 @@ def test_reflection_through_envoys_internal_listener_lists_and_describes_the_ser
             "inference.v1.GetInvocationResponse",
         ),
         "RenderInvocation": ("inference.v1.RenderInvocationRequest", "google.api.HttpBody"),
+        "ListModels": ("inference.v1.ListModelsRequest", "inference.v1.ListModelsResponse"),
+        "GetModel": ("inference.v1.GetModelRequest", "inference.v1.GetModelResponse"),
     }

@@ -101,7 +101,7 @@ def check_invocation(
     want = {
         "id": invocation_id,
         "state": "STATE_SUCCEEDED",
-        "model": "face-detector",
+        "model": "ultraface-rfb-320",  # the default (its alias: face-detector)
         "model_version": model_version,
         "error": "",
         "content_sha256": hashlib.sha256(content).hexdigest(),

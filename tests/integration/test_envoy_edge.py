@@ -109,10 +109,13 @@ def test_only_the_api_is_routed_on_the_public_listener(envoy, method):
         ("POST", "/v1/invocations/abc"),
         ("DELETE", "/v1/invocations/abc"),
         ("GET", "/v1/invocations/abc/more"),
+        ("POST", "/v1/models"),
+        ("DELETE", "/v1/models/abc"),
+        ("GET", "/v1/models/abc/more"),
         ("GET", "/grpc.health.v1.Health/Check"),
     ],
 )
-def test_only_the_two_rest_routes_are_routed(api, fake, method, path):
+def test_only_the_four_rest_routes_are_routed(api, fake, method, path):
     before = calls(fake)
     assert_status_json(api.call(method, path), 404, grpc.StatusCode.NOT_FOUND)
     assert calls(fake) == before

@@ -72,7 +72,7 @@ async def test_every_shared_image_matches_reference_and_reads_back(stub, shared_
         response = await stub.Invoke(request)
         invocation = response.invocation
         assert invocation.state == pb.Invocation.STATE_SUCCEEDED
-        assert invocation.model == "face-detector"
+        assert invocation.model == "ultraface-rfb-320"
         assert len(invocation.model_version) == 64
         assert (invocation.output.image_width, invocation.output.image_height) == (
             expected["width"],

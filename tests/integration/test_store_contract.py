@@ -297,6 +297,21 @@ async def test_of_concurrent_take_overs_exactly_one_wins(store: InvocationStore)
     assert (await store.get(orphan.id)).claim == winners[0].claim
 
 
+async def test_a_take_over_records_the_model_that_runs_now(store: InvocationStore) -> None:
+    """The new owner may run another version of the model (reloaded since the first claim):
+    the take-over records it, so the outcome names the version that made it."""
+    orphan = claimed(pending())
+    assert await store.claim(orphan) is None
+    stale = await store.get(orphan.id)
+    newer = ModelInfo(name=MODEL.name, version="9" * 64)
+    successor = dataclasses.replace(claimed(stale), model=newer)
+    assert await store.take_over(stale, successor) is None
+    await store.store_content(successor)
+    await store.complete(succeeded(successor))
+    assert (await store.get(orphan.id)).model == newer
+    assert (await store.get(orphan.id, with_content=False)).model == newer
+
+
 async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:
     """Cassandra only (the in-memory store keeps no TTL)."""
     store = await CassandraInvocationStore.connect(

@@ -69,7 +69,7 @@ def largest_invocation(limits: RequestLimits) -> pb.Invocation:
             detections=[detection] * MAX_DETECTIONS, image_width=2**31 - 1, image_height=2**31 - 1
         ),
         state=pb.Invocation.STATE_SUCCEEDED,
-        model="face-detector",
+        model="m" * 64,  # the longest model name
         model_version="f" * 64,
         error="the model failed on this input",
         content_sha256="f" * 64,
@@ -87,7 +87,7 @@ def request_json(model_input: pb.ModelInput) -> bytes:
             "content": base64.b64encode(model_input.content).decode(),
             "metadata": dict(model_input.metadata),
         },
-        "model": "face-detector",
+        "model": "m" * 64,  # the longest model name
     }
     return json.dumps(body).encode()
 
@@ -113,7 +113,7 @@ LIMITS = [
 def test_each_limit_holds_the_largest_valid_message(limits: RequestLimits) -> None:
     model_input = largest_input(limits)
     invocation = largest_invocation(limits)
-    request = pb.InvokeRequest(input=model_input, model="face-detector")
+    request = pb.InvokeRequest(input=model_input, model="m" * 64)
     responses = [
         pb.InvokeResponse(invocation=invocation),
         pb.GetInvocationResponse(invocation=invocation),

@@ -1,12 +1,13 @@
 """Bootstrap: the one place that builds every component from ``Settings`` and wires them.
 
-Tests pass their own store or detector in; everything else comes from settings.
+Tests pass their own store, detector or model registry in; everything else comes from settings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -18,8 +19,6 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.admission import AdmissionController
 from inference_service.detection.image import PillowImageDecoder
-from inference_service.detection.model_source import default_model_source
-from inference_service.detection.tflite import TFLiteFaceDetector
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.request_id import RequestIdInterceptor
@@ -33,6 +32,9 @@ from inference_service.metrics import (
     Metrics,
     timed_decode,
 )
+from inference_service.models.config import load_models_config
+from inference_service.models.loader import LoadOptions, load_model, load_models
+from inference_service.models.registry import LoadedModel, ModelRegistry
 from inference_service.ports import Detector, InvocationStore
 from inference_service.render import InvocationRenderer
 from inference_service.service import InferenceService
@@ -49,25 +51,20 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
+def build_models(settings: Settings) -> ModelRegistry:
+    """Load every configured model (``models_file``, else the built-in ones). Blocking; all or
+    nothing: raises ``ModelConfigError`` or ``ModelLoadError`` with a message naming the model."""
+    config = load_models_config(settings)
+    loaded = load_models(config, LoadOptions.from_settings(settings))
+    return ModelRegistry(loaded, default=config.default_name)
+
+
 def build_detector(settings: Settings) -> Detector:
-    """Fetch the model file (local copy or download) and load it. Blocking."""
-    source = default_model_source(
-        model_path=settings.model_path,
-        shared_dir=settings.resolved_shared_dir(),
-        model_url=settings.model_url,
-        model_sha256=settings.model_sha256,
-        cache_dir=settings.model_cache_dir.expanduser(),
-    )
-    detector = TFLiteFaceDetector(
-        source.fetch(),
-        name=settings.model_name,
-        num_threads=settings.model_threads,
-        score_threshold=settings.score_threshold,
-        iou_threshold=settings.iou_threshold,
-        runtime=settings.tflite_runtime,
-    )
-    detector.warm_up()
-    return detector
+    """The configured default model's detector alone, loaded and warmed up (the benchmarks'
+    ceiling). Blocking."""
+    config = load_models_config(settings)
+    (spec,) = [spec for spec in config.models if spec.name == config.default_name]
+    return load_model(spec, LoadOptions.from_settings(settings)).detector
 
 
 async def build_store(settings: Settings, metrics: Metrics | None = None) -> InvocationStore:
@@ -99,11 +96,15 @@ class Application:
         store: InvocationStore | None = None,
         detector: Detector | None = None,
         tracer_provider: TracerProvider | None = None,
+        models: ModelRegistry | None = None,
     ) -> None:
         self.settings = settings
         self._tracer_provider = tracer_provider
         self._store = store
-        self._detector = detector
+        if models is None and detector is not None:
+            models = ModelRegistry.single(detector)
+        self._models = models
+        self._reload_lock = asyncio.Lock()
         self._executor: Executor | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -128,13 +129,23 @@ class Application:
             self.metrics.tracer = self._tracer_provider.get_tracer(__name__)
             self._executor = ContextExecutor(self._executor)  # spans of decode and model
         loop = asyncio.get_running_loop()
-        if self._detector is None:
-            self._detector = await loop.run_in_executor(None, build_detector, settings)
-        logger.info(
-            "model %s version %s loaded", self._detector.info.name, self._detector.info.version
-        )
+        if self._models is None:
+            self._models = await loop.run_in_executor(None, build_models, settings)
+        self._instrument(self._models.loaded().values())
+        for model in self._models.list():
+            logger.info(
+                "model %s version %s (%s)%s ready",
+                model.info.name,
+                model.info.version,
+                model.runtime,
+                " (default)" if model.is_default else "",
+            )
         if self._store is None:
-            self._store = await build_store(settings, self.metrics)
+            try:
+                self._store = await build_store(settings, self.metrics)
+            except BaseException:
+                self._models.close()
+                raise
         else:
             self._store = InstrumentedStore(self._store, self.metrics)
 
@@ -151,7 +162,7 @@ class Application:
         )
         self._service = service = InferenceService(
             store=self._store,
-            detector=InstrumentedDetector(self._detector, self.metrics),
+            models=self._models,
             decode=timed_decode(self.metrics, decoder.decode),
             executor=self._executor,
             admission=admission,
@@ -212,6 +223,59 @@ class Application:
         self._monitor_task = asyncio.create_task(monitor.run(), name="store-health")
         logger.info("serving %s on %s:%d", SERVICE_NAME, settings.host, self.port)
 
+    @property
+    def models(self) -> ModelRegistry | None:
+        """The served models (``None`` before ``start``)."""
+        return self._models
+
+    async def reload(self) -> bool:
+        """Load the model configuration again (``models_file``, re-read) and serve it: models
+        whose configuration and artifact are unchanged go on as they are; new versions are
+        loaded and warmed up beside the old ones, then swapped in at once. Calls in flight
+        finish on the version they started with (each holds it until its unit of work ends),
+        health stays SERVING throughout. All or nothing: if any model fails to load, the
+        previous models go on serving and False is returned (the error is logged)."""
+        if self._models is None:
+            raise RuntimeError("the application is not started")
+        registry = self._models
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            settings = self.settings
+
+            def load() -> tuple[list, str]:
+                config = load_models_config(settings)
+                loaded = load_models(
+                    config, LoadOptions.from_settings(settings), current=registry.loaded()
+                )
+                return loaded, config.default_name
+
+            try:
+                loaded, default = await loop.run_in_executor(None, load)
+            except Exception:
+                logger.exception("reload failed: the models loaded before go on serving")
+                return False
+            self._instrument(loaded)
+            registry.replace(loaded, default=default)
+            self.metrics.set_model(registry.describe(registry.default).info)
+        for model in registry.list():
+            logger.info(
+                "reloaded: model %s version %s (%s)%s",
+                model.info.name,
+                model.info.version,
+                model.runtime,
+                " (default)" if model.is_default else "",
+            )
+        return True
+
+    def _instrument(self, models: Iterable[LoadedModel]) -> None:
+        """Time every model's runs as the ``model`` stage (each loaded version once); the
+        model info metric names the default model."""
+        for model in models:
+            if not isinstance(model.detector, InstrumentedDetector):
+                model.detector = InstrumentedDetector(model.detector, self.metrics)
+        if self._models is not None:
+            self.metrics.set_model(self._models.describe(self._models.default).info)
+
     async def _set_serving(self, serving: bool) -> None:
         """Health of the whole server and of the service: SERVING only while the store
         answers (Envoy's health checks then route around a replica that lost its store)."""
@@ -251,8 +315,8 @@ class Application:
             await self._store.close()
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
-        if self._detector is not None:
-            self._detector.close()
+        if self._models is not None:
+            self._models.close()
         if self._tracer_provider is not None:
             self._tracer_provider.force_flush()
         logger.info("stopped")

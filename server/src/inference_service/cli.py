@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "--store", choices=("cassandra", "memory"), help="invocation store (INFERENCE_STORE)"
     )
     serve.add_argument("--workers", type=int, help="images processed at once (INFERENCE_WORKERS)")
-    serve.add_argument("--model-path", type=Path, help="TFLite model file (INFERENCE_MODEL_PATH)")
+    serve.add_argument(
+        "--models-file", type=Path, help="model configuration (INFERENCE_MODELS_FILE)"
+    )
+    serve.add_argument(
+        "--model-path", type=Path, help="default model's TFLite file (INFERENCE_MODEL_PATH)"
+    )
     serve.add_argument("--shared-dir", type=Path, help="shared data folder (INFERENCE_SHARED_DIR)")
     serve.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
     serve.add_argument(
@@ -51,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
         help="create or upgrade the Cassandra keyspace and table (idempotent), then exit",
     )
     migrate.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
+
+    export = commands.add_parser(
+        "export-savedmodel",
+        help="build RFB-320 in Keras, restore the upstream TF checkpoint, write a SavedModel",
+    )
+    export.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="checkpoint folder (with variables.index) or prefix, e.g. "
+        "../shared/models/tf-checkpoint/RFB-320",
+    )
+    export.add_argument("--out", type=Path, required=True, help="SavedModel folder to create")
+    export.add_argument("--archive", type=Path, help="also pack it into this .zip, .tar.gz or .tgz")
+    export.add_argument("--log-level", help="log level (default INFO)")
     return parser
 
 
@@ -78,6 +98,18 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        if app.models is None:
+            logger.warning("SIGHUP ignored: the server is still loading its models")
+            return
+        logger.info("SIGHUP: reloading the models")
+        task = asyncio.ensure_future(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await app.start()
     metrics_server = None
     try:
@@ -101,14 +133,34 @@ async def _migrate(settings: Settings) -> None:
     await migrate(settings)
 
 
+def _export_savedmodel(args: argparse.Namespace) -> None:
+    from inference_service.detection.keras_rfb import archive_folder, export_saved_model
+
+    out = export_saved_model(args.checkpoint, args.out)
+    print(out)
+    if args.archive is not None:
+        print(archive_folder(out, args.archive))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "export-savedmodel":
+        _configure_logging(args.log_level or "INFO")
+        _export_savedmodel(args)
+        return 0
     settings = _settings(args)
     _configure_logging(settings.log_level, settings.log_format)
-    if args.command == "serve":
-        asyncio.run(_serve(settings))
-    elif args.command == "migrate":
-        asyncio.run(_migrate(settings))
+    from inference_service.models.config import ModelConfigError
+    from inference_service.models.loader import ModelLoadError
+
+    try:
+        if args.command == "serve":
+            asyncio.run(_serve(settings))
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings))
+    except (ModelConfigError, ModelLoadError) as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
     return 0
 
 

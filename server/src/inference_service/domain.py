@@ -59,10 +59,25 @@ class ModelInput:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What names a loaded model: its public name and its version (file sha256)."""
+    """What names a loaded model: its public name and its version (sha256 of its artifact)."""
 
     name: str
     version: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelDescription:
+    """What ``ListModels`` tells of one served model (``inference_service.models``)."""
+
+    info: ModelInfo
+    runtime: str
+    """What runs it, e.g. ``tflite/litert``, ``onnx/onnxruntime``."""
+    aliases: tuple[str, ...] = ()
+    is_default: bool = False
+    ready: bool = True
+    load_time: dt.datetime | None = None
+    source: str = ""
+    """Where it came from (a path or a URI without credentials)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from inference_service.domain import Invocation, ModelInfo, ModelOutput
+from inference_service.domain import Invocation, ModelDescription, ModelInfo, ModelOutput
 
 
 class Detector(Protocol):
@@ -27,9 +27,38 @@ class Detector(Protocol):
 
 
 class ModelSource(Protocol):
-    """Finds a model file and returns a local path to it (fetching it if needed)."""
+    """Finds a model artifact (a file, or a folder such as a SavedModel) and returns a local
+    path to it, fetching (and unpacking) it if needed. Raises ``ModelFetchError`` with a clear
+    message when it is missing, unreachable or not the expected bytes."""
 
     def fetch(self) -> str: ...
+
+
+class ModelLease(Protocol):
+    """A detector held for one unit of work: a reload never closes a detector that is leased;
+    ``release`` (idempotent) gives it back."""
+
+    @property
+    def detector(self) -> Detector: ...
+
+    def release(self) -> None: ...
+
+
+class ModelRegistry(Protocol):
+    """The models a server serves, by name or alias (``inference_service.models.registry``)."""
+
+    def acquire(self, name: str) -> ModelLease:
+        """The current version of model ``name`` (``""``: the default), held until
+        ``release``. Raises ``NotFoundError`` for an unknown name."""
+        ...
+
+    def describe(self, name: str) -> ModelDescription:
+        """One model by name or alias; ``NotFoundError`` for an unknown name."""
+        ...
+
+    def list(self) -> list[ModelDescription]:
+        """Every model, the default first, then by name."""
+        ...
 
 
 class InvocationStore(Protocol):
@@ -58,8 +87,9 @@ class InvocationStore(Protocol):
 
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         """Move the claim of ``stale`` (a PENDING invocation as read from the store) to
-        ``invocation.claim``, only if ``stale.claim`` still owns it and no outcome is stored.
-        The input stays as stored; the new owner stores the content again (``store_content``:
+        ``invocation.claim``, only if ``stale.claim`` still owns it and no outcome is stored,
+        and record ``invocation.model`` (the version the new owner runs). The input stays as
+        stored; the new owner stores the content again (``store_content``:
         the same bytes, the caller checked the hash) in case the first owner died before.
 
         Returns ``None`` when this call now owns the id (of several callers exactly one does),

@@ -1,8 +1,8 @@
 """The use cases of the inference service, shared by every protocol.
 
-``InferenceService`` knows the domain, the store and the detector through
-their protocols; it knows nothing of gRPC, HTTP or Cassandra. Blocking work
-(image decoding, the model) runs in an executor, never on the event loop.
+``InferenceService`` knows the domain, the store and the models (a registry of detectors)
+through their protocols; it knows nothing of gRPC, HTTP or Cassandra. Blocking work (image
+decoding, the model) runs in an executor, never on the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from concurrent.futures import Executor
 import numpy as np
 
 from inference_service.admission import UnlimitedAdmission
-from inference_service.domain import Claim, Invocation, ModelInput, ModelOutput, State
+from inference_service.domain import (
+    Claim,
+    Invocation,
+    ModelDescription,
+    ModelInput,
+    ModelOutput,
+    State,
+)
 from inference_service.errors import (
     AlreadyExistsError,
     ContentTooLargeError,
@@ -36,7 +43,7 @@ from inference_service.limits import (
     MAX_METADATA_VALUE_BYTES,
     RequestLimits,
 )
-from inference_service.ports import Admission, Detector, InvocationStore
+from inference_service.ports import Admission, Detector, InvocationStore, ModelLease, ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +94,14 @@ def _utcnow() -> dt.datetime:
 
 
 class InferenceService:
-    """Invoke the model on inputs and read stored invocations back."""
+    """Invoke a model on inputs, read stored invocations back, tell which models are served."""
 
     def __init__(
         self,
         *,
         store: InvocationStore,
-        detector: Detector,
+        models: ModelRegistry | None = None,
+        detector: Detector | None = None,
         decode: ImageDecoder,
         executor: Executor,
         limits: RequestLimits | None = None,
@@ -104,8 +112,16 @@ class InferenceService:
         claim_lease_s: float = 60.0,
         admission: Admission | None = None,
     ) -> None:
+        """``models``: the registry the model of each Invoke comes from; or ``detector``, the
+        one model served (tests)."""
+        if models is None:
+            if detector is None:
+                raise TypeError("InferenceService needs models or a detector")
+            from inference_service.models.registry import ModelRegistry as Registry
+
+            models = Registry.single(detector)
         self._store = store
-        self._detector = detector
+        self._models = models
         self._decode = decode
         self._executor = executor
         self._limits = limits or RequestLimits()
@@ -122,18 +138,28 @@ class InferenceService:
     async def invoke(self, model_input: ModelInput, model: str = "") -> Invocation:
         """Validate, claim the id, run the model, store and return the invocation.
 
+        ``model`` is a model's name or alias (``""``: the default; unknown: ``NotFoundError``).
+        The current version of that model is held from here to the end of the unit of work: a
+        reload meanwhile lets this call finish on it, and the invocation records the model and
+        version that ran.
+
         Idempotent per id: the same id with the same content returns the stored
-        invocation without running the model; with other content it raises
+        invocation without running the model (whichever model it asks for: the id is bound to
+        the model that first ran it, which the invocation names); with other content it raises
         ``AlreadyExistsError``. Invalid input raises before anything is stored.
         """
-        self._check_model(model)
-        if not model_input.id:
-            model_input = dataclasses.replace(model_input, id=self._new_id())
-        validate_id(model_input.id)
-        self._check_content(model_input)
-        self._check_metadata(model_input)
-        # Room to decode (work queue, memory budget), held until the unit of work ends.
-        admitted = await self._admission.admit(model_input.content)
+        lease = self._models.acquire(model)
+        try:
+            if not model_input.id:
+                model_input = dataclasses.replace(model_input, id=self._new_id())
+            validate_id(model_input.id)
+            self._check_content(model_input)
+            self._check_metadata(model_input)
+            # Room to decode (work queue, memory budget), held until the unit of work ends.
+            admitted = await self._admission.admit(model_input.content)
+        except BaseException:
+            lease.release()
+            raise
         try:
             loop = asyncio.get_running_loop()
             image, sha256 = await loop.run_in_executor(
@@ -141,6 +167,7 @@ class InferenceService:
             )
         except BaseException:
             admitted.release()
+            lease.release()
             raise
         now = self._clock()
         pending = Invocation(
@@ -148,30 +175,43 @@ class InferenceService:
             content_sha256=sha256,
             content_type=sniff_content_type(model_input.content),
             state=State.PENDING,
-            model=self._detector.info,
+            model=lease.detector.info,
             create_time=now,
             claim=Claim(token=self._new_token(), time=now),
         )
         # One unit of work: the claim, the content, the model run and the outcome run to the
         # end once started, even when the call is cancelled (a client's deadline, a REST client
         # gone); stopped half-way, they would hold the id until the claim's lease passes.
-        work = asyncio.ensure_future(self._claim_and_run(pending, image))
+        work = asyncio.ensure_future(self._claim_and_run(pending, image, lease.detector))
         del image  # held by the unit of work only, until the admission is released
         self._runs.add(work)
         work.add_done_callback(self._runs.discard)
         work.add_done_callback(lambda _: admitted.release())
+        work.add_done_callback(lambda _: lease.release())
         work.add_done_callback(_settle_unit_of_work)
         return await asyncio.shield(work)
+
+    def list_models(self) -> list[ModelDescription]:
+        """Every served model, the default first, then by name."""
+        return self._models.list()
+
+    def get_model(self, name: str) -> ModelDescription:
+        """One model by name or alias; ``NotFoundError`` when none has it."""
+        if not name:
+            raise InvalidArgumentError("name is empty: give a model's name or alias")
+        return self._models.describe(name)
 
     async def wait_idle(self) -> None:
         """Wait for the units of work in flight (e.g. of cancelled calls) to finish."""
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
 
-    async def _claim_and_run(self, pending: Invocation, image: np.ndarray) -> Invocation:
+    async def _claim_and_run(
+        self, pending: Invocation, image: np.ndarray, detector: Detector
+    ) -> Invocation:
         existing = await self._store.claim(pending)
         if existing is None:
-            return await self._run_model(pending, image)
+            return await self._run_model(pending, image, detector)
         if existing.content_sha256 != pending.content_sha256:
             raise AlreadyExistsError(
                 f"id {existing.id!r} is already used by an input with different content"
@@ -183,15 +223,16 @@ class InferenceService:
         image = self._decode(content, self._limits.max_image_pixels)
         return image, hashlib.sha256(content).hexdigest()
 
-    async def _run_model(self, owned: Invocation, image: np.ndarray) -> Invocation:
-        """The owner of a claim: store the content while the model runs, then the outcome
-        (success or failure), which is written only once the content is stored."""
+    async def _run_model(
+        self, owned: Invocation, image: np.ndarray, detector: Detector
+    ) -> Invocation:
+        """The owner of a claim: store the content while ``detector`` (the model that
+        ``owned.model`` names) runs, then the outcome (success or failure), which is written
+        only once the content is stored."""
         loop = asyncio.get_running_loop()
         content = asyncio.ensure_future(self._store.store_content(owned))
         try:
-            output: ModelOutput = await loop.run_in_executor(
-                self._executor, self._detector.detect, image
-            )
+            output: ModelOutput = await loop.run_in_executor(self._executor, detector.detect, image)
         except Exception as exc:
             logger.exception("model %s failed on input %s", owned.model.name, owned.id)
             await content
@@ -219,12 +260,6 @@ class InferenceService:
         return invocation
 
     # -- helpers -------------------------------------------------------------
-
-    def _check_model(self, model: str) -> None:
-        if model and model != self._detector.info.name:
-            raise NotFoundError(
-                f"model {model!r} not found; this server serves {self._detector.info.name!r}"
-            )
 
     def _check_content(self, model_input: ModelInput) -> None:
         size = len(model_input.content)
@@ -268,14 +303,21 @@ class InferenceService:
                     input=dataclasses.replace(existing.input, content=pending.input.content),
                     claim=Claim(token=pending.claim.token, time=self._clock()),
                 )
-                current = await self._store.take_over(existing, successor)
-                if current is None:
-                    logger.warning(
-                        "invocation %r: the claim of %s expired without an outcome; taken over",
-                        existing.id,
-                        existing.claim.time.isoformat(),
-                    )
-                    return await self._run_model(successor, image)
+                # The id is bound to the model that claimed it first: that one runs (its
+                # current version, which the outcome records), whatever this call asked for.
+                lease = self._bound_model(existing)
+                try:
+                    successor = dataclasses.replace(successor, model=lease.detector.info)
+                    current = await self._store.take_over(existing, successor)
+                    if current is None:
+                        logger.warning(
+                            "invocation %r: the claim of %s expired without an outcome; taken over",
+                            existing.id,
+                            existing.claim.time.isoformat(),
+                        )
+                        return await self._run_model(successor, image, lease.detector)
+                finally:
+                    lease.release()
                 existing = current
                 continue
             if loop.time() >= deadline:
@@ -295,6 +337,16 @@ class InferenceService:
         return dataclasses.replace(
             existing, input=dataclasses.replace(existing.input, content=content)
         )
+
+    def _bound_model(self, existing: Invocation) -> ModelLease:
+        """The model an id is bound to (the one that claimed it), to finish a taken-over claim."""
+        try:
+            return self._models.acquire(existing.model.name)
+        except NotFoundError:
+            raise NotFoundError(
+                f"invocation {existing.id!r} is bound to model {existing.model.name!r}, "
+                "which this server does not serve"
+            ) from None
 
 
 def _settle_unit_of_work(work: asyncio.Future[Invocation]) -> None:

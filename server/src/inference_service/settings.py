@@ -20,6 +20,13 @@ DEFAULT_MODEL_URL = (
     "version-RFB-320_without_postprocessing.tflite"
 )
 DEFAULT_MODEL_SHA256 = "2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866"
+SLIM_MODEL_FILE = "models/tflite/version-slim-320_without_postprocessing.tflite"
+SLIM_MODEL_URL = (
+    "https://raw.githubusercontent.com/Linzaer/Ultra-Light-Fast-Generic-Face-Detector-1MB/"
+    "dffdddda9794a50607cba8f318507a28c1c27cab/tflite/pretrained/"
+    "version-slim-320_without_postprocessing.tflite"
+)
+SLIM_MODEL_SHA256 = "d0088834c6b68490291f308ff2d388ee83954eac10856abd90e29c7cd9d186fc"
 
 
 class Settings(BaseSettings):
@@ -77,25 +84,40 @@ class Settings(BaseSettings):
     bounds the calls in flight to the servers, and admission control answers busy Invokes
     UNAVAILABLE. If set, keep it well above ``workers`` + ``work_queue_size``."""
 
-    # --- model -------------------------------------------------------------
+    # --- models ------------------------------------------------------------
     shared_dir: Path = Path("../shared")
     """Folder holding the shared test data and models (``models/``, ``images/``)."""
+    models_file: Path | None = None
+    """Model configuration (TOML, or JSON by its suffix): the models to serve, their runtimes
+    and sources (README, "Models"). Unset: the built-in ones, ``model_name`` (RFB-320, the
+    default, alias ``face-detector``) and ``ultraface-slim-320``, both TFLite. Re-read on
+    SIGHUP (a reload)."""
     model_path: Path | None = None
-    """TFLite model file. Default: ``<shared_dir>/`` + ``DEFAULT_MODEL_FILE`` when it exists,
-    else the file downloaded from ``model_url`` into ``model_cache_dir``."""
+    """Built-in models only: the default model's TFLite file. Default: ``<shared_dir>/`` +
+    ``DEFAULT_MODEL_FILE`` when it exists, else the file downloaded from ``model_url`` into
+    ``model_cache_dir``."""
     model_url: str = DEFAULT_MODEL_URL
-    """Where the default model is downloaded from when no local copy exists."""
+    """Built-in models only: where the default model is downloaded from when no local copy
+    exists."""
     model_sha256: str = DEFAULT_MODEL_SHA256
-    """Expected sha256 of a downloaded model; a mismatch refuses to load it."""
+    """Built-in models only: expected sha256 of the downloaded default model; a mismatch refuses
+    to load it."""
     model_cache_dir: Path = Path("~/.cache/inference-service/models")
-    """Where downloaded models are kept."""
-    model_name: str = "face-detector"
-    """Public name of the model (``InvokeRequest.model``; empty selects it too)."""
+    """Where downloaded (HTTP, S3) and unpacked (archives) models are kept."""
+    model_name: str = "ultraface-rfb-320"
+    """Built-in models only: public name of the default model (``InvokeRequest.model``; empty
+    selects it too). ``face-detector``, its former name, stays an alias."""
+    s3_endpoint_url: str | None = None
+    """Endpoint of an S3-compatible store for ``s3://`` model sources (MinIO, moto, ...);
+    unset, AWS's (or ``AWS_ENDPOINT_URL``). Credentials come from boto3's usual chain
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an instance role)."""
+    s3_region: str | None = None
+    """Region of the S3 client; unset, boto3's default (``AWS_DEFAULT_REGION``)."""
     tflite_runtime: Literal["auto", "litert", "tensorflow"] = "auto"
     """Package whose TFLite interpreter runs the model: ``litert`` (ai-edge-litert, ~60 MB
     resident), ``tensorflow`` (tf.lite, ~570 MB resident) or ``auto`` (LiteRT when installed)."""
     model_threads: int = Field(1, ge=1)
-    """Threads the TFLite interpreter uses for one image."""
+    """Threads a model's runtime uses for one image (a model's ``threads`` overrides it)."""
     workers: int = Field(2, ge=1)
     """Images decoded and detected at once (a pool of threads, each with its own interpreter)."""
     score_threshold: float = Field(0.7, gt=0, lt=1)

@@ -126,10 +126,13 @@ class FaceBoxDecoder:
         iou_threshold: float = 0.3,
         candidate_size: int = MAX_DETECTIONS,
         priors: np.ndarray | None = None,
+        boxes_decoded: bool = False,
     ) -> None:
         """``score_threshold``: keep faces scoring strictly above it (a probability);
         ``iou_threshold``: suppress boxes overlapping a better one by more (IoU on normalized
-        coordinates); ``candidate_size``: how many top-scoring boxes enter NMS."""
+        coordinates); ``candidate_size``: how many top-scoring boxes enter NMS;
+        ``boxes_decoded``: the model outputs normalized corner boxes (its graph decodes them
+        against the priors), not regressions."""
         if not 0.0 <= score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}")
         if not 0.0 < iou_threshold <= 1.0:
@@ -140,6 +143,7 @@ class FaceBoxDecoder:
         self._iou_threshold = iou_threshold
         self._candidate_size = candidate_size
         self._priors = make_priors() if priors is None else np.asarray(priors, dtype=np.float32)
+        self._boxes_decoded = boxes_decoded
 
     @property
     def num_priors(self) -> int:
@@ -149,7 +153,8 @@ class FaceBoxDecoder:
     def __call__(
         self, offsets: np.ndarray, scores: np.ndarray, image_width: int, image_height: int
     ) -> tuple[Detection, ...]:
-        """Decode one image's outputs: ``offsets`` (N, 4) box regressions and ``scores`` (N, 2)
+        """Decode one image's outputs: ``offsets`` (N, 4) box regressions (or corner boxes, when
+        ``boxes_decoded``) and ``scores`` (N, 2)
         class probabilities (column 1 = face). Returns detections sorted by score, descending,
         with boxes in pixels of an ``image_width`` x ``image_height`` image (float, not clipped).
         """
@@ -162,7 +167,10 @@ class FaceBoxDecoder:
         candidates = np.flatnonzero(face > self._score_threshold)
         if len(candidates) == 0:
             return ()
-        boxes = decode_boxes(offsets[candidates], self._priors[candidates])
+        if self._boxes_decoded:
+            boxes = np.asarray(offsets[candidates], dtype=np.float32)
+        else:
+            boxes = decode_boxes(offsets[candidates], self._priors[candidates])
         face = face[candidates]
         kept = hard_nms(
             boxes, face, iou_threshold=self._iou_threshold, candidate_size=self._candidate_size

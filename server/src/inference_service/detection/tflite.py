@@ -93,21 +93,25 @@ class TFLiteFaceDetector:
         score_threshold: float = 0.7,
         iou_threshold: float = 0.3,
         runtime: Runtime = "auto",
+        version: str | None = None,
     ) -> None:
         """Load the model file at ``model_path``.
 
         ``name`` is the public model name; ``num_threads`` the threads TFLite uses for one
         image; ``score_threshold`` keeps faces scoring strictly above it; ``iou_threshold`` is
         the hard-NMS overlap limit; ``runtime`` the package whose interpreter runs it (see
-        ``load_interpreter_class``). Raises ``OSError`` when the file cannot be read and
-        ``ValueError`` when it is not a usable model.
+        ``load_interpreter_class``); ``version`` the version to report (default: the sha256 of
+        the file). Raises ``OSError`` when the file cannot be read and ``ValueError`` when it is
+        not a usable model.
         """
         if num_threads < 1:
             raise ValueError(f"num_threads must be positive, got {num_threads}")
         self._interpreter_class = load_interpreter_class(runtime)
         with open(model_path, "rb") as file:
             self._model = file.read()
-        self._info = ModelInfo(name=name, version=hashlib.sha256(self._model).hexdigest())
+        self._info = ModelInfo(
+            name=name, version=version or hashlib.sha256(self._model).hexdigest()
+        )
         self._num_threads = num_threads
         self._decode = FaceBoxDecoder(score_threshold=score_threshold, iou_threshold=iou_threshold)
         self._local = threading.local()
@@ -134,6 +138,12 @@ class TFLiteFaceDetector:
     def info(self) -> ModelInfo:
         """Name and version (sha256 hex of the model file) of the loaded model."""
         return self._info
+
+    @property
+    def runtime(self) -> str:
+        """``tflite/litert`` or ``tflite/tensorflow``: the package whose interpreter runs it."""
+        package = self._interpreter_class.__module__.split(".")[0]
+        return "tflite/litert" if package == "ai_edge_litert" else f"tflite/{package}"
 
     def _runner(self) -> _Runner:
         runner: _Runner | None = getattr(self._local, "runner", None)

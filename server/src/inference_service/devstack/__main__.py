@@ -25,6 +25,7 @@ Try it (from the repository root):
   printf '{{"input": {{"id": "face-1", "content": "%s"}}}}' "$(base64 -w0 {image})" \\
     | curl -s{curl} -H 'content-type: application/json' --data-binary @- {rest}/v1/invocations
   curl -s{curl} '{rest}/v1/invocations/face-1?view=INVOCATION_VIEW_BASIC'
+  curl -s{curl} {rest}/v1/models
   grpcurl -plaintext {internal} list
   grpcurl -plaintext -d '{{"id": "face-1", "view": "INVOCATION_VIEW_BASIC"}}' \\
     {internal} inference.v1.InferenceService/GetInvocation

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,6 +73,12 @@ class LocalServer:
         self._process.start()
         self._process.wait_until(lambda: grpc_serving(self.address), timeout=timeout, interval=0.3)
         logger.info("server serving on %s (pid %s)", self.address, self.pid)
+
+    def reload(self) -> None:
+        """SIGHUP: the server loads its model configuration again (calls go on meanwhile)."""
+        if self.pid is None or self.poll() is not None:
+            raise RuntimeError(f"server {self.address} is not running")
+        os.kill(self.pid, signal.SIGHUP)
 
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM (the server drains, then exits); SIGKILL after ``grace`` seconds."""

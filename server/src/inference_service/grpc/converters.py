@@ -7,7 +7,7 @@ import datetime as dt
 from google.protobuf import timestamp_pb2
 from inference.v1 import inference_service_pb2 as pb
 
-from inference_service.domain import Invocation, ModelInput, ModelOutput, State
+from inference_service.domain import Invocation, ModelDescription, ModelInput, ModelOutput, State
 
 _STATE_TO_PROTO = {
     State.PENDING: pb.Invocation.STATE_PENDING,
@@ -70,4 +70,19 @@ def invocation_to_proto(invocation: Invocation) -> pb.Invocation:
         message.output.CopyFrom(output_to_proto(invocation.output))
     if invocation.complete_time is not None:
         message.complete_time.CopyFrom(_timestamp(invocation.complete_time))
+    return message
+
+
+def model_to_proto(model: ModelDescription) -> pb.Model:
+    message = pb.Model(
+        name=model.info.name,
+        version=model.info.version,
+        runtime=model.runtime,
+        aliases=list(model.aliases),
+        is_default=model.is_default,
+        ready=model.ready,
+        source=model.source,
+    )
+    if model.load_time is not None:
+        message.load_time.CopyFrom(_timestamp(model.load_time))
     return message

@@ -47,3 +47,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rendering is not enabled")
         png = await self._renderer.render(request.id)
         return httpbody_pb2.HttpBody(content_type=PNG_CONTENT_TYPE, data=png)
+
+    async def ListModels(  # noqa: N802 - gRPC method name
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        models = self._service.list_models()
+        return pb.ListModelsResponse(models=[converters.model_to_proto(m) for m in models])
+
+    async def GetModel(  # noqa: N802 - gRPC method name
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelResponse:
+        model = self._service.get_model(request.name)
+        return pb.GetModelResponse(model=converters.model_to_proto(model))

@@ -335,7 +335,8 @@ class CassandraInvocationStore:
         ttl = self._remaining_ttl(stale.create_time)
         if ttl is None:
             raise _unavailable("take over", RuntimeError(f"row {stale.id!r} expiring"))
-        params = (ttl, new_id, new.time, stale.id, uuid.UUID(old.token))
+        model = invocation.model
+        params = (ttl, new_id, new.time, model.name, model.version, stale.id, uuid.UUID(old.token))
         try:
             rows = await self._execute(self._take_over, params)
         except Exception as exc:
@@ -542,9 +543,11 @@ def _queries(table: str) -> dict[str, str]:
         " model_name, model_version, create_time)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
     )
-    # Moves a claim whose lease has passed, only if nobody moved it or stored an outcome since.
+    # Moves a claim whose lease has passed, only if nobody moved it or stored an outcome since;
+    # with the model (version) that the new owner runs.
     take_over = (
-        f"UPDATE {table} USING TTL ? SET claim_id = ?, claim_time = ?"  # noqa: S608
+        f"UPDATE {table} USING TTL ?"  # noqa: S608
+        " SET claim_id = ?, claim_time = ?, model_name = ?, model_version = ?"
         " WHERE id = ? IF claim_id = ? AND state = null"
     )
     store_content = f"UPDATE {table} USING TTL ? SET content = ? WHERE id = ?"  # noqa: S608

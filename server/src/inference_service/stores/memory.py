@@ -30,7 +30,9 @@ class InMemoryInvocationStore:
                 raise KeyError(invocation.id)
             if stored.state is not State.PENDING or stored.claim != stale.claim:
                 return stored
-            self._items[invocation.id] = dataclasses.replace(stored, claim=invocation.claim)
+            self._items[invocation.id] = dataclasses.replace(
+                stored, claim=invocation.claim, model=invocation.model
+            )
             return None
 
     async def store_content(self, invocation: Invocation) -> None:
