@@ -58,7 +58,9 @@ def stored_id(e2e_stack, images_dir, id_prefix) -> str:
 @pytest.mark.parametrize("kind", ["positive", "negative", "stored id"])
 def test_rest_api_conforms_to_its_openapi_description(rest_schema, e2e_stack, stored_id, kind):
     found = operations(rest_schema)
-    assert len(found) == 3
+    assert len(found) == 5  # Invoke, GetInvocation, RenderInvocation, ListModels, GetModel
+    if kind != "positive":  # the models' reads have no body or id to get wrong
+        found = [op for op in found if op.path.startswith("/v1/invocations")]
     if kind == "stored id":  # the reads, of an id that exists
         found = [op for op in found if op.method.upper() == "GET"]
     mode = GenerationMode.NEGATIVE if kind == "negative" else GenerationMode.POSITIVE

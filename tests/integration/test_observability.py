@@ -111,7 +111,7 @@ async def test_counters_and_stage_latencies_move_with_calls(server, stub, images
         )
         assert moved == calls, (stage, moved)
     info = [key for key in after if key[0] == "inference_model_info"]
-    assert info and dict(info[0][1])["name"] == "face-detector"
+    assert info and dict(info[0][1])["name"] == "ultraface-rfb-320"  # the default model
 
 
 async def test_render_returns_a_png_with_the_boxes(server, stub, images_dir):

@@ -40,7 +40,11 @@ def test_spec_documents_routes_errors_and_names() -> None:
         "/v1/invocations",
         "/v1/invocations/{id}",
         "/v1/invocations/{id}:render",
+        "/v1/models",
+        "/v1/models/{name}",
     }
+    assert set(paths["/v1/models"]["get"]["responses"]) == {"200", "503"}
+    assert set(paths["/v1/models/{name}"]["get"]["responses"]) == {"200", "404", "503"}
     invoke = paths["/v1/invocations"]["post"]
     assert set(invoke["responses"]) == {"200", "400", "404", "409", "413", "500", "503"}
     for path, method in (("/v1/invocations/{id}", "get"), ("/v1/invocations/{id}:render", "get")):
