@@ -999,13 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     where = f"{node.host}:{node.native_port}"
     if args.command == "fetch":
-        try:
-            jars = node.ensure_distribution()
-        except ProcessError as exc:
-            print(f"could not fetch Cassandra: {exc}", file=sys.stderr)
-            return 1
-        print(f"Cassandra {node.version}: {len(jars)} jars in {node.lib_dir}")
-        return 0
+        return _fetch(node)
     if args.command == "start":
         try:
             started = node.start(timeout=args.timeout)
@@ -1034,6 +1028,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
+def _fetch(node: LocalCassandra) -> int:
+    """``fetch``: resolve the jars of ``node`` (Maven), e.g. in a CI setup step."""
+    try:
+        jars = node.ensure_distribution()
+    except ProcessError as exc:
+        print(f"could not fetch Cassandra: {exc}", file=sys.stderr)
+        return 1
+    print(f"Cassandra {node.version}: {len(jars)} jars in {node.lib_dir}")
+    return 0
+
+
 def _cluster_command(args: argparse.Namespace) -> int:
     """``main`` for more than one node."""
     try:
@@ -1049,14 +1054,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
         return 2
     where = ", ".join(f"{host}:{cluster.native_port}" for host in cluster.contact_points)
     if args.command == "fetch":
-        node = cluster.node(1)
-        try:
-            jars = node.ensure_distribution()  # one folder of jars for all nodes
-        except ProcessError as exc:
-            print(f"could not fetch Cassandra: {exc}", file=sys.stderr)
-            return 1
-        print(f"Cassandra {node.version}: {len(jars)} jars in {node.lib_dir}")
-        return 0
+        return _fetch(cluster.node(1))  # one folder of jars for all nodes
     if args.command == "start":
         try:
             started = cluster.start(timeout=args.timeout)
