@@ -180,7 +180,7 @@ fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/fuzz tests/e2e/test_rest_fuzz.py -m fuzz -rA --timeout=3600
 
 run: setup
-	$(PY) -m inference_service.devstack run
+	$(PY) -m devstack run
 
 # make bench (not part of make test): tools first, idempotently, all bench-only: bench-ghz (ghz's
 # runner, built with Go from bench/ghzload), wrk (Debian), MLServer in build/bench/mlserver-venv.

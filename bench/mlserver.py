@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench import procstats
-from inference_service.devstack.process import ManagedProcess, pid_alive, port_open
+from devstack.process import ManagedProcess, pid_alive, port_open
 
 logger = logging.getLogger(__name__)
 

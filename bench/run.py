@@ -63,8 +63,8 @@ from bench.report import (
     write_report,
 )
 from bench.stack import BenchStack
-from inference_service.devstack.envoy import envoy_binary
-from inference_service.devstack.stack import StackSettings, server_environment
+from devstack.envoy import envoy_binary
+from devstack.stack import StackSettings, server_environment
 from inference_service.settings import DEFAULT_MODEL_FILE
 
 logger = logging.getLogger("bench")

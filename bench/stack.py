@@ -18,9 +18,9 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from bench.payloads import MixImage
-from inference_service.devstack.cassandra import LocalCassandra
-from inference_service.devstack.process import port_open
-from inference_service.devstack.stack import LocalStack, StackSettings
+from devstack.cassandra import LocalCassandra
+from devstack.process import port_open
+from devstack.stack import LocalStack, StackSettings
 
 logger = logging.getLogger(__name__)
 

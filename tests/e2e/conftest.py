@@ -24,8 +24,8 @@ from support.http import RestClient
 from support.model_fixtures import E2E_MODELS, write_models_toml
 from support.stacks import stack_settings
 
-from inference_service.devstack.process import pid_alive
-from inference_service.devstack.stack import LocalStack
+from devstack.process import pid_alive
+from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
 logger = logging.getLogger(__name__)

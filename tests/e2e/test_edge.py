@@ -18,7 +18,7 @@ from support.envoy_upstream import envoy_stats
 from support.h2_streams import open_idle_streams, pump
 from support.http import RestClient
 
-from inference_service.devstack.stack import LocalStack
+from devstack.stack import LocalStack
 
 INVOKE = "/inference.v1.InferenceService/Invoke"
 

@@ -41,7 +41,7 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from PIL import Image
 from support.http import Reply, RestClient, assert_status_json
 
-from inference_service.devstack.stack import LocalStack
+from devstack.stack import LocalStack
 from inference_service.limits import (
     MAX_ID_CHARS,
     MAX_METADATA_KEY_BYTES,

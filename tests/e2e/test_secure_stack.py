@@ -18,7 +18,7 @@ from support.credentials import AUDIENCE, ISSUER, SCOPE, TlsFiles, TokenIssuer, 
 from support.http import RestClient, assert_status_json
 from support.stacks import REPO_ROOT, stack_settings
 
-from inference_service.devstack.stack import LocalStack
+from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
 

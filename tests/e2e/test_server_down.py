@@ -17,9 +17,9 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.http import RestClient, assert_status_json
 
-from inference_service.devstack.process import port_open
-from inference_service.devstack.server import LocalServer
-from inference_service.devstack.stack import LocalStack
+from devstack.process import port_open
+from devstack.server import LocalServer
+from devstack.stack import LocalStack
 
 
 def stop(server: LocalServer) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import FaultReport, InvokeLoad, read_back
 from support.stacks import running_stack, stack_settings
 
-from inference_service.devstack.cassandra import LocalCassandraCluster
+from devstack.cassandra import LocalCassandraCluster
 from inference_service.stores.cassandra import CassandraConfig
 
 VICTIM = 2

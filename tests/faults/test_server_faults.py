@@ -10,7 +10,7 @@ import pytest
 from conftest import FaultReport, InvokeLoad, read_back
 from support.stacks import running_stack, stack_settings
 
-from inference_service.devstack.stack import LocalStack
+from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
 LEASE_S = 2.0

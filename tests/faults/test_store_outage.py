@@ -15,9 +15,9 @@ from conftest import FaultReport
 from support.http import RestClient, assert_status_json
 from support.stacks import running_stack, stack_settings
 
-from inference_service.devstack.cassandra import LocalCassandra, cql_answers
-from inference_service.devstack.server import grpc_serving
-from inference_service.devstack.stack import LocalStack
+from devstack.cassandra import LocalCassandra, cql_answers
+from devstack.server import grpc_serving
+from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
 OUTAGE_S = 125.0

@@ -18,15 +18,15 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import SimpleStatement
 
-from inference_service.devstack import cassandra as devstack_cassandra
-from inference_service.devstack.cassandra import (
+from devstack import cassandra as devstack_cassandra
+from devstack.cassandra import (
     LocalCassandra,
     LocalCassandraCluster,
     cluster_root,
     default_root,
     ring_tokens,
 )
-from inference_service.devstack.stack import LocalStack, StackSettings
+from devstack.stack import LocalStack, StackSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUEST_TIMEOUT_S = 20.0

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inference_service.devstack import cassandra as devstack_cassandra
-from inference_service.devstack.cassandra import LocalCassandra, default_root
-from inference_service.devstack.process import ProcessError
+from devstack import cassandra as devstack_cassandra
+from devstack.cassandra import LocalCassandra, default_root
+from devstack.process import ProcessError
 
 LOCAL = not (
     os.environ.get("INFERENCE_CASSANDRA_CONTACT_POINTS")

@@ -19,8 +19,8 @@ import pytest
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+from devstack.cassandra import LocalCassandra
 from inference_service.app import Application
-from inference_service.devstack.cassandra import LocalCassandra
 from inference_service.domain import Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.errors import StoreUnavailableError
 from inference_service.settings import Settings

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import pytest
 from support.certificates import TestCA
 
-from inference_service.devstack.cassandra import (
+from devstack.cassandra import (
     DEFAULT_SUPERUSER,
     ClientTls,
     LocalCassandra,
     default_root,
 )
-from inference_service.devstack.process import free_port
+from devstack.process import free_port
 from inference_service.domain import Invocation, ModelInfo, ModelInput, State
 from inference_service.errors import StoreUnavailableError
 from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore

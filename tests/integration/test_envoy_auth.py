@@ -21,8 +21,8 @@ from support.credentials import AUDIENCE, ISSUER, SCOPE, TlsFiles, TokenIssuer, 
 from support.envoy_upstream import FakeInferenceService, rest_client, running_envoy, serve_fake
 from support.http import RestClient, assert_status_json
 
-from inference_service.devstack.envoy import EnvoySettings, LocalEnvoy, render_config
-from inference_service.devstack.envoy import main as envoy_main
+from devstack.envoy import EnvoySettings, LocalEnvoy, render_config
+from devstack.envoy import main as envoy_main
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,8 @@ from support.envoy_upstream import (
 )
 from support.http import RestClient, assert_status_json
 
-from inference_service.devstack.envoy import EnvoyError, LocalEnvoy, render_config
-from inference_service.devstack.process import free_port
+from devstack.envoy import EnvoyError, LocalEnvoy, render_config
+from devstack.process import free_port
 from inference_service.limits import RequestLimits
 
 

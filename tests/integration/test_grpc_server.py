@@ -22,8 +22,8 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from PIL import Image
 from support.reference import assert_matches_reference
 
+from devstack.process import free_port, port_open
 from inference_service.app import Application
-from inference_service.devstack.process import free_port, port_open
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraInvocationStore
 

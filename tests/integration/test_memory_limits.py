@@ -22,9 +22,9 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from PIL import Image, TiffImagePlugin
 
+from devstack.process import free_port
+from devstack.server import LocalServer, grpc_serving
 from inference_service.admission import BUSY_MEMORY_MESSAGE, BUSY_QUEUE_MESSAGE
-from inference_service.devstack.process import free_port
-from inference_service.devstack.server import LocalServer, grpc_serving
 
 CLIENTS = 8
 PEAK_RSS_LIMIT = 600 * 1000 * 1000

@@ -29,9 +29,9 @@ from support.model_fixtures import (
 )
 from support.reference import assert_matches_reference
 
+from devstack.process import free_port, port_open
 from inference_service.app import Application
 from inference_service.detection.model_source import file_sha256, tree_sha256
-from inference_service.devstack.process import free_port, port_open
 from inference_service.models.config import ModelConfigError
 from inference_service.models.loader import ModelLoadError
 from inference_service.settings import Settings

@@ -29,12 +29,12 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from inference_service.devstack.cassandra import (
+from devstack.cassandra import (
     LocalCassandra,
     LocalCassandraCluster,
     default_root,
 )
-from inference_service.devstack.process import free_port
+from devstack.process import free_port
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraConfig, build_cluster
 from inference_service.stores.cassandra_schema import create_schema

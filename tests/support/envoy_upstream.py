@@ -24,8 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from inference_service.devstack.envoy import EnvoySettings, LocalEnvoy
-from inference_service.devstack.process import free_port
+from devstack.envoy import EnvoySettings, LocalEnvoy
+from devstack.process import free_port
 from inference_service.limits import (
     MAX_METADATA_KEY_BYTES,
     MAX_METADATA_VALUE_BYTES,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from inference_service.devstack.process import free_port
+from devstack.process import free_port
 
 RFB_TFLITE = "models/tflite/version-RFB-320_without_postprocessing.tflite"
 SLIM_TFLITE = "models/tflite/version-slim-320_without_postprocessing.tflite"

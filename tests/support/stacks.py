@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from inference_service.devstack.process import free_port, free_ports, pid_alive
-from inference_service.devstack.stack import LocalStack, StackSettings
+from devstack.process import free_port, free_ports, pid_alive
+from devstack.stack import LocalStack, StackSettings
 from inference_service.stores.cassandra import CassandraConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -106,7 +106,7 @@ def test_envoy_is_the_tested_version_and_only_envoy_publishes_a_port(compose):
 
 def test_envoy_config_is_rendered_for_the_compose_network(compose):
     render = " ".join(compose["services"]["envoy-config"]["command"])
-    assert "python -m inference_service.devstack.envoy render" in render
+    assert "python -m devstack.envoy render" in render
     assert "--upstream server:50051" in render
     assert "--listen-host 0.0.0.0" in render
     # The internal listener (health, reflection) is not published: only the public port is.

@@ -1,4 +1,4 @@
-"""`python -m inference_service.devstack run`: the whole stack in the foreground (make run)."""
+"""`python -m devstack run`: the whole stack in the foreground (make run)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference_service.devstack.cassandra import LocalCassandraCluster
-from inference_service.devstack.stack import LocalStack, StackSettings
+from devstack.cassandra import LocalCassandraCluster
+from devstack.stack import LocalStack, StackSettings
 
 EXAMPLES = """\
 inference-service is up.
@@ -49,7 +49,7 @@ def cassandra_name(stack: LocalStack) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference_service.devstack")
+    parser = argparse.ArgumentParser(prog="python -m devstack")
     parser.add_argument("command", choices=("run",), help="run: start the stack until Ctrl-C")
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

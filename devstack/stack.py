@@ -1,6 +1,6 @@
 """The whole local stack: Cassandra, the inference server and Envoy, started and stopped together.
 
-Used by ``make run`` (``python -m inference_service.devstack run``) and by the end-to-end
+Used by ``make run`` (``python -m devstack run``) and by the end-to-end
 tests, so there is one implementation of the orchestration.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
-from inference_service.devstack.cassandra import LocalCassandra, LocalCassandraCluster
-from inference_service.devstack.envoy import EnvoySettings, LocalEnvoy
-from inference_service.devstack.server import LocalServer
+from devstack.cassandra import LocalCassandra, LocalCassandraCluster
+from devstack.envoy import EnvoySettings, LocalEnvoy
+from devstack.server import LocalServer
 from inference_service.limits import RequestLimits
 from inference_service.settings import Settings
 

@@ -11,7 +11,7 @@ servers behind it always agree on what the largest request and response are. Its
 JWT authentication and public health/reflection) come from an ``EnvoySettings``
 (``INFERENCE_ENVOY_*``).
 
-Run as ``python -m inference_service.devstack.envoy render --out PATH ...`` to write a rendered
+Run as ``python -m devstack.envoy render --out PATH ...`` to write a rendered
 config for another Envoy (e.g. the one of compose.yaml); it takes the limits from the same
 ``INFERENCE_*`` variables as the server (``INFERENCE_MAX_CONTENT_BYTES``, ...) and the edge
 settings from ``INFERENCE_ENVOY_*`` (flags override them).
@@ -35,7 +35,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from inference_service.devstack.process import (
+from devstack.process import (
     ManagedProcess,
     ProcessError,
     port_open,
@@ -643,9 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write a rendered config for an Envoy that runs elsewhere (e.g. the one of compose.yaml).
     Its size limits derive from the servers' settings, read from the same INFERENCE_* variables
     (INFERENCE_MAX_CONTENT_BYTES, INFERENCE_MAX_METADATA_ENTRIES): give it the servers' values."""
-    parser = argparse.ArgumentParser(
-        prog="python -m inference_service.devstack.envoy", description=main.__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m devstack.envoy", description=main.__doc__)
     parser.add_argument("command", choices=("render",))
     parser.add_argument("--template", type=Path, default=TEMPLATE_PATH)
     parser.add_argument(

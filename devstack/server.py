@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inference_service.devstack.process import ManagedProcess
+from devstack.process import ManagedProcess
 
 logger = logging.getLogger(__name__)
 
