@@ -35,7 +35,7 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults fuzz run bench clean
+.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults test-docker test-testcontainers docker-images fuzz run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -45,6 +45,7 @@ help:
 	@echo "make lint     ruff + buf lint"
 	@echo "make fuzz     property-based fuzzing of the gRPC and REST APIs, 10,000 cases a test"
 	@echo "make bench    benchmarks against the local stack"
+	@echo "make docker-images  a Docker engine and every image, built here without a registry"
 	@echo "make lock     re-resolve and pin the Python dependencies (server/requirements.lock)"
 
 setup: $(VENV)/.installed node_modules/.installed build/.compose-schema $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) clients
@@ -156,12 +157,18 @@ server/gen/.generated: $(PROTOS) buf.yaml buf.gen.yaml tools/protoc-gen-grpc_pyt
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check server/src tests tools/protoc-gen-grpc_python
-	$(VENV)/bin/ruff format --check server/src tests
+	$(VENV)/bin/ruff check server/src tests devstack docker tools/protoc-gen-grpc_python
+	$(VENV)/bin/ruff format --check server/src tests devstack docker
 	$(BUF) lint
 
+# Every test; tests/docker (the compose stack) runs last and is skipped without a Docker engine
+# and the images of `make docker-images` (a failure with INFERENCE_TEST_DOCKER=required, as in
+# CI); where they are there, the testcontainers path runs after it.
 test: setup breaking
 	$(PY) -m pytest tests
+	@if [ "$$INFERENCE_TEST_DOCKER" = required ] || $(PY) -m devstack.docker status --require-images >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory test-testcontainers; \
+	else echo "testcontainers path skipped: no Docker engine or images (make docker-images)"; fi
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
@@ -174,6 +181,21 @@ test-e2e: setup
 
 test-faults: setup
 	$(PY) -m pytest tests/faults
+
+test-docker: setup
+	$(PY) -m pytest tests/docker
+
+# The store contract suite and the server tests against a Cassandra container (testcontainers:
+# the image of `make docker-images` on the host's network, else the official one).
+test-testcontainers: setup
+	INFERENCE_TEST_CASSANDRA=testcontainers $(PY) -m pytest tests/integration/test_cassandra_endpoint.py tests/integration/test_store_contract.py tests/integration/test_grpc_server.py
+
+# Docker without a registry (devstack/docker.py): an engine (dockerd started, and installed with
+# apt as root, when none answers; `python -m devstack.docker stop` stops it), the compose plugin
+# (built with Go when missing), a debootstrap base and every image compose.airgap.yaml, the
+# docker tests and the testcontainers path use. Idempotent; a second run is quick (build cache).
+docker-images:
+	$(PYTHON) -m devstack.docker images
 
 # The fuzz tests also run in `make test`, with a few hundred cases each (profile "quick").
 fuzz: setup

@@ -663,6 +663,23 @@ class LocalCassandra:
         )
         return True
 
+    def exec_foreground(self) -> None:
+        """Become the node: write the config and replace this process with the JVM (``exec``).
+
+        For containers, where the node is the main process and gets the stop signal itself.
+        Never returns."""
+        argv = self.jvm_command()
+        self.write_config()
+        logger.info(
+            "Cassandra %s on %s:%d, data in %s",
+            self.version,
+            self.host,
+            self.native_port,
+            self.root,
+        )
+        os.chdir(self.root)
+        os.execvp(argv[0], argv)  # noqa: S606 (the argv of jvm_command, no shell)
+
     def configured_native_port(self) -> int | None:
         """The CQL port in the last generated ``cassandra.yaml`` (that of a running node)."""
         try:
@@ -965,8 +982,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "command",
-        choices=("fetch", "start", "stop", "status"),
-        help="fetch: only resolve the jars (Maven), e.g. in a CI setup step",
+        choices=("fetch", "start", "stop", "status", "run"),
+        help="fetch: only resolve the jars (Maven), e.g. in a CI setup step; run: the node in "
+        "the foreground, as this process (containers: the jars must be in --dist-dir already)",
     )
     parser.add_argument(
         "--root",
@@ -985,6 +1003,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="start timeout (of each node), seconds"
     )
+    parser.add_argument("--dist-dir", type=Path, default=None, help="default: <root>/dist")
+    parser.add_argument("--max-heap", default="1G", help="-Xmx (default 1G)")
+    parser.add_argument(
+        "--full-jit",
+        action="store_true",
+        help="C2 as well as C1 (slower start, full speed once warm); default C1 only",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
@@ -995,11 +1020,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cluster_command(args)
 
     node = LocalCassandra(
-        args.root, host=args.host, native_port=args.port, storage_port=args.storage_port
+        args.root,
+        host=args.host,
+        native_port=args.port,
+        storage_port=args.storage_port,
+        dist_dir=args.dist_dir,
+        max_heap=args.max_heap,
+        c1_only=not args.full_jit,
+        # A container's image is read-only to it in spirit: no class archive written at exit.
+        class_data_sharing=args.command != "run",
     )
     where = f"{node.host}:{node.native_port}"
     if args.command == "fetch":
         return _fetch(node)
+    if args.command == "run":
+        if not (node.lib_dir / ".complete").is_file():
+            print(f"no Cassandra jars in {node.lib_dir}: `fetch` them first", file=sys.stderr)
+            return 1
+        node.exec_foreground()
     if args.command == "start":
         try:
             started = node.start(timeout=args.timeout)

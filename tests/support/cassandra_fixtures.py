@@ -6,7 +6,9 @@ Which Cassandra (``cassandra_endpoint``), in this order:
 
 * ``INFERENCE_CASSANDRA_CONTACT_POINTS`` set: that cluster (with ``INFERENCE_CASSANDRA_PORT``,
   ``_LOCAL_DC``, ``_USERNAME``, ``_PASSWORD``); nothing is started.
-* ``INFERENCE_TEST_CASSANDRA=testcontainers``: a ``cassandra:5.0`` container (needs Docker).
+* ``INFERENCE_TEST_CASSANDRA=testcontainers``: a Cassandra container (needs Docker): the image
+  of ``make docker-images`` on the host's network where it was built (no registry needed), else
+  the official ``cassandra:5.0`` with a mapped port; ``INFERENCE_TEST_CASSANDRA_IMAGE`` picks one.
 * otherwise the local dev node (``LocalCassandra``, ``build/cassandra``): reused when it runs,
   else started, and then stopped at the end of the session.
 
@@ -32,8 +34,10 @@ import pytest
 from devstack.cassandra import (
     LocalCassandra,
     LocalCassandraCluster,
+    cql_answers,
     default_root,
 )
+from devstack.docker import CASSANDRA_IMAGE, image_exists, wait_for_image_build
 from devstack.process import free_port
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraConfig, build_cluster
@@ -54,13 +58,60 @@ def _external_cluster() -> Iterator[CassandraConfig]:
 
 @contextlib.contextmanager
 def _testcontainer() -> Iterator[CassandraConfig]:
-    from testcontainers.community.cassandra import CassandraContainer
+    """A Cassandra container (testcontainers): the image of ``INFERENCE_TEST_CASSANDRA_IMAGE``,
+    else the locally built one of ``make docker-images`` when it is there, else the official
+    ``cassandra:5.0`` (from a registry, on a bridge network with a mapped port)."""
+    wait_for_image_build(timeout=1800)  # e.g. CI's `make docker-images` in the background
+    image = os.environ.get("INFERENCE_TEST_CASSANDRA_IMAGE") or (
+        CASSANDRA_IMAGE if image_exists(CASSANDRA_IMAGE) else TESTCONTAINERS_IMAGE
+    )
+    if image == TESTCONTAINERS_IMAGE:
+        from testcontainers.community.cassandra import CassandraContainer
 
-    with CassandraContainer(TESTCONTAINERS_IMAGE) as container:
-        ((host, port),) = container.get_contact_points()
-        yield CassandraConfig(
-            contact_points=(host,), port=port, local_dc=container.get_local_datacenter()
-        )
+        with CassandraContainer(image) as container:
+            ((host, port),) = container.get_contact_points()
+            yield CassandraConfig(
+                contact_points=(host,), port=port, local_dc=container.get_local_datacenter()
+            )
+        return
+    with _host_network_container(image) as port:
+        yield CassandraConfig(contact_points=("127.0.0.1",), port=port)
+
+
+@contextlib.contextmanager
+def _host_network_container(image: str) -> Iterator[int]:
+    """The project's Cassandra image on the host's network (where no bridge network may be
+    made, mapped ports don't exist), listening on free ports of 127.0.0.1; yields the CQL port.
+
+    Testcontainers' reaper (Ryuk) is an image from a registry: it is turned off here unless
+    ``TESTCONTAINERS_RYUK_DISABLED`` says otherwise, and the container is removed on exit."""
+    from testcontainers.core.config import testcontainers_config
+    from testcontainers.core.container import DockerContainer
+
+    if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ:
+        testcontainers_config.ryuk_disabled = True
+    port = free_port_on(("127.0.0.1",))
+    storage_port = free_port_on(("127.0.0.1",), exclude=(port,))
+    container = (
+        DockerContainer(image)
+        .with_kwargs(network_mode="host")
+        .with_env("CASSANDRA_LISTEN_ADDRESS", "127.0.0.1")
+        .with_env("CASSANDRA_NATIVE_PORT", str(port))
+        .with_env("CASSANDRA_STORAGE_PORT", str(storage_port))
+    )
+    with container:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not cql_answers("127.0.0.1", port, timeout=2.0):
+            container.get_wrapped_container().reload()
+            status = container.get_wrapped_container().status
+            if status != "running" or time.monotonic() > deadline:
+                stdout, stderr = container.get_logs()
+                pytest.fail(
+                    f"Cassandra container ({image}) {status}, CQL on 127.0.0.1:{port} does not "
+                    f"answer:\n{(stdout + stderr).decode(errors='replace')[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield port
 
 
 @contextlib.contextmanager

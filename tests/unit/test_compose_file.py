@@ -1,4 +1,5 @@
-"""compose.yaml and server/Dockerfile, checked without Docker.
+"""compose.yaml, compose.airgap.yaml and the Dockerfiles, checked without Docker (tests/docker
+runs them).
 
 The Compose file is validated against the compose-spec JSON schema that the Go module
 github.com/compose-spec/compose-go/v2 ships (the loader of `docker compose`), when that module
@@ -24,9 +25,26 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMA_GLOB = "github.com/compose-spec/compose-go/v2@v*/schema/compose-spec.json"
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (``!reset``, ``!override``): the tagged value as is."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: loader.construct_sequence(node))
+ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))
+
+
+def load_compose(name: str) -> dict[str, Any]:
+    return yaml.load((REPO / name).read_text(), Loader=ComposeLoader)
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((REPO / "compose.yaml").read_text())
+    return load_compose("compose.yaml")
+
+
+@pytest.fixture(scope="module")
+def airgap() -> dict[str, Any]:
+    return load_compose("compose.airgap.yaml")
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -49,7 +67,8 @@ def compose_schema_path() -> Path | None:
     return max(found, key=_version_key) if found else None
 
 
-def test_compose_file_matches_the_compose_spec_schema(compose):
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.airgap.yaml"])
+def test_compose_files_match_the_compose_spec_schema(name):
     schema_path = compose_schema_path()
     if schema_path is None:
         pytest.skip(
@@ -58,7 +77,7 @@ def test_compose_file_matches_the_compose_spec_schema(compose):
         )
     schema = json.loads(schema_path.read_text())
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(compose), key=lambda error: list(error.path))
+    errors = sorted(validator.iter_errors(load_compose(name)), key=lambda error: list(error.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
@@ -80,7 +99,11 @@ def test_cassandra_is_the_official_image_with_a_cqlsh_healthcheck(compose):
 
 def test_server_is_built_here_and_points_at_cassandra(compose):
     server = compose["services"]["server"]
-    assert server["build"] == {"context": ".", "dockerfile": "server/Dockerfile"}
+    assert server["build"] == {
+        "context": ".",
+        "dockerfile": "server/Dockerfile",
+        "target": "server",
+    }
     env = server["environment"]
     assert env["INFERENCE_CASSANDRA_CONTACT_POINTS"] == "cassandra"
     assert env["INFERENCE_STORE"] == "cassandra"
@@ -116,14 +139,44 @@ def test_envoy_config_is_rendered_for_the_compose_network(compose):
     assert envoy_command[:3] == ["envoy", "-c", "/etc/envoy/generated/envoy.yaml"]
 
 
-def test_dockerfile_generates_stubs_and_serves():
+def test_dockerfile_generates_stubs_and_serves_the_service_alone():
     dockerfile = (REPO / "server" / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
-    assert stages == ["golang:1.26", "python:3.11-slim", "python:3.11-slim"]
+    stages = re.findall(r"^FROM (.+)$", dockerfile, flags=re.MULTILINE)
+    assert stages == [
+        "${PYTHON_IMAGE} AS protos",
+        "${PYTHON_IMAGE} AS server",
+        "server AS envoy-config",
+        "server",  # the default target
+    ]
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
     assert "grpc_tools.protoc" in dockerfile
     assert "--descriptor_set_out=protos/descriptor.binpb" in dockerfile
     assert 'CMD ["inference-service", "serve"]' in dockerfile
     assert re.search(r"^USER inference$", dockerfile, flags=re.MULTILINE)
+    # The dev stack goes only into the envoy-config target, after the server stage ends.
+    server_stage = dockerfile.split("AS server\n")[1].split("\nFROM ")[0]
+    assert "devstack" not in server_stage
+    assert "COPY devstack/" in dockerfile.split("AS envoy-config\n")[1]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "server/Dockerfile",
+        "docker/python/Dockerfile",
+        "docker/cassandra/Dockerfile",
+        "docker/envoy/Dockerfile",
+    ],
+)
+def test_dockerfiles_build_without_a_registry_frontend_or_buildkit_only_syntax(path):
+    """No `# syntax=` line (BuildKit would pull a frontend image for it) and no heredocs or
+    RUN --mount (the classic builder, all an engine without buildx has, can't build them)."""
+    text = (REPO / path).read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, flags=re.MULTILINE | re.IGNORECASE)
+    assert "<<" not in text
+    assert "--mount=" not in text
+    # Extra CA certificates reach pip through the helper only, never an image's trust store.
+    assert "update-ca-certificates" not in text
 
 
 def test_every_compose_variable_has_a_default():
@@ -143,3 +196,40 @@ def test_server_and_envoy_config_get_the_same_size_limits(compose):
     for name in ("INFERENCE_MAX_CONTENT_BYTES", "INFERENCE_MAX_METADATA_ENTRIES"):
         assert name in server_env and name in config_env, name
         assert server_env[name] == config_env[name], name
+
+
+def test_every_airgap_variable_has_a_default():
+    text = (REPO / "compose.airgap.yaml").read_text()
+    variables = re.findall(r"\$\{([^}]*)\}", text)
+    assert variables and all(":-" in variable for variable in variables), variables
+
+
+def test_airgap_override_uses_local_images_and_the_hosts_network(compose, airgap):
+    from devstack.docker import CASSANDRA_IMAGE, ENVOY_IMAGE, PYTHON_IMAGE
+
+    services = airgap["services"]
+    assert set(services) == set(compose["services"])
+    assert all(service["network_mode"] == "host" for service in services.values())
+    assert services["cassandra"]["image"] == CASSANDRA_IMAGE
+    assert services["envoy"]["image"] == ENVOY_IMAGE
+    assert services["envoy"]["ports"] == []  # !reset: nothing published on the host network
+    for name in ("cassandra", "envoy"):
+        assert services[name]["pull_policy"] == "never"
+    for name in ("server", "envoy-config"):
+        assert services[name]["build"]["args"] == {"PYTHON_IMAGE": PYTHON_IMAGE}
+        assert services[name]["build"]["network"] == "host"
+
+
+def test_airgap_default_ports_do_not_clash_with_make_run(airgap):
+    text = (REPO / "compose.airgap.yaml").read_text()
+    defaults = {
+        name: int(port)
+        for name, port in re.findall(r"\$\{(INFERENCE_COMPOSE_\w+_PORT):-(\d+)\}", text)
+    }
+    assert len(defaults) == 7, defaults
+    make_run_ports = {9042, 7000, 50051, 50052, 8080, 8081, 9901, 9464}
+    assert not set(defaults.values()) & make_run_ports
+    assert len(set(defaults.values())) == len(defaults)
+    render = " ".join(airgap["services"]["envoy-config"]["command"])
+    assert "--upstream 127.0.0.1:${INFERENCE_COMPOSE_SERVER_PORT:-50061}" in render
+    assert "--listen-host 127.0.0.1" in render
