@@ -271,3 +271,116 @@ async def test_a_claim_that_stays_pending_is_unavailable_not_ok(store, detector,
     with pytest.raises(InvocationPendingError, match="still being processed"):
         await service.invoke(ModelInput("stuck", PNG))
     assert detector.calls == 0
+
+
+# --- the model run beside the claim (speculative_model_run) -------------------------------------
+
+
+class SlowClaimStore(InMemoryInvocationStore):
+    """The in-memory store whose claims take ``delay`` seconds (a Cassandra round trip), and
+    fail when ``fail`` is set (the store unreachable)."""
+
+    def __init__(self, delay: float = 0.1, *, fail: bool = False) -> None:
+        super().__init__()
+        self.delay = delay
+        self.fail = fail
+        self.model_calls_at_claim_end: list[int] = []
+        self.detector: FakeDetector | None = None
+
+    async def claim(self, pending: Invocation) -> Invocation | None:
+        await asyncio.sleep(self.delay)
+        if self.detector is not None:
+            self.model_calls_at_claim_end.append(self.detector.calls)
+        if self.fail:
+            from inference_service.errors import StoreUnavailableError
+
+            raise StoreUnavailableError("the store is unreachable")
+        return await super().claim(pending)
+
+
+async def test_speculation_runs_the_model_during_the_claim(executor) -> None:
+    store = SlowClaimStore(0.1)
+    detector = FakeDetector()
+    store.detector = detector
+    service = make_service(store, detector, executor, speculative_model_run=True)
+    done = await service.invoke(ModelInput("spec", PNG))
+    assert done.state is State.SUCCEEDED
+    assert store.model_calls_at_claim_end == [1]  # the model ran before the claim answered
+    assert detector.calls == 1
+    assert await store.get("spec") == done
+
+
+async def test_without_speculation_the_model_runs_after_the_claim(executor) -> None:
+    store = SlowClaimStore(0.05)
+    detector = FakeDetector()
+    store.detector = detector
+    service = make_service(store, detector, executor)
+    await service.invoke(ModelInput("serial", PNG))
+    assert store.model_calls_at_claim_end == [0]
+    assert detector.calls == 1
+
+
+async def test_speculative_losers_discard_their_runs_and_get_the_one_stored_result(
+    executor,
+) -> None:
+    store = SlowClaimStore(0.01)
+    detector = FakeDetector(delay=0.02)
+    service = make_service(store, detector, executor, speculative_model_run=True)
+    results = await asyncio.gather(*(service.invoke(ModelInput("same", PNG)) for _ in range(5)))
+    stored = await store.get("same")
+    assert stored.state is State.SUCCEEDED
+    assert all(result == stored for result in results)  # every caller: the stored result
+    assert detector.calls == 5  # each ran the model once; only the owner's run was stored
+    await service.wait_idle()
+    assert detector.calls == 5
+
+
+async def test_speculative_run_of_a_replayed_id_is_discarded(executor) -> None:
+    store = SlowClaimStore(0.0)
+    detector = FakeDetector()
+    service = make_service(store, detector, executor, speculative_model_run=True)
+    first = await service.invoke(ModelInput("replay", PNG, {"a": "1"}))
+    again = await service.invoke(ModelInput("replay", PNG, {"a": "2"}))
+    assert again == first
+    assert detector.calls == 2
+    with pytest.raises(AlreadyExistsError):
+        await service.invoke(ModelInput("replay", JPEG))
+    assert await store.get("replay") == first
+
+
+async def test_speculation_with_a_failed_claim_stores_nothing(executor) -> None:
+    from inference_service.errors import StoreUnavailableError
+
+    store = SlowClaimStore(0.0, fail=True)
+    detector = FakeDetector(delay=0.05)
+    service = make_service(store, detector, executor, speculative_model_run=True)
+    with pytest.raises(StoreUnavailableError):
+        await service.invoke(ModelInput("lost", PNG))
+    assert detector.calls == 1  # the run ended before the call did (it holds the image)
+    store.fail = False
+    assert await store.get("lost") is None
+
+
+async def test_speculative_model_failure_marks_failed(executor) -> None:
+    store = SlowClaimStore(0.02)
+    service = make_service(store, FakeDetector(fail=True), executor, speculative_model_run=True)
+    with pytest.raises(ModelError):
+        await service.invoke(ModelInput("f", PNG))
+    stored = await store.get("f")
+    assert stored.state is State.FAILED
+    assert stored.input.content == PNG
+
+
+async def test_cancelled_speculative_invoke_still_stores_its_outcome(executor) -> None:
+    store = SlowClaimStore(0.05)
+    detector = FakeDetector(delay=0.2)
+    service = make_service(store, detector, executor, speculative_model_run=True)
+    call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
+    await asyncio.sleep(0.1)  # claimed, model running
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await service.wait_idle()
+    stored = await service.get_invocation("cancelled")
+    assert stored.state is State.SUCCEEDED
+    assert detector.calls == 1

@@ -169,6 +169,7 @@ class Application:
             limits=limits,
             pending_wait_s=settings.pending_wait_s,
             claim_lease_s=settings.claim_lease_s,
+            speculative_model_run=settings.speculative_model_run,
         )
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes

@@ -111,9 +111,11 @@ class InferenceService:
         pending_wait_s: float = 5.0,
         claim_lease_s: float = 60.0,
         admission: Admission | None = None,
+        speculative_model_run: bool = False,
     ) -> None:
         """``models``: the registry the model of each Invoke comes from; or ``detector``, the
-        one model served (tests)."""
+        one model served (tests). ``speculative_model_run``: start the model beside the claim
+        (a loser of the claim discards its run)."""
         if models is None:
             if detector is None:
                 raise TypeError("InferenceService needs models or a detector")
@@ -134,6 +136,7 @@ class InferenceService:
         # that started them is cancelled, so that no claimed id stays PENDING.
         self._runs: set[asyncio.Future[Invocation]] = set()
         self._lease = dt.timedelta(seconds=claim_lease_s)
+        self._speculate = speculative_model_run
 
     async def invoke(self, model_input: ModelInput, model: str = "") -> Invocation:
         """Validate, claim the id, run the model, store and return the invocation.
@@ -209,14 +212,27 @@ class InferenceService:
     async def _claim_and_run(
         self, pending: Invocation, image: np.ndarray, detector: Detector
     ) -> Invocation:
-        existing = await self._store.claim(pending)
-        if existing is None:
-            return await self._run_model(pending, image, detector)
-        if existing.content_sha256 != pending.content_sha256:
-            raise AlreadyExistsError(
-                f"id {existing.id!r} is already used by an input with different content"
-            )
-        return await self._await_outcome(existing, pending, image)
+        """Claim the id, then run the model and store the outcome (owner), or answer with the
+        owner's outcome (loser). With speculation, the model already runs during the claim;
+        every path waits for that run to end before the unit of work does (it holds the image,
+        which the admission's memory budget counts until then)."""
+        model_run = self._start_model(detector, image) if self._speculate else None
+        try:
+            existing = await self._store.claim(pending)
+            if existing is None:
+                return await self._run_model(pending, image, detector, model_run)
+            if existing.content_sha256 != pending.content_sha256:
+                raise AlreadyExistsError(
+                    f"id {existing.id!r} is already used by an input with different content"
+                )
+            return await self._await_outcome(existing, pending, image, (detector, model_run))
+        finally:
+            if model_run is not None:
+                # The loser's (or a failed claim's) run is discarded, its error too.
+                await asyncio.gather(model_run, return_exceptions=True)
+
+    def _start_model(self, detector: Detector, image: np.ndarray) -> asyncio.Future[ModelOutput]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, detector.detect, image)
 
     def _decode_and_hash(self, content: bytes) -> tuple[np.ndarray, str]:
         """Blocking: the decoded image and the content's sha256 (hex), off the event loop."""
@@ -224,15 +240,20 @@ class InferenceService:
         return image, hashlib.sha256(content).hexdigest()
 
     async def _run_model(
-        self, owned: Invocation, image: np.ndarray, detector: Detector
+        self,
+        owned: Invocation,
+        image: np.ndarray,
+        detector: Detector,
+        model_run: asyncio.Future[ModelOutput] | None = None,
     ) -> Invocation:
         """The owner of a claim: store the content while ``detector`` (the model that
-        ``owned.model`` names) runs, then the outcome (success or failure), which is written
-        only once the content is stored."""
-        loop = asyncio.get_running_loop()
+        ``owned.model`` names) runs, or finishes ``model_run``, its run started already; then
+        the outcome (success or failure), which is written only once the content is stored."""
         content = asyncio.ensure_future(self._store.store_content(owned))
+        if model_run is None:
+            model_run = self._start_model(detector, image)
         try:
-            output: ModelOutput = await loop.run_in_executor(self._executor, detector.detect, image)
+            output: ModelOutput = await asyncio.shield(model_run)
         except Exception as exc:
             logger.exception("model %s failed on input %s", owned.model.name, owned.id)
             await content
@@ -288,11 +309,16 @@ class InferenceService:
                 )
 
     async def _await_outcome(
-        self, existing: Invocation, pending: Invocation, image: np.ndarray
+        self,
+        existing: Invocation,
+        pending: Invocation,
+        image: np.ndarray,
+        started: tuple[Detector, asyncio.Future[ModelOutput] | None],
     ) -> Invocation:
         """Another Invoke of the same id and content owns the id: its stored outcome, once there
         (waiting up to ``pending_wait_s``); or, when the owner's lease has passed (it died, or
-        its store writes failed), the claim itself, taken over to run the model here."""
+        its store writes failed), the claim itself, taken over to run the model here (the
+        speculative run of ``started``, when it is of the model the id is bound to)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._pending_wait_s
         delay = 0.01
@@ -315,7 +341,9 @@ class InferenceService:
                             existing.id,
                             existing.claim.time.isoformat(),
                         )
-                        return await self._run_model(successor, image, lease.detector)
+                        detector, model_run = started
+                        reuse = model_run if lease.detector is detector else None
+                        return await self._run_model(successor, image, lease.detector, reuse)
                 finally:
                     lease.release()
                 existing = current

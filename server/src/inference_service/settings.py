@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     """How long an Invoke owns an id it claimed before a retry of the same id and content may
     take the claim over (its owner presumably died). Longer than the slowest model run plus the
     store's retry budget; keep server clocks in sync (NTP) to well under it."""
+    speculative_model_run: bool = True
+    """Run the model while the claim of the id is in flight, instead of after it: a lone Invoke
+    answers about one claim round trip sooner. An Invoke that loses the claim (a retry, or a
+    concurrent Invoke of the same id) discards its run and answers with the stored outcome, so
+    exactly one result is stored and every caller gets that one; its run is wasted CPU. Turn it
+    off where clients replay ids often."""
     pending_wait_s: float = Field(5.0, ge=0)
     """How long an Invoke of an id whose first Invoke is still running waits for its outcome
     before answering UNAVAILABLE (retry)."""
