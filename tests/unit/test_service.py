@@ -244,9 +244,10 @@ async def test_get_without_content_keeps_hash(store, detector, executor) -> None
     assert basic.output is not None
 
 
-async def test_cancelled_invoke_still_stores_its_outcome(store, executor) -> None:
+@pytest.mark.parametrize("speculate", [False, True])
+async def test_cancelled_invoke_still_stores_its_outcome(store, executor, speculate) -> None:
     detector = FakeDetector(delay=0.2)
-    service = make_service(store, detector, executor)
+    service = make_service(store, detector, executor, speculative_model_run=speculate)
     call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
     await asyncio.sleep(0.05)  # claimed, model running
     call.cancel()
@@ -369,18 +370,3 @@ async def test_speculative_model_failure_marks_failed(executor) -> None:
     stored = await store.get("f")
     assert stored.state is State.FAILED
     assert stored.input.content == PNG
-
-
-async def test_cancelled_speculative_invoke_still_stores_its_outcome(executor) -> None:
-    store = SlowClaimStore(0.05)
-    detector = FakeDetector(delay=0.2)
-    service = make_service(store, detector, executor, speculative_model_run=True)
-    call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
-    await asyncio.sleep(0.1)  # claimed, model running
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    await service.wait_idle()
-    stored = await service.get_invocation("cancelled")
-    assert stored.state is State.SUCCEEDED
-    assert detector.calls == 1
