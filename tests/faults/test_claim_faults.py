@@ -25,7 +25,7 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.app import Application
-from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, State
+from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CAS_WRITE_UNKNOWN, CassandraInvocationStore
 
@@ -47,9 +47,9 @@ class FaultyCassandraStore(CassandraInvocationStore):
         self.faults.setdefault(statement, []).append(fault)
 
     def _name(self, statement: object) -> str:
-        for name in ("claim", "take_over", "complete", "store_content_statement"):
+        for name in ("claim", "take_over", "complete"):
             if getattr(self, f"_{name}") is statement:
-                return name.removesuffix("_statement")
+                return name
         return "read"
 
     async def _execute(self, statement, params, *, profile=EXEC_PROFILE_DEFAULT):  # type: ignore[override]
@@ -96,10 +96,23 @@ async def store(cassandra_endpoint) -> AsyncIterator[FaultyCassandraStore]:
 
 
 async def assert_owned(store: CassandraInvocationStore, invocation: Invocation) -> None:
+    """The caller owns the id: its claim is stored, and its content and outcome go in."""
     stored = await store.get(invocation.id)
     assert stored is not None
     assert stored.claim == invocation.claim
+    await store.complete(succeeded(invocation))
+    stored = await store.get(invocation.id)
+    assert stored.state is State.SUCCEEDED
     assert stored.input.content == invocation.input.content
+
+
+def succeeded(invocation: Invocation) -> Invocation:
+    return dataclasses.replace(
+        invocation,
+        state=State.SUCCEEDED,
+        output=ModelOutput(detections=(), image_width=1, image_height=1),
+        complete_time=invocation.create_time,
+    )
 
 
 async def test_the_claim_is_never_retried_by_the_driver(store: FaultyCassandraStore) -> None:
@@ -119,7 +132,6 @@ async def test_a_claim_sent_twice_knows_it_won(store: FaultyCassandraStore) -> N
 
     store.inject("claim", sent_twice)
     assert await store.claim(invocation) is None
-    await store.store_content(invocation)
     await assert_owned(store, invocation)
 
 
@@ -139,7 +151,6 @@ async def test_an_applied_claim_whose_answer_was_lost_knows_it_won(
 
     store.inject("claim", applied_then_lost)
     assert await store.claim(invocation) is None
-    await store.store_content(invocation)
     await assert_owned(store, invocation)
 
 
@@ -155,7 +166,6 @@ async def test_a_claim_lost_before_it_was_applied_is_sent_again(
     store.executed.clear()
     assert await store.claim(invocation) is None
     assert store.executed[:3] == ["claim", "read", "claim"]  # the serial read settled it
-    await store.store_content(invocation)
     await assert_owned(store, invocation)
 
 
@@ -169,7 +179,7 @@ async def test_an_uncertain_claim_that_lost_returns_the_winner(
 
     async def a_competitor_won(real: Real) -> list[Any]:
         assert await CassandraInvocationStore.claim(store, winner) is None
-        await store.store_content(winner)
+        await store.complete(succeeded(winner))
         raise cas_unknown()
 
     store.inject("claim", a_competitor_won)
@@ -177,6 +187,7 @@ async def test_an_uncertain_claim_that_lost_returns_the_winner(
     assert existing is not None
     assert existing.claim == winner.claim
     assert existing.input.content == winner.input.content
+    assert existing.state is State.SUCCEEDED
 
 
 async def test_an_applied_take_over_whose_answer_was_lost_knows_it_won(
@@ -196,17 +207,15 @@ async def test_an_applied_take_over_whose_answer_was_lost_knows_it_won(
     assert (await store.get(orphan.id)).claim == successor.claim
 
 
-async def test_content_and_outcome_writes_are_retried(store: FaultyCassandraStore) -> None:
+async def test_the_content_and_outcome_write_is_retried(store: FaultyCassandraStore) -> None:
     invocation = pending()
 
     async def fails(real: Real) -> list[Any]:
         raise OperationTimedOut(errors={"127.0.0.1": "timed out"})
 
-    for _ in range(2):
-        store.inject("store_content", fails)
+    for _ in range(3):
         store.inject("complete", fails)
     assert await store.claim(invocation) is None
-    await store.store_content(invocation)
     done = dataclasses.replace(
         invocation, state=State.FAILED, error="x", complete_time=invocation.create_time
     )
@@ -239,7 +248,7 @@ def slow_answer(seconds: float) -> Fault:
     return fault
 
 
-@pytest.mark.parametrize("statement", ["claim", "store_content"])
+@pytest.mark.parametrize("statement", ["claim", "complete"])
 async def test_a_call_cancelled_during_its_write_is_finished_and_a_retry_succeeds(
     store: FaultyCassandraStore, server: Application, shared_dir, statement: str
 ) -> None:

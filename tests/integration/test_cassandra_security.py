@@ -23,7 +23,7 @@ from devstack.cassandra import (
     default_root,
 )
 from devstack.process import free_port
-from inference_service.domain import Invocation, ModelInfo, ModelInput, State
+from inference_service.domain import Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.errors import StoreUnavailableError
 from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore
 
@@ -86,7 +86,13 @@ async def test_store_connects_with_tls_and_a_password(secure_node) -> None:
             create_time=dt.datetime.now(dt.UTC).replace(microsecond=0),
         )
         assert await store.claim(invocation) is None
-        await store.store_content(invocation)
+        done = dataclasses.replace(
+            invocation,
+            state=State.SUCCEEDED,
+            output=ModelOutput(detections=(), image_width=1, image_height=1),
+            complete_time=invocation.create_time,
+        )
+        await store.complete(done)
         assert (await store.get("secure-1")).input.content == content
     finally:
         await store.close()

@@ -102,7 +102,6 @@ async def test_counters_and_stage_latencies_move_with_calls(server, stub, images
         ("decode", 1),  # the second Invoke's content is refused before any decoding
         ("model", 1),
         ("store_claim", 1),
-        ("store_content", 1),
         ("store_complete", 1),
         ("store_get", 2),
     ):

@@ -65,9 +65,8 @@ def pending(
 
 
 async def own(store: InvocationStore, invocation: Invocation) -> None:
-    """Claim ``invocation`` and store its content, as its owner does."""
+    """Claim ``invocation`` (its owner stores the content later, with the outcome)."""
     assert await store.claim(invocation) is None
-    await store.store_content(invocation)
 
 
 def succeeded(invocation: Invocation, detections: tuple[Detection, ...] = ()) -> Invocation:
@@ -108,19 +107,35 @@ def store(request: pytest.FixtureRequest) -> Iterator[InvocationStore]:
 
 
 @pytest.mark.parametrize("size", [1, 1000, EIGHT_MIB], ids=["1B", "1kB", "8MiB"])
-async def test_claim_then_get_round_trips_content_byte_identical(
+async def test_complete_then_get_round_trips_content_byte_identical(
     store: InvocationStore, size: int
 ) -> None:
     content = (JPEG_HEADER + os.urandom(size))[:size]
     invocation = pending(content=content)
+    await own(store, invocation)
+    done = succeeded(invocation)
 
+    await store.complete(done)
+
+    stored = await store.get(invocation.id)
+    assert stored == done
+    assert stored.input.content == content
+    assert dict(stored.input.metadata) == dict(invocation.input.metadata)
+
+
+async def test_a_pending_claim_reads_without_content_and_never_a_wrong_one(
+    store: InvocationStore,
+) -> None:
+    """The content comes with the outcome: until then a read has the claim's cells (hash,
+    metadata, times) and no content."""
+    invocation = pending()
     await own(store, invocation)
 
     stored = await store.get(invocation.id)
-    assert stored == invocation
-    assert stored.input.content == content
-    assert dict(stored.input.metadata) == dict(invocation.input.metadata)
+
+    assert stored == without_content(invocation)
     assert stored.state is State.PENDING
+    assert stored.content_sha256 == hashlib.sha256(invocation.input.content).hexdigest()
 
 
 async def test_get_unknown_id_returns_none(store: InvocationStore) -> None:
@@ -141,8 +156,9 @@ async def test_get_without_content_omits_content_but_keeps_sha256(store: Invocat
 async def test_empty_metadata_round_trips(store: InvocationStore) -> None:
     invocation = pending(metadata={})
     await own(store, invocation)
+    await store.complete(succeeded(invocation))
 
-    assert await store.get(invocation.id) == invocation
+    assert (await store.get(invocation.id)).input == invocation.input
 
 
 async def test_complete_records_success_with_output(store: InvocationStore) -> None:
@@ -186,10 +202,12 @@ async def test_complete_records_failure(store: InvocationStore) -> None:
     assert stored.output is None
 
 
-async def test_complete_never_changes_the_input(store: InvocationStore) -> None:
+async def test_complete_never_changes_the_rest_of_the_input(store: InvocationStore) -> None:
+    """Complete writes the content (the bytes whose hash the claim holds: the caller checked)
+    and the outcome; metadata, hash and create time stay as claimed."""
     invocation = pending()
     await own(store, invocation)
-    tampered = ModelInput(id=invocation.id, content=b"other bytes", metadata={"x": "y"})
+    tampered = ModelInput(id=invocation.id, content=invocation.input.content, metadata={"x": "y"})
     done = dataclasses.replace(
         succeeded(invocation), input=tampered, content_sha256="0" * 64, create_time=now_ms()
     )
@@ -221,8 +239,8 @@ async def test_second_claim_returns_the_stored_invocation_unchanged(
 
     existing = await store.claim(second)
 
-    assert existing == first
-    assert await store.get(first.id) == first
+    assert existing == without_content(first)  # pending: the content comes with the outcome
+    assert await store.get(first.id) == without_content(first)
 
 
 async def test_second_claim_after_completion_returns_the_outcome(store: InvocationStore) -> None:
@@ -242,14 +260,10 @@ async def test_first_writer_wins_under_concurrent_claims(store: InvocationStore)
 
     winners = [c for c, result in zip(contenders, results, strict=True) if result is None]
     assert len(winners) == 1
-    # Losers get the winner's invocation (with its content once the winner stored it).
-    assert all(
-        result.without_content() == winners[0].without_content()
-        for result in results
-        if result is not None
-    )
-    await store.store_content(winners[0])
-    assert await store.get(invocation_id) == winners[0]
+    # Losers get the winner's invocation (pending: without content until the outcome).
+    assert all(result == without_content(winners[0]) for result in results if result is not None)
+    await store.complete(succeeded(winners[0]))
+    assert (await store.get(invocation_id)).input == winners[0].input
 
 
 def claimed(invocation: Invocation, at: dt.datetime | None = None) -> Invocation:
@@ -282,16 +296,16 @@ async def test_of_concurrent_take_overs_exactly_one_wins(store: InvocationStore)
     winners = [s for s, result in zip(successors, results, strict=True) if result is None]
     assert len(winners) == 1
     assert all(r is not None and r.claim == winners[0].claim for r in results if r is not None)
-    await store.store_content(winners[0])  # the new owner stores the content again
     stored = await store.get(orphan.id)
     assert stored.claim == winners[0].claim
-    assert stored.input.content == content
-    assert dict(stored.input.metadata) == {"first": "owner"}
-    assert stored.create_time == orphan.create_time
     assert stored.state is State.PENDING
 
     done = succeeded(winners[0])
-    await store.complete(done)
+    await store.complete(done)  # the new owner stores the content with the outcome
+    stored = await store.get(orphan.id)
+    assert stored.input.content == content
+    assert dict(stored.input.metadata) == {"first": "owner"}
+    assert stored.create_time == orphan.create_time
     late = await store.take_over(stale, claimed(stale))  # the outcome is in: no take-over
     assert late == done
     assert (await store.get(orphan.id)).claim == winners[0].claim
@@ -306,7 +320,6 @@ async def test_a_take_over_records_the_model_that_runs_now(store: InvocationStor
     newer = ModelInfo(name=MODEL.name, version="9" * 64)
     successor = dataclasses.replace(claimed(stale), model=newer)
     assert await store.take_over(stale, successor) is None
-    await store.store_content(successor)
     await store.complete(succeeded(successor))
     assert (await store.get(orphan.id)).model == newer
     assert (await store.get(orphan.id, with_content=False)).model == newer
@@ -315,15 +328,18 @@ async def test_a_take_over_records_the_model_that_runs_now(store: InvocationStor
 async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:
     """Cassandra only (the in-memory store keeps no TTL)."""
     store = await CassandraInvocationStore.connect(
-        dataclasses.replace(cassandra_endpoint, default_ttl_s=2)
+        dataclasses.replace(cassandra_endpoint, default_ttl_s=4)
     )
     try:
+        # 4 s: the outcome gets the whole seconds left (at least 2), so that the row is still
+        # there for the first read even on a loaded machine.
         invocation = pending()
         await own(store, invocation)
         await store.complete(succeeded(invocation))
-        assert await store.get(invocation.id) is not None
+        stored = await store.get(invocation.id)
+        assert stored is not None and stored.state is State.SUCCEEDED
 
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(4.5)
 
         assert await store.get(invocation.id) is None
         assert await store.claim(invocation) is None  # the id is free again

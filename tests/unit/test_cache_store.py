@@ -83,6 +83,7 @@ async def test_reads_fill_the_cache_and_basic_entries_answer_basic_reads_only() 
     inner = CountingStore()
     done = finished(pending("r"))
     await inner.claim(done)
+    await inner.complete(done)
     store = CachingInvocationStore(inner, max_bytes=1 << 20)
     assert (await store.get("r", with_content=False)).input.content == b""  # cached, BASIC
     assert (await store.get("r", with_content=False)).input.content == b""

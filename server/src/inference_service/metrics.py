@@ -9,7 +9,7 @@ servers in one process (tests) never share counters. What is measured, and where
   ``grpc_server_requests_in_flight``;
 * stages (``inference_stage_seconds{stage}``): ``decode`` (image decoding and hashing),
   ``model`` (the detector), ``render``, and the store's reads and writes (``store_claim``,
-  ``store_content``, ``store_take_over``, ``store_complete``, ``store_get``), wrapped around
+  ``store_take_over``, ``store_complete`` (content and outcome), ``store_get``), wrapped around
   the components by ``timed_decode``, ``InstrumentedDetector`` and ``InstrumentedStore``;
 * ``inference_store_errors_total{operation, error}``: failed store calls;
 * ``inference_cache_requests_total{result="hit"|"miss"}``: GetInvocation reads answered by the
@@ -183,9 +183,6 @@ class InstrumentedStore:
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
         return await self._call("claim", lambda: self._inner.claim(invocation))
-
-    async def store_content(self, invocation: Invocation) -> None:
-        await self._call("content", lambda: self._inner.store_content(invocation))
 
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         return await self._call("take_over", lambda: self._inner.take_over(stale, invocation))

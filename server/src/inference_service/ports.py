@@ -71,7 +71,8 @@ class InvocationStore(Protocol):
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
         """Insert ``invocation`` (state PENDING, owned by ``invocation.claim``) unless its id
-        exists: everything but the content, which the owner stores next (``store_content``).
+        exists: everything but the content, which the owner stores with the outcome
+        (``complete``).
 
         Returns ``None`` when this call owns the id (it inserted it, also when a retried
         attempt of its own insert is what it finds), else the invocation already stored under
@@ -80,17 +81,12 @@ class InvocationStore(Protocol):
         """
         ...
 
-    async def store_content(self, invocation: Invocation) -> None:
-        """Store the content of an invocation this caller owns (after ``claim`` or
-        ``take_over``): the bytes whose hash the claim holds. Idempotent."""
-        ...
-
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         """Move the claim of ``stale`` (a PENDING invocation as read from the store) to
         ``invocation.claim``, only if ``stale.claim`` still owns it and no outcome is stored,
         and record ``invocation.model`` (the version the new owner runs). The input stays as
-        stored; the new owner stores the content again (``store_content``:
-        the same bytes, the caller checked the hash) in case the first owner died before.
+        stored; the new owner stores the content with the outcome (``complete``: the same bytes,
+        the caller checked the hash), as the first owner would have.
 
         Returns ``None`` when this call now owns the id (of several callers exactly one does),
         else the invocation as stored now.
@@ -98,9 +94,11 @@ class InvocationStore(Protocol):
         ...
 
     async def complete(self, invocation: Invocation) -> None:
-        """Record the outcome (state, output, error, complete time) of an invocation this
-        caller claimed. Never touches the input; completing an id nobody claimed is a bug
-        (it may raise ``KeyError`` and must not make the id readable)."""
+        """Record the content and the outcome (state, output, error, complete time) of an
+        invocation this caller claimed, in one write: an invocation with an outcome always has
+        its content. The content is the bytes whose hash the claim holds; the rest of the input
+        is never rewritten. Idempotent. Completing an id nobody claimed is a bug (it may raise
+        ``KeyError`` and must not make the id readable)."""
         ...
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:

@@ -246,26 +246,20 @@ class InferenceService:
         detector: Detector,
         model_run: asyncio.Future[ModelOutput] | None = None,
     ) -> Invocation:
-        """The owner of a claim: store the content while ``detector`` (the model that
-        ``owned.model`` names) runs, or finishes ``model_run``, its run started already; then
-        the outcome (success or failure), which is written only once the content is stored."""
-        content = asyncio.ensure_future(self._store.store_content(owned))
+        """The owner of a claim: run ``detector`` (the model that ``owned.model`` names), or
+        finish ``model_run``, its run started already; then store the content and the outcome
+        (success or failure) in one write."""
         if model_run is None:
             model_run = self._start_model(detector, image)
         try:
             output: ModelOutput = await asyncio.shield(model_run)
         except Exception as exc:
             logger.exception("model %s failed on input %s", owned.model.name, owned.id)
-            await content
             failed = dataclasses.replace(
                 owned, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
             )
             await self._store.complete(failed)
             raise ModelError("the model failed") from exc
-        except BaseException:
-            await asyncio.gather(content, return_exceptions=True)
-            raise
-        await content
         done = dataclasses.replace(
             owned, state=State.SUCCEEDED, output=output, complete_time=self._clock()
         )

@@ -81,9 +81,6 @@ class CachingInvocationStore:
                 self._claimed.popitem(last=False)
         return current
 
-    async def store_content(self, invocation: Invocation) -> None:
-        await self._inner.store_content(invocation)
-
     async def complete(self, invocation: Invocation) -> None:
         try:
             await self._inner.complete(invocation)

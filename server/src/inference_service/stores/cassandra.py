@@ -4,16 +4,17 @@ Design:
 
 * One row per input id in ``<keyspace>.invocations``. The claim is a lightweight transaction
   (``INSERT ... IF NOT EXISTS``) of the small cells: the first writer wins, everyone else gets
-  the stored row back from the same Paxos round. The winner then writes the content, and later
-  the outcome (``complete``), with plain updates of columns that nobody else writes and that the
-  claim never writes, so no ordering between a Paxos write and a plain one can lose either.
+  the stored row back from the same Paxos round. The winner then writes the content and the
+  outcome together (``complete``), with one plain update of columns that nobody else writes and
+  that the claim never writes, so no ordering between a Paxos write and a plain one can lose
+  them.
 * Every claim carries a ``claim_id`` (a UUID per Invoke) and a ``claim_time``. The claim is never
   retried blindly (no driver retries): a claim whose answer was lost (a timeout, a dropped
   connection, "CAS write outcome unknown") is settled by a serial read, and a row whose
   ``claim_id`` is the caller's own means the caller won. A claim whose lease has passed without
   an outcome is taken over with a conditional update on the old ``claim_id`` (``take_over``).
-* The content and outcome writes are idempotent: they are retried with exponential backoff for
-  up to ``retry_budget_s``.
+* The content-and-outcome write is idempotent: it is retried with exponential backoff for up
+  to ``retry_budget_s``.
 * With a TTL, every write of a row expires at the same moment, counted from its create time.
 * Only prepared statements; consistency ``LOCAL_QUORUM`` (configurable), serial consistency
   ``SERIAL`` (one winner in the whole cluster); token-aware, DC-aware routing; fixed protocol
@@ -215,7 +216,6 @@ class CassandraInvocationStore:
         self._claim = self._prepare(queries["claim"], retry=False)
         self._take_over = self._prepare(queries["take_over"], retry=False)
         self._complete = self._prepare(queries["complete"], idempotent=True)
-        self._store_content_statement = self._prepare(queries["store_content"], idempotent=True)
         self._get_with_content = self._prepare(queries["get_with_content"], idempotent=True)
         self._get_without_content = self._prepare(queries["get_without_content"], idempotent=True)
 
@@ -282,10 +282,10 @@ class CassandraInvocationStore:
         # The lightweight transaction claims the id with the small cells only (hash, type,
         # metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides the
         # table, so a content blob in it would be written twice and pushed through every Paxos
-        # phase. The winner then writes the content (``store_content``, while the model runs)
-        # with a plain update of a column that only it writes. Until that lands (or if the
-        # winner dies in between) the row reads as a PENDING invocation without content; losers
-        # compare hashes, which the claim holds.
+        # phase. The winner then writes the content with the outcome (``complete``), a plain
+        # update of columns that only it writes. Until that lands (or if the winner dies in
+        # between) the row reads as a PENDING invocation without content; losers compare hashes,
+        # which the claim holds.
         claim = _claim_of(invocation)
         claim_id = uuid.UUID(claim.token)
         params = (
@@ -370,6 +370,7 @@ class CassandraInvocationStore:
             return
         params = (
             ttl,
+            invocation.input.content,
             invocation.state.value,
             detections,
             output.image_width if output is not None else None,
@@ -401,13 +402,6 @@ class CassandraInvocationStore:
             raise StoreUnavailableError("invocation store unavailable") from exc
 
     # --- claim helpers ------------------------------------------------------------------
-
-    async def store_content(self, invocation: Invocation) -> None:
-        ttl = self._remaining_ttl(invocation.create_time)
-        if ttl is None:
-            return
-        params = (ttl, invocation.input.content, invocation.id)
-        await self._retrying("content", self._store_content_statement, params)
 
     async def _serial_read(
         self, invocation_id: str, operation: str, cause: BaseException | None
@@ -550,17 +544,16 @@ def _queries(table: str) -> dict[str, str]:
         " SET claim_id = ?, claim_time = ?, model_name = ?, model_version = ?"
         " WHERE id = ? IF claim_id = ? AND state = null"
     )
-    store_content = f"UPDATE {table} USING TTL ? SET content = ? WHERE id = ?"  # noqa: S608
+    # The content and the outcome in one write: a row with an outcome always has its content.
     complete = (
         f"UPDATE {table} USING TTL ?"  # noqa: S608
-        " SET state = ?, detections = ?, image_width = ?, image_height = ?, error = ?,"
-        " complete_time = ?"
+        " SET content = ?, state = ?, detections = ?, image_width = ?, image_height = ?,"
+        " error = ?, complete_time = ?"
         " WHERE id = ?"
     )
     return {
         "claim": claim,
         "take_over": take_over,
-        "store_content": store_content,
         "complete": complete,
         "get_with_content": f"SELECT {columns}, content FROM {table} WHERE id = ?",  # noqa: S608
         "get_without_content": f"SELECT {columns} FROM {table} WHERE id = ?",  # noqa: S608

@@ -20,7 +20,8 @@ class InMemoryInvocationStore:
             existing = self._items.get(invocation.id)
             if existing is not None:
                 return existing
-            self._items[invocation.id] = invocation
+            # As a real store: the content comes with the outcome (``complete``).
+            self._items[invocation.id] = invocation.without_content()
             return None
 
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
@@ -35,24 +36,16 @@ class InMemoryInvocationStore:
             )
             return None
 
-    async def store_content(self, invocation: Invocation) -> None:
-        async with self._lock:
-            stored = self._items.get(invocation.id)
-            if stored is None:
-                raise KeyError(invocation.id)
-            content = invocation.input.content
-            self._items[invocation.id] = dataclasses.replace(
-                stored, input=dataclasses.replace(stored.input, content=content)
-            )
-
     async def complete(self, invocation: Invocation) -> None:
         async with self._lock:
             stored = self._items.get(invocation.id)
             if stored is None:
                 raise KeyError(invocation.id)
-            # The input is never rewritten: only the outcome fields change.
+            # The content and the outcome fields; the rest of the input is never rewritten.
+            content = invocation.input.content
             self._items[invocation.id] = dataclasses.replace(
                 stored,
+                input=dataclasses.replace(stored.input, content=content),
                 state=invocation.state,
                 output=invocation.output,
                 complete_time=invocation.complete_time,
