@@ -9,7 +9,8 @@ so a second start reuses both the jars and the data.
 The node binds to 127.0.0.1 only, has authentication off and is tuned to start fast rather than
 to run fast: small heap, C1-only JIT, an AppCDS archive of the loaded classes (written when the
 first started node stops, used from the second start on), no gossip settle wait, a 100 ms ring
-delay, one token.
+delay, one token. On Linux its timer slack is 0.5 ms (``TIMER_SLACK_NS``): idle workers of its
+thread pools then wake up far less often.
 
 A cluster (``LocalCassandraCluster``) runs N such nodes on loopback aliases, the way ``ccm`` does:
 node i listens on ``127.0.0.i`` with the same ports as the others, keeps its files under
@@ -130,6 +131,27 @@ _CLUSTER_NODE_OPTIONS = (
     "-Dcassandra.gossip_quarantine_delay_ms=60000",
     "-Dcassandra.superuser_setup_delay_ms=1000",
     "-Dcassandra.shutdown_announce_in_ms=500",
+)
+
+TIMER_SLACK_NS = 500_000
+"""The node's timer slack, in ns (Linux: ``prctl(PR_SET_TIMERSLACK)``; the default is 50 us): how
+much later than asked the kernel may end a timed sleep, so as to batch wake-ups. Cassandra's
+shared executor pool (``SEPWorker``) keeps a worker awake for about 10 ms after each task,
+sleeping 10 us at a time (``LockSupport.parkNanos``, hard-coded, no setting), in case more work
+comes: at 10-40 requests/s that polling, not the requests, was most of the node's CPU (about
+6 ms per request in the pool's threads, 2 ms with 0.5 ms of slack; docs/performance.md, round
+three). 1 ms saved no more and slowed lightweight transactions. Every JVM thread inherits the
+slack of the process that starts it; the kernel ignores it for real-time threads. ``None`` or
+0: the system's default."""
+
+# Sets the timer slack of this process (PR_SET_TIMERSLACK is 29), then becomes the JVM, which
+# keeps it across exec and hands it to every thread it starts. argv: slack (ns), java command.
+_TIMER_SLACK_LAUNCHER = (
+    "import ctypes, os, sys; "
+    "failed = ctypes.CDLL(None, use_errno=True).prctl(29, int(sys.argv[1]), 0, 0, 0); "
+    "failed and print('cannot set the timer slack:', os.strerror(ctypes.get_errno()), "
+    "file=sys.stderr); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
 )
 
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
@@ -360,6 +382,7 @@ class LocalCassandra:
         hinted_handoff: bool = False,
         password_auth: bool = False,
         client_tls: ClientTls | None = None,
+        timer_slack_ns: int | None = TIMER_SLACK_NS,
     ) -> None:
         """
         Args:
@@ -384,6 +407,8 @@ class LocalCassandra:
             password_auth: ``PasswordAuthenticator`` (and ``CassandraAuthorizer``); clients log
                 in as ``DEFAULT_SUPERUSER`` or a role made with it.
             client_tls: TLS on the CQL port (no plain connections then).
+            timer_slack_ns: the JVM's timer slack on Linux (``TIMER_SLACK_NS``, 0.5 ms: far
+                fewer wake-ups of idle pool workers); ``None`` or 0 leaves the system's.
         """
         self.root = (root or default_root()).resolve()
         self.host = host
@@ -402,6 +427,7 @@ class LocalCassandra:
         self.hinted_handoff = hinted_handoff
         self.password_auth = password_auth
         self.client_tls = client_tls
+        self.timer_slack_ns = timer_slack_ns
         self._process: ManagedProcess | None = None
 
     @property
@@ -576,7 +602,11 @@ class LocalCassandra:
         # A Java argument file keeps the command (and its log line) short and readable.
         self.args_file.parent.mkdir(parents=True, exist_ok=True)
         self.args_file.write_text("".join(f"{_quote_java_arg(option)}\n" for option in options))
-        return [self.java, f"@{self.args_file}"]
+        command = [self.java, f"@{self.args_file}"]
+        if self.timer_slack_ns and sys.platform.startswith("linux"):
+            slack = str(self.timer_slack_ns)
+            command = [sys.executable, "-c", _TIMER_SLACK_LAUNCHER, slack, *command]
+        return command
 
     # --- life cycle ---------------------------------------------------------------------
 

@@ -383,6 +383,33 @@ def test_a_huge_tiff_tile_counts_even_on_a_small_image() -> None:
     assert small_strips.decoded_bytes < 1024 * 1024 + TILE_OVERHEAD_BYTES
 
 
+def _next_marker_reference(data: bytes, position: int) -> int:
+    """The marker search spelled out byte by byte (what ``_next_jpeg_marker`` must find)."""
+    while position + 1 < len(data):
+        following = data[position + 1]
+        if data[position] != 0xFF:
+            position += 1
+        elif following == 0x00 or 0xD0 <= following <= 0xD7:
+            position += 2
+        elif following == 0xFF:
+            position += 1
+        else:
+            return position
+    return len(data)
+
+
+def test_the_marker_search_skips_stuffing_restarts_and_fill_bytes() -> None:
+    rng = np.random.default_rng(7)
+    # Bytes drawn mostly from those the search must tell apart, so that every case occurs.
+    alphabet = np.array([0xFF, 0x00, 0xD0, 0xD7, 0xD9, 0xC4, 0xDA, 0x12, 0xFE], dtype=np.uint8)
+    for _ in range(200):
+        data = rng.choice(alphabet, size=int(rng.integers(0, 40))).tobytes()
+        for start in range(len(data) + 1):
+            assert image_module._next_jpeg_marker(data, start) == _next_marker_reference(
+                data, start
+            ), (data.hex(), start)
+
+
 def test_progressive_and_multi_scan_jpegs_count_their_coefficients(rgb: np.ndarray) -> None:
     image = Image.fromarray(np.tile(rgb, (4, 4, 1)))  # 192 x 256
     baseline = encode(image, "JPEG", quality=90)
