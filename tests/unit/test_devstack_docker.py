@@ -3,6 +3,7 @@ image build's pid file (the docker tests run them for real)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,28 @@ def test_apt_install_refuses_without_root(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(docker.os, "geteuid", lambda: 1000)
     with pytest.raises(docker.ProcessError, match="as root"):
         docker._apt_install("docker.io")
+
+
+def test_images_announces_its_build_in_the_pid_file_and_builds_compose_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`images` holds the pid file while it builds (the docker tests wait for it) and builds
+    the compose plugin at the same time as the images."""
+    pid_file = tmp_path / "images.pid"
+    monkeypatch.setattr(docker, "BUILD_PID_FILE", pid_file)
+    monkeypatch.setattr(docker.DockerEngine, "ensure", lambda self: False)
+    seen: dict[str, object] = {}
+
+    def compose() -> None:
+        seen["compose_during_build"] = pid_file.is_file()
+
+    def build_all(self: docker.ImageBuilder, *, rebuild_base: bool = False) -> None:
+        seen["pid"] = docker.read_pid(pid_file)
+
+    monkeypatch.setattr(docker, "ensure_compose", compose)
+    monkeypatch.setattr(docker.ImageBuilder, "all", build_all)
+    assert docker.main(["images", "--extra-ca", str(tmp_path / "none.pem")]) == 1  # no such PEM
+    (tmp_path / "none.pem").write_text("")
+    assert docker.main(["images", "--extra-ca", str(tmp_path / "none.pem")]) == 0
+    assert seen == {"compose_during_build": True, "pid": os.getpid()}
+    assert not pid_file.exists()
