@@ -127,11 +127,11 @@ def test_rows_are_in_the_cassandra_container(
                 (invocation.input.id,),
             ).one()
             assert row is not None, invocation.input.id
-            assert row.content == (images_dir / name).read_bytes()
-            assert row.content_sha256 == invocation.content_sha256
-            assert row.state == "SUCCEEDED"
-            assert len(row.detections) == len(invocation.output.detections)
-            assert dict(row.metadata) == dict(invocation.input.metadata)
+            assert row["content"] == (images_dir / name).read_bytes()
+            assert row["content_sha256"] == invocation.content_sha256
+            assert row["state"] == "SUCCEEDED"
+            assert len(row["detections"]) == len(invocation.output.detections)
+            assert dict(row["metadata"]) == dict(invocation.input.metadata)
     finally:
         cluster.shutdown()
 
