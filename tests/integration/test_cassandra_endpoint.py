@@ -8,9 +8,8 @@ import os
 import subprocess
 
 import pytest
-from support.cassandra_fixtures import TESTCONTAINERS_IMAGE
+from support.cassandra_fixtures import TESTCONTAINERS_IMAGE, testcontainers_image
 
-from devstack.docker import CASSANDRA_IMAGE, image_exists
 from inference_service.stores.cassandra import CassandraConfig
 
 
@@ -22,9 +21,7 @@ from inference_service.stores.cassandra import CassandraConfig
 def test_the_endpoint_is_a_container_of_the_projects_image(
     cassandra_endpoint: CassandraConfig,
 ) -> None:
-    image = os.environ.get("INFERENCE_TEST_CASSANDRA_IMAGE") or (
-        CASSANDRA_IMAGE if image_exists(CASSANDRA_IMAGE) else TESTCONTAINERS_IMAGE
-    )
+    image = testcontainers_image()
     running = subprocess.run(
         ["docker", "ps", "--filter", f"ancestor={image}", "--format", "{{.ID}}"],
         capture_output=True,

@@ -56,15 +56,22 @@ def _external_cluster() -> Iterator[CassandraConfig]:
     yield CassandraConfig.from_settings(Settings())
 
 
+def testcontainers_image() -> str:
+    """The image of the testcontainers path: ``INFERENCE_TEST_CASSANDRA_IMAGE``, else the one of
+    ``make docker-images`` when it is there (once a build of it that still runs has ended),
+    else the official ``cassandra:5.0``."""
+    wait_for_image_build(timeout=1800)  # e.g. CI's `make docker-images` in the background
+    return os.environ.get("INFERENCE_TEST_CASSANDRA_IMAGE") or (
+        CASSANDRA_IMAGE if image_exists(CASSANDRA_IMAGE) else TESTCONTAINERS_IMAGE
+    )
+
+
 @contextlib.contextmanager
 def _testcontainer() -> Iterator[CassandraConfig]:
     """A Cassandra container (testcontainers): the image of ``INFERENCE_TEST_CASSANDRA_IMAGE``,
     else the locally built one of ``make docker-images`` when it is there, else the official
     ``cassandra:5.0`` (from a registry, on a bridge network with a mapped port)."""
-    wait_for_image_build(timeout=1800)  # e.g. CI's `make docker-images` in the background
-    image = os.environ.get("INFERENCE_TEST_CASSANDRA_IMAGE") or (
-        CASSANDRA_IMAGE if image_exists(CASSANDRA_IMAGE) else TESTCONTAINERS_IMAGE
-    )
+    image = testcontainers_image()
     if image == TESTCONTAINERS_IMAGE:
         from testcontainers.community.cassandra import CassandraContainer
 

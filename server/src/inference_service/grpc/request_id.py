@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
+
+from inference_service.grpc.calls import UnaryCallObserver
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +55,6 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
-def _status_name(context: grpc.aio.ServicerContext) -> str:
-    code = context.code()
-    if code is None:
-        return "OK"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return str(code)
-
-
 def invocation_id_of(request: Any, response: Any) -> str:
     """The invocation a call was about: the id of the invocation it returned (also one the
     server assigned), else the id it asked for; ``invalid`` for one that is not an id (never
@@ -78,11 +70,11 @@ def invocation_id_of(request: Any, response: Any) -> str:
 
 
 def _log_call(
-    method: str, context: grpc.aio.ServicerContext, request: Any, response: Any, seconds: float
+    method: str, code: grpc.StatusCode, request: Any, response: Any, seconds: float
 ) -> None:
     """One line per call; with ``INFERENCE_LOG_FORMAT=json`` its fields are keys of their own
     (``inference_service.logs``). Never the content nor the metadata."""
-    status = _status_name(context)
+    status = code.name
     latency_ms = round(seconds * 1000, 3)
     invocation_id = invocation_id_of(request, response)
     logger.info(
@@ -103,45 +95,26 @@ def _log_call(
     )
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
+class RequestIdInterceptor(UnaryCallObserver):
     """Runs every unary-unary call with its request id in ``current_request_id`` and logs the
     call's outcome (health checks excepted). Put it first, so that the lines of the
     interceptors after it carry the id too."""
 
-    async def intercept_service(
+    def call_started(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext
+    ) -> contextvars.Token[str]:
+        # Set in the call's own task: what the call does and starts inherits the id.
+        return current_request_id.set(request_id_of(context.invocation_metadata()))
+
+    def call_finished(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        method = handler_call_details.method
-        request_id = request_id_of(handler_call_details.invocation_metadata)
-        logged = not method.startswith(_UNLOGGED_PREFIX)
-
-        async def with_request_id(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = current_request_id.set(request_id)
-            started = time.perf_counter()
-            response = None
-            try:
-                response = await inner(request, context)
-                return response
-            finally:
-                if logged:
-                    _log_call(method, context, request, response, time.perf_counter() - started)
-                current_request_id.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            with_request_id,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
-def install_log_filter(logger_: logging.Logger | None = None) -> None:
-    """Add ``RequestIdLogFilter`` to every handler of ``logger_`` (the root logger)."""
-    for handler in (logger_ or logging.getLogger()).handlers:
-        if not any(isinstance(f, RequestIdLogFilter) for f in handler.filters):
-            handler.addFilter(RequestIdLogFilter())
+        state: Any,
+        method: str,
+        request: Any,
+        code: grpc.StatusCode,
+        response: Any,
+        seconds: float,
+    ) -> None:
+        if not method.startswith(_UNLOGGED_PREFIX):
+            _log_call(method, code, request, response, seconds)
+        current_request_id.reset(state)
