@@ -248,7 +248,9 @@ class InferenceService:
     ) -> Invocation:
         """The owner of a claim: run ``detector`` (the model that ``owned.model`` names), or
         finish ``model_run``, its run started already; then store the content and the outcome
-        (success or failure) in one write."""
+        (success or failure) in one write, fenced by the claim. When the claim was taken over
+        meanwhile (this owner stalled past its lease) nothing is written and the caller gets
+        what is stored (or, while the new owner runs, waits for it like any other caller)."""
         if model_run is None:
             model_run = self._start_model(detector, image)
         try:
@@ -258,13 +260,35 @@ class InferenceService:
             failed = dataclasses.replace(
                 owned, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
             )
-            await self._store.complete(failed)
-            raise ModelError("the model failed") from exc
+            stored = await self._store.complete(failed)
+            if stored is None:
+                raise ModelError("the model failed") from exc
+            return await self._answer_stored(stored, owned, image, detector, model_run)
         done = dataclasses.replace(
             owned, state=State.SUCCEEDED, output=output, complete_time=self._clock()
         )
-        await self._store.complete(done)
-        return done
+        stored = await self._store.complete(done)
+        if stored is None:
+            return done
+        return await self._answer_stored(stored, owned, image, detector, model_run)
+
+    async def _answer_stored(
+        self,
+        stored: Invocation,
+        owned: Invocation,
+        image: np.ndarray,
+        detector: Detector,
+        model_run: asyncio.Future[ModelOutput],
+    ) -> Invocation:
+        """A fenced-off owner (its claim was taken over): answer with the stored outcome, the
+        one every caller gets, as a caller that lost the claim would."""
+        logger.warning(
+            "invocation %r: the claim of %s was taken over before its outcome was stored; "
+            "answering with the stored invocation",
+            owned.id,
+            owned.claim.time.isoformat() if owned.claim is not None else "?",
+        )
+        return await self._await_outcome(stored, owned, image, (detector, model_run))
 
     async def get_invocation(self, invocation_id: str, *, with_content: bool = True) -> Invocation:
         """The stored invocation; ``NotFoundError`` when there is none."""
