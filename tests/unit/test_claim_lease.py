@@ -296,3 +296,66 @@ async def test_an_owner_that_stalls_past_its_lease_never_overwrites_its_successo
     assert stored.output.detections[0].score == 0.5
     assert stored.claim.token == "token-b"
     assert answered_a == stored  # every caller gets the one stored result
+
+
+class LateTakeOverStore(InMemoryInvocationStore):
+    """A take-over whose answer says "not yours" although it was applied (what an uncertain
+    take-over that Paxos completed later looks like to the old code)."""
+
+    async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
+        await super().take_over(stale, invocation)
+        return await self.get(invocation.id)
+
+
+async def test_a_row_holding_the_callers_own_claim_is_finished_by_it(
+    detector, executor, clock
+) -> None:
+    """R2, the waiting loop: the row holds this call's own claim (its take-over was applied,
+    the answer said otherwise): it is this call's, so it runs the model at once instead of
+    waiting for an outcome nobody else will write."""
+    store = LateTakeOverStore()
+    service = make_service(store, detector, executor, clock)
+    await orphan(store, "late", PNG)
+    clock.advance(LEASE_S + 1)
+
+    done = await service.invoke(ModelInput("late", PNG))
+
+    assert done.state is State.SUCCEEDED
+    assert detector.calls == 1
+    stored = await store.get("late")
+    assert stored == done
+    assert stored.claim.token == "token-0"
+
+
+async def test_a_claim_bound_to_a_model_no_longer_served_fails_after_the_lease(
+    store, detector, executor, clock
+) -> None:
+    """R6: the id's claim is bound to a model that this server does not serve (removed from
+    the configuration, or renamed). Before the lease: UNAVAILABLE, as for any pending id.
+    After it: taken over and stored FAILED, "model ... is no longer served", never PENDING
+    for good."""
+    gone = Invocation(
+        input=ModelInput("unserved", PNG, {"first": "call"}),
+        content_sha256=hashlib.sha256(PNG).hexdigest(),
+        state=State.PENDING,
+        model=ModelInfo(name="retired-detector", version="old"),
+        create_time=NOW,
+        claim=Claim(token="dead-owner", time=NOW),
+    )
+    assert await store.claim(gone) is None
+    service = make_service(store, detector, executor, clock)
+    with pytest.raises(InvocationPendingError):
+        await service.invoke(ModelInput("unserved", PNG))
+    clock.advance(LEASE_S)
+
+    answered = await service.invoke(ModelInput("unserved", PNG))
+
+    assert answered.state is State.FAILED
+    assert answered.error == "model 'retired-detector' is no longer served"
+    assert answered.model == ModelInfo(name="retired-detector", version="old")
+    stored = await store.get("unserved")
+    assert stored == answered
+    assert stored.input.content == PNG
+    assert detector.calls == 0
+    replay = await service.invoke(ModelInput("unserved", PNG))
+    assert replay == answered

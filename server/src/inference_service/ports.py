@@ -89,8 +89,10 @@ class InvocationStore(Protocol):
         stored; the new owner stores the content with the outcome (``complete``: the same bytes,
         the caller checked the hash), as the first owner would have.
 
-        Returns ``None`` when this call now owns the id (of several callers exactly one does),
-        else the invocation as stored now.
+        Returns ``None`` when this call now owns the id (of several callers exactly one does;
+        also when what it finds is its own claim: an earlier attempt of this take-over won),
+        else the invocation as stored now. Raises ``InvocationGoneError`` when no invocation is
+        stored under the id any more.
         """
         ...
 

@@ -354,7 +354,10 @@ class CassandraInvocationStore:
             return None
         # The conditional update returns only the columns of its condition: read the row.
         current = await self._serial_read(stale.id, "take over", None)
-        return self._to_invocation(current, with_content=True) if current is not None else None
+        stored = self._to_invocation(current, with_content=True) if current is not None else None
+        if stored is None:
+            raise InvocationGoneError(f"invocation {stale.id!r} was removed; nothing taken over")
+        return stored
 
     async def complete(self, invocation: Invocation) -> Invocation | None:
         # A lightweight transaction on the owner's claim (a fencing token): an owner that

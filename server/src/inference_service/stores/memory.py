@@ -29,7 +29,9 @@ class InMemoryInvocationStore:
         async with self._lock:
             stored = self._items.get(invocation.id)
             if stored is None:
-                raise KeyError(invocation.id)
+                raise InvocationGoneError(f"invocation {invocation.id!r} was removed")
+            if stored.claim == invocation.claim:  # ours already (an earlier attempt won it)
+                return None
             if stored.state is not State.PENDING or stored.claim != stale.claim:
                 return stored
             self._items[invocation.id] = dataclasses.replace(
