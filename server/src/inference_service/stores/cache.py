@@ -1,8 +1,12 @@
 """A read-through cache of finished invocations in front of another store.
 
 A finished invocation (SUCCEEDED or FAILED) never changes again: the id is claimed once and its
-outcome written once, and nothing rewrites either. So every server process may keep the ones it
-has seen, without coherence traffic between processes, and answer ``get`` from memory. Pending
+outcome written once, by the claim that owns it when it is written (the store fences
+``complete`` on the claim), and nothing rewrites either. So every server process may keep the
+ones it has seen, without coherence traffic between processes, and answer ``get`` from memory.
+An outcome is cached only as the store answered it: a ``complete`` that was applied (this
+claim's outcome is the stored one), or the row that a claim, a take-over, a fenced-off
+``complete`` or a read returned; never the outcome of a claim that was taken over. Pending
 invocations are never cached. With a default TTL on the store, an entry expires when its row
 does (``create_time + ttl``, less a margin).
 """
@@ -17,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from inference_service.domain import Invocation, State
+from inference_service.errors import InvocationGoneError
 from inference_service.ports import InvocationStore
 
 logger = logging.getLogger(__name__)
@@ -81,12 +86,21 @@ class CachingInvocationStore:
                 self._claimed.popitem(last=False)
         return current
 
-    async def complete(self, invocation: Invocation) -> None:
+    async def complete(self, invocation: Invocation) -> Invocation | None:
         try:
-            await self._inner.complete(invocation)
+            current = await self._inner.complete(invocation)
+        except InvocationGoneError:
+            self._forget(invocation.id)
+            raise
         finally:  # written or not, the claim is over: never keep its content past this call
             claimed = self._claimed.pop(invocation.id, None)
-        if claimed is not None:  # as stored: the claimed input with this outcome
+        if current is not None:
+            # Fenced off (taken over): what is stored now, never this call's outcome.
+            self._forget(invocation.id)
+            self._remember(current)
+            return current
+        if claimed is not None and claimed.claim == invocation.claim:
+            # As stored: the claimed input with this outcome, under the claim that wrote it.
             self._remember(
                 dataclasses.replace(
                     claimed,
@@ -96,6 +110,7 @@ class CachingInvocationStore:
                     error=invocation.error,
                 )
             )
+        return None
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         cached = self._lookup(invocation_id)
