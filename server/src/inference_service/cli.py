@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     purge = commands.add_parser(
         "purge",
         help="make erasures physical on one Cassandra node with nodetool: flush, compact the "
-        "tables and the Paxos state, clear snapshots (docs/privacy.md); run it on every node",
+        "tables and the Paxos state, clear snapshots, drain (then restart the node); run it on "
+        "every node, one at a time (docs/privacy.md)",
     )
     purge.add_argument(
         "--nodetool",
@@ -81,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "--truncate-hints",
         action="store_true",
         help="also drop the node's hints (only after a repair has delivered them)",
+    )
+    purge.add_argument(
+        "--no-drain",
+        dest="drain",
+        action="store_false",
+        help="leave out nodetool drain (the node keeps running; the commit log copy is gone "
+        "only once its segment is full and released)",
     )
     purge.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
     purge.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
@@ -102,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_ONLY = {"command", "restart", "nodetool", "truncate_hints", "dry_run"}
+_COMMAND_ONLY = {"command", "restart", "nodetool", "truncate_hints", "drain", "dry_run"}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -210,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings.cassandra_keyspace,
                 shlex.split(args.nodetool),
                 truncate_hints=args.truncate_hints,
+                drain=args.drain,
                 dry_run=args.dry_run,
                 report=maintenance.print_json,
             )

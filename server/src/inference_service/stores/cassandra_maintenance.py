@@ -23,7 +23,13 @@ Per node, with ``nodetool``:
    own Paxos round; this compaction drops the overwritten copies;
 4. ``nodetool clearsnapshot --all``: snapshots are hard links to SSTables as they were;
    with ``--truncate-hints``, ``nodetool truncatehints`` too (hints hold writes for replicas
-   that were down: only after a repair has delivered them).
+   that were down: only after a repair has delivered them);
+5. ``nodetool drain``: the commit log's active segment still holds every write since it was
+   opened (a flush does not close it; it is deleted once full and flushed, after
+   ``commitlog_segment_size`` of further writes). Drain flushes again and releases every
+   segment; the node then takes no more writes and must be restarted (one node at a time,
+   as a rolling restart; with replication factor 3 and LOCAL_QUORUM the service stays up).
+   ``--no-drain`` leaves it out (the commit log copy then goes with the segment).
 """
 
 from __future__ import annotations
@@ -123,7 +129,9 @@ async def backfill_index(
         await store.close()
 
 
-def purge_steps(keyspace: str, *, truncate_hints: bool = False) -> list[list[str]]:
+def purge_steps(
+    keyspace: str, *, truncate_hints: bool = False, drain: bool = True
+) -> list[list[str]]:
     """The ``nodetool`` arguments of a purge, in order (module docstring)."""
     steps = [
         ["flush"],
@@ -133,6 +141,8 @@ def purge_steps(keyspace: str, *, truncate_hints: bool = False) -> list[list[str
     ]
     if truncate_hints:
         steps.append(["truncatehints"])
+    if drain:
+        steps.append(["drain"])
     return steps
 
 
@@ -141,18 +151,19 @@ def purge(
     nodetool: Sequence[str],
     *,
     truncate_hints: bool = False,
+    drain: bool = True,
     dry_run: bool = False,
     run: Callable[..., Any] = subprocess.run,
     report: Callable[[dict[str, Any]], None] = lambda line: None,
 ) -> None:
     """Run the purge's ``nodetool`` steps (``nodetool``: the command, e.g. ``["nodetool",
     "-h", "10.0.0.5"]``); raises ``subprocess.CalledProcessError`` at the first that fails."""
-    for step in purge_steps(keyspace, truncate_hints=truncate_hints):
+    for step in purge_steps(keyspace, truncate_hints=truncate_hints, drain=drain):
         command = [*nodetool, *step]
         report({"event": "purge-step", "command": shlex.join(command), "dry_run": dry_run})
         if not dry_run:
             run(command, check=True, capture_output=True, text=True, timeout=3600)
-    report({"event": "purge-done", "dry_run": dry_run})
+    report({"event": "purge-done", "dry_run": dry_run, "restart_node": drain})
 
 
 def settings_config(settings: Settings) -> CassandraConfig:
