@@ -19,6 +19,18 @@ Design:
 * The content-and-outcome write is retried (by the same rule) with exponential backoff for up
   to ``retry_budget_s``.
 * With a TTL, every write of a row expires at the same moment, counted from its create time.
+* ListInvocations reads a second table, ``invocations_by_time``: one partition per time bucket
+  (``cassandra_list_bucket_s``, recorded by the first ``migrate``), clustered by
+  ``(create_time DESC, id ASC)``, holding the id, model name and metadata. The owner of a claim
+  writes the entry right after winning it (a take-over writes it again), idempotently, with the
+  claim's time as write timestamp. Entries are hints, never the truth: ``list`` reads the row of
+  every entry it lists and drops entries whose row is gone, has another create time (deleted
+  and invoked afresh) or does not match the filter, so a late or stale entry is never listed.
+  One page is bounded (``MAX_BUCKETS_PER_PAGE``, ``MAX_INDEX_ROWS_PER_PAGE``, row reads).
+* ``delete`` is a lightweight transaction (``DELETE ... IF EXISTS``), ordered with the claim,
+  take-over and (fenced) outcome writes of the id, so an Invoke that claimed before it writes
+  nothing after it; then the entry is deleted with the delete's time as write timestamp, which
+  beats an entry written late by such an Invoke (stamped with its earlier claim time).
 * Only prepared statements; consistency ``LOCAL_QUORUM`` (configurable), serial consistency
   ``SERIAL`` (one winner in the whole cluster); token-aware, DC-aware routing; fixed protocol
   version; ``TCP_NODELAY`` on every connection.
