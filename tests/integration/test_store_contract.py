@@ -572,3 +572,56 @@ async def test_listings_never_show_expired_rows(cassandra_endpoint) -> None:
         assert await store.get(invocation.id) is None
     finally:
         await store.close()
+
+
+async def test_pages_are_stable_while_new_invocations_arrive(
+    listing_store: InvocationStore,
+) -> None:
+    """A listing begun before new invocations arrive never repeats nor skips one that existed
+    when it began (the token is a position, not an offset); the new ones are newer than it."""
+    run = uuid.uuid4().hex[:8]
+    made = await backdated(listing_store, 12, run)
+    mine = InvocationFilter(metadata=(("run", run),))
+    first = await listing_store.list(InvocationQuery(filter=mine, limit=5))
+    for _ in range(3):  # arrive between the pages
+        newer = dataclasses.replace(pending(metadata={"run": run}), create_time=now_ms())
+        await own(listing_store, newer)
+        await listing_store.complete(succeeded(newer))
+    ids = [i.id for i in first.invocations]
+    after = first.next
+    while after is not None:
+        page = await listing_store.list(InvocationQuery(filter=mine, after=after, limit=5))
+        ids += [i.id for i in page.invocations]
+        after = page.next
+    assert ids == order(made)
+
+
+async def test_a_page_of_a_filter_that_matches_nothing_is_bounded(cassandra_endpoint) -> None:
+    """Cassandra only: over a day of 60-second buckets (1440), a filter that matches nothing
+    reads ``MAX_BUCKETS_PER_PAGE`` buckets per page and returns an empty page that goes on."""
+    from inference_service.stores import cassandra as cassandra_module
+
+    config = dataclasses.replace(
+        cassandra_endpoint,
+        keyspace=f"{cassandra_endpoint.keyspace}_n",
+        create_schema=True,
+        list_bucket_s=LIST_BUCKET_S,
+    )
+    store = await CassandraInvocationStore.connect(config)
+    try:
+        await store.lower_index_floor(now_ms() - dt.timedelta(days=1))
+        nothing = InvocationFilter(metadata=(("run", "matches-nothing"),))
+        page = await store.list(InvocationQuery(filter=nothing, limit=50))
+        assert page.invocations == ()
+        assert page.next is not None and page.next.id is None
+        walked = now_ms() + cassandra_module.CLOCK_SKEW - page.next.create_time
+        buckets = walked / dt.timedelta(seconds=LIST_BUCKET_S)
+        assert buckets >= cassandra_module.MAX_BUCKETS_PER_PAGE - 1
+        assert buckets <= cassandra_module.MAX_BUCKETS_PER_PAGE + 1
+        second = await store.list(InvocationQuery(filter=nothing, after=page.next, limit=50))
+        assert second.invocations == () and second.next < page.next
+    finally:
+        await asyncio.to_thread(
+            store._session.execute, f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=60
+        )
+        await store.close()
