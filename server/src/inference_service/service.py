@@ -38,7 +38,6 @@ from inference_service.errors import (
     InferenceError,
     InvalidArgumentError,
     InvocationPendingError,
-    ModelError,
     NotFoundError,
 )
 from inference_service.limits import (
@@ -270,14 +269,17 @@ class InferenceService:
             model_run = self._start_model(detector, image)
         try:
             output: ModelOutput = await asyncio.shield(model_run)
-        except Exception as exc:
+        except Exception:
+            # A failure is the invocation's outcome, stored and answered like a success (OK,
+            # state FAILED, a client-safe error), to this caller as to every replay: one rule.
+            # Final for the id, also when the cause was not the input (e.g. out of memory).
             logger.exception("model %s failed on input %s", owned.model.name, owned.id)
             failed = dataclasses.replace(
                 owned, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
             )
             stored = await self._store.complete(failed)
             if stored is None:
-                raise ModelError("the model failed") from exc
+                return failed
             return await self._answer_stored(stored, owned, image, (detector, model_run))
         done = dataclasses.replace(
             owned, state=State.SUCCEEDED, output=output, complete_time=self._clock()

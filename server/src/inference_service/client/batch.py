@@ -3,8 +3,12 @@
 For each file: a BASIC read of its id first; an invocation stored from the same content (same
 sha256) and finished is taken as it is, without uploading the file again (resume). Otherwise
 Invoke, which stores and runs the model (or returns what a concurrent or earlier Invoke of the
-same content stored); UNAVAILABLE is retried with backoff, as the API allows for the same id
-and content. At most ``concurrency`` files are read and in flight at once.
+same content stored). UNAVAILABLE and DEADLINE_EXCEEDED (this client's own deadline, or a
+proxy's) are retried with the same id and content, as the API allows, with backoff, for up to
+``retry_budget_s`` (``RETRY_BUDGET_S``): longer than the server's claim lease (60 s by
+default) plus its pending wait, so that an id whose server died (or stalled) while holding its
+claim is taken over by a retry and finished, as README promises a retrying client. At most
+``concurrency`` files are read and in flight at once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -20,8 +25,13 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.client.files import InputFile, input_id
 
-RETRIES = 4
+RETRY_BUDGET_S = 150.0
+"""How long one file's Invoke is retried: more than the server's claim lease (60 s by default,
+``INFERENCE_CLAIM_LEASE_S``) plus its pending wait (5 s) plus a call's deadline."""
 FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 8.0
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Safe to retry with the same id and content: the server stores one result per id."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +74,13 @@ def _error(error: grpc.aio.AioRpcError) -> str:
 
 
 async def invoke_one(
-    stub: pb_grpc.InferenceServiceStub, item: InputFile, invocation_id: str, deadline_s: float
+    stub: pb_grpc.InferenceServiceStub,
+    item: InputFile,
+    invocation_id: str,
+    deadline_s: float,
+    *,
+    retry_budget_s: float = RETRY_BUDGET_S,
+    first_backoff_s: float = FIRST_BACKOFF_S,
 ) -> Outcome:
     try:
         content = await asyncio.to_thread(item.path.read_bytes)
@@ -91,17 +107,18 @@ async def invoke_one(
     request = pb.InvokeRequest(
         input=pb.ModelInput(id=invocation_id, content=content, metadata={"path": item.relative})
     )
-    delay = FIRST_BACKOFF_S
-    for attempt in range(RETRIES + 1):
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + retry_budget_s
+    delay = first_backoff_s
+    while True:
         try:
             response = await stub.Invoke(request, timeout=deadline_s)
             return _outcome(item, response.invocation, resumed=False)
         except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == RETRIES:
+            if error.code() not in RETRIED_CODES or loop.time() + delay > give_up:
                 return Outcome(file=item, id=invocation_id, error=_error(error))
-        await asyncio.sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable")
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter)
+        delay = min(delay * 2, MAX_BACKOFF_S)
 
 
 async def invoke_all(
@@ -111,6 +128,7 @@ async def invoke_all(
     id_prefix: str = "",
     concurrency: int = 4,
     deadline_s: float = 60.0,
+    retry_budget_s: float = RETRY_BUDGET_S,
     on_done: Callable[[Outcome], None] = lambda outcome: None,
 ) -> list[Outcome]:
     """Outcomes in the order of ``files``; ``on_done`` is called as each finishes."""
@@ -119,7 +137,13 @@ async def invoke_all(
 
     async def run(item: InputFile) -> Outcome:
         async with gate:
-            outcome = await invoke_one(stub, item, input_id(item.relative, id_prefix), deadline_s)
+            outcome = await invoke_one(
+                stub,
+                item,
+                input_id(item.relative, id_prefix),
+                deadline_s,
+                retry_budget_s=retry_budget_s,
+            )
         on_done(outcome)
         return outcome
 

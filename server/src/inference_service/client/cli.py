@@ -32,7 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from inference_service.client.batch import Outcome, invoke_all
+from inference_service.client.batch import RETRY_BUDGET_S, Outcome, invoke_all
 from inference_service.client.files import find_images
 
 DEFAULT_TARGET = "127.0.0.1:8080"
@@ -108,6 +108,14 @@ def invoke(
         str, typer.Option(help="Put before every id derived from a file's relative path.")
     ] = "",
     timeout: Timeout = 60.0,
+    retry_for: Annotated[
+        float,
+        typer.Option(
+            help="Retry a file's UNAVAILABLE or DEADLINE_EXCEEDED for this long, in seconds "
+            "(keep it above the server's claim lease, 60 s by default).",
+            min=0,
+        ),
+    ] = RETRY_BUDGET_S,
 ) -> None:
     """Invoke the model on every image; running it again resumes (stored inputs are not sent
     again). Ids: the file's path relative to the current folder, '/' written as '~'."""
@@ -141,6 +149,7 @@ def invoke(
                     id_prefix=id_prefix,
                     concurrency=concurrency,
                     deadline_s=timeout,
+                    retry_budget_s=retry_for,
                     on_done=lambda _: progress.advance(task),
                 )
 
