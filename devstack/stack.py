@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def server_environment(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, list) and any(isinstance(item, SecretStr) for item in value):
+            value = ",".join(item.get_secret_value() for item in value)
         elif isinstance(value, list):
             value = json.dumps(value)
         env[f"INFERENCE_{name.upper()}"] = str(value)
@@ -113,6 +116,9 @@ class LocalStack:
         ):
             # The dev stack creates its own schema (servers start one after the other).
             server_env["INFERENCE_CASSANDRA_CREATE_SCHEMA"] = "true"
+        if "list_page_token_secrets" not in settings.model_fields_set:
+            # Every server of the stack signs and checks ListInvocations page tokens alike.
+            server_env["INFERENCE_LIST_PAGE_TOKEN_SECRETS"] = secrets.token_urlsafe(32)
         if isinstance(self.cassandra, LocalCassandraCluster):
             hosts = self.cassandra.contact_points
             server_env["INFERENCE_CASSANDRA_CONTACT_POINTS"] = ",".join(hosts)

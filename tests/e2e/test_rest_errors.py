@@ -96,8 +96,8 @@ def test_unknown_id_is_404(api: RestClient, id_prefix: str) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v2/invocations/x"), ("GET", "/v1/invocations"), ("DELETE", "/v1/invocations/x")],
-    ids=["v2", "list", "delete"],
+    [("GET", "/v2/invocations/x"), ("DELETE", "/v1/invocations"), ("PUT", "/v1/invocations/x")],
+    ids=["v2", "delete-the-collection", "put"],
 )
 def test_unknown_path_is_404(api: RestClient, method: str, path: str) -> None:
     assert_status_json(api.call(method, path), 404, grpc.StatusCode.NOT_FOUND)

@@ -249,3 +249,98 @@ def test_get_invocation_with_random_fields_and_bytes(channel, store: RecordingSt
     get()
     check_serving(channel)
     check_ran_every_case(cases, "GetInvocation, random fields and bytes")
+
+
+LIST_INVOCATIONS = "/inference.v1.InferenceService/ListInvocations"
+DELETE_INVOCATION = "/inference.v1.InferenceService/DeleteInvocation"
+LIST_CODES = {"OK", "INVALID_ARGUMENT"}
+DELETE_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
+# Pieces of the filter language, so that random filters often come close to valid ones.
+filter_pieces = st.sampled_from(
+    [
+        "create_time",
+        "model",
+        "state",
+        "metadata.k",
+        'metadata."a b"',
+        ">=",
+        "<",
+        "=",
+        "!=",
+        "AND",
+        "OR",
+        '"2026-01-01T00:00:00Z"',
+        '"x"',
+        "SUCCEEDED",
+        "(",
+        ")",
+        '"',
+        "\\",
+        " ",
+    ]
+)
+filters = st.one_of(
+    st.lists(filter_pieces, max_size=12).map(" ".join),
+    st.text(max_size=64),
+)
+page_tokens = st.one_of(
+    st.text(alphabet=string.ascii_letters + string.digits + "-_.", max_size=120),
+    st.text(max_size=40),
+)
+
+
+def test_list_invocations_with_random_fields_and_bytes(channel) -> None:
+    cases: list[str] = []
+
+    @given(
+        payload=st.one_of(
+            st.binary(max_size=256),
+            st.builds(
+                lambda size, token, text, view: pb.ListInvocationsRequest(
+                    page_size=size, page_token=token, filter=text, view=view
+                ).SerializeToString(),
+                st.integers(-(2**31), 2**31 - 1),
+                page_tokens,
+                filters,
+                st.integers(-(2**31), 2**31 - 1),
+            ),
+        )
+    )
+    def list_invocations(payload: bytes) -> None:
+        code, details, response = call(channel, LIST_INVOCATIONS, payload)
+        assert code in LIST_CODES, (code, details)
+        if not parses(pb.ListInvocationsRequest, payload):
+            assert (code, details) == ("INVALID_ARGUMENT", UNDECODABLE_REQUEST_MESSAGE)
+        if code == "OK":
+            page = pb.ListInvocationsResponse.FromString(response)
+            assert len(page.invocations) <= 1000
+        cases.append(code)
+
+    list_invocations()
+    check_serving(channel)
+    check_ran_every_case(cases, "ListInvocations, random fields and bytes")
+
+
+def test_delete_invocation_with_random_fields_and_bytes(channel, store: RecordingStore) -> None:
+    @given(
+        payload=st.one_of(
+            st.binary(max_size=256),
+            st.builds(
+                lambda id_, allow: pb.DeleteInvocationRequest(
+                    id=id_, allow_missing=allow
+                ).SerializeToString(),
+                ids,
+                st.booleans(),
+            ),
+        )
+    )
+    def delete(payload: bytes) -> None:
+        before = len(store.claimed)
+        code, details, _ = call(channel, DELETE_INVOCATION, payload)
+        assert code in DELETE_CODES, (code, details)
+        if not parses(pb.DeleteInvocationRequest, payload):
+            assert (code, details) == ("INVALID_ARGUMENT", UNDECODABLE_REQUEST_MESSAGE)
+        assert len(store.claimed) == before  # a delete never stores anything
+
+    delete()
+    check_serving(channel)

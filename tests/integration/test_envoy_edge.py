@@ -106,10 +106,12 @@ def test_only_the_api_is_routed_on_the_public_listener(envoy, method):
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/v1/invocations"),
+        ("DELETE", "/v1/invocations"),
         ("PUT", "/v1/invocations"),
         ("POST", "/v1/invocations/abc"),
-        ("DELETE", "/v1/invocations/abc"),
+        ("PATCH", "/v1/invocations/abc"),
+        ("DELETE", "/v1/invocations/abc:render"),
+        ("DELETE", "/v1/invocations/abc/more"),
         ("GET", "/v1/invocations/abc/more"),
         ("POST", "/v1/models"),
         ("DELETE", "/v1/models/abc"),
@@ -117,7 +119,7 @@ def test_only_the_api_is_routed_on_the_public_listener(envoy, method):
         ("GET", "/grpc.health.v1.Health/Check"),
     ],
 )
-def test_only_the_four_rest_routes_are_routed(api, fake, method, path):
+def test_only_the_rest_routes_of_the_api_are_routed(api, fake, method, path):
     before = calls(fake)
     assert_status_json(api.call(method, path), 404, grpc.StatusCode.NOT_FOUND)
     assert calls(fake) == before

@@ -70,3 +70,12 @@ def test_invocation_to_proto_pending_has_no_output_or_complete_time() -> None:
     assert message.state == pb.Invocation.STATE_PENDING
     assert not message.HasField("output")
     assert not message.HasField("complete_time")
+
+
+def test_the_caller_is_the_subject_envoy_passed_on() -> None:
+    assert (
+        converters.caller_of((("x-request-id", "r"), ("x-envoy-auth-subject", "dpo@x"))) == "dpo@x"
+    )
+    assert converters.caller_of((("x-envoy-auth-subject", b"bin\xff"),)) == "bin\ufffd"
+    assert converters.caller_of((("authorization", "Bearer t"),)) == ""
+    assert converters.caller_of(None) == ""
