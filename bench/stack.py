@@ -143,8 +143,9 @@ class BenchStack:
     # --- data ---------------------------------------------------------------------------------
 
     def truncate(self, timeout_s: float = 120.0) -> None:
-        """Empty the invocations table, so every run writes into the same (empty) state and the
-        bench node's disk use stays bounded (a run writes gigabytes of images)."""
+        """Empty the invocation tables (``invocations`` and every ``invocations_*`` table
+        beside it, e.g. the listing's index), so every run writes into the same (empty) state
+        and the bench node's disk use stays bounded (a run writes gigabytes of images)."""
         if self.stack.cassandra is None:
             return
         from cassandra.cluster import Cluster  # heavy; only here
@@ -157,8 +158,17 @@ class BenchStack:
         )
         try:
             session = cluster.connect()
-            session.execute(f"TRUNCATE {s.cassandra_keyspace}.invocations", timeout=timeout_s)
-            logger.info("truncated %s.invocations", s.cassandra_keyspace)
+            rows = session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",
+                (s.cassandra_keyspace,),
+                timeout=timeout_s,
+            )
+            names = sorted(
+                name for (name,) in rows if name == "invocations" or name.startswith("invocations_")
+            )
+            for name in names:
+                session.execute(f"TRUNCATE {s.cassandra_keyspace}.{name}", timeout=timeout_s)
+            logger.info("truncated %s: %s", s.cassandra_keyspace, ", ".join(names))
         finally:
             cluster.shutdown()
 
