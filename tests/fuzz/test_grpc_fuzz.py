@@ -33,6 +33,8 @@ pytestmark = pytest.mark.fuzz
 ID_CHARACTERS = string.ascii_letters + string.digits + "._~-"
 INVOKE_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
 GET_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
+LIST_CODES = {"OK", "INVALID_ARGUMENT"}
+DELETE_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +251,103 @@ def test_get_invocation_with_random_fields_and_bytes(channel, store: RecordingSt
     get()
     check_serving(channel)
     check_ran_every_case(cases, "GetInvocation, random fields and bytes")
+
+
+filter_texts = st.one_of(
+    st.text(max_size=80),
+    st.builds(
+        lambda field, op, value: f"{field} {op} {value}",
+        st.sampled_from(["create_time", "model", "state", "metadata.k", "metadata.", "id"]),
+        st.sampled_from(["=", ">=", "<", "!=", ":"]),
+        st.sampled_from(['"2026-01-01T00:00:00Z"', '"x"', "SUCCEEDED", "RUNNING", '"open']),
+    ),
+)
+raw_lists = st.one_of(
+    st.binary(max_size=256),
+    st.builds(
+        lambda size, token, filter_, view: wire.list_invocations_request(
+            page_size=size, page_token=token, filter=filter_, view=view
+        ),
+        st.integers(0, 2**64 - 1),
+        raw_strings,
+        raw_strings,
+        st.integers(0, 2**32 - 1),
+    ),
+)
+
+
+def test_list_invocations_with_random_fields_and_bytes(channel, store: RecordingStore) -> None:
+    """Any page size, token, filter and view: OK (at most the page size allows) or
+    INVALID_ARGUMENT, never anything else; nothing is stored."""
+
+    @given(
+        payload=st.one_of(
+            raw_lists,
+            st.builds(
+                lambda size, token, filter_, view: pb.ListInvocationsRequest(
+                    page_size=size, page_token=token, filter=filter_, view=view
+                ).SerializeToString(),
+                st.integers(-(2**31), 2**31 - 1),
+                st.text(max_size=80),
+                filter_texts,
+                st.integers(-(2**31), 2**31 - 1),
+            ),
+        )
+    )
+    def list_(payload: bytes) -> None:
+        before = len(store.claimed)
+        code, details, response = call(channel, wire.LIST_INVOCATIONS, payload)
+        assert code in LIST_CODES, (code, details)
+        if not parses(pb.ListInvocationsRequest, payload):
+            assert (code, details) == ("INVALID_ARGUMENT", UNDECODABLE_REQUEST_MESSAGE)
+        if code == "OK":
+            size = pb.ListInvocationsRequest.FromString(payload).page_size
+            page = pb.ListInvocationsResponse.FromString(response)
+            assert len(page.invocations) <= (50 if size == 0 else min(size, 1000))
+        assert len(store.claimed) == before
+        cases.append(code)
+
+    cases: list[str] = []
+    list_()
+    check_serving(channel)
+    check_ran_every_case(cases, "ListInvocations, random fields and bytes")
+
+
+def test_delete_invocation_with_random_fields_and_bytes(channel, store: RecordingStore) -> None:
+    """Any id and allow_missing: OK, NOT_FOUND or INVALID_ARGUMENT; after an OK the id is gone
+    (GetInvocation NOT_FOUND); nothing is stored."""
+
+    @given(
+        payload=st.one_of(
+            st.binary(max_size=256),
+            st.builds(
+                lambda id_, allow: wire.delete_invocation_request(id=id_, allow_missing=allow),
+                raw_strings,
+                st.integers(0, 2**64 - 1),
+            ),
+            st.builds(
+                lambda id_, allow: pb.DeleteInvocationRequest(
+                    id=id_, allow_missing=allow
+                ).SerializeToString(),
+                ids,
+                st.booleans(),
+            ),
+        )
+    )
+    def delete(payload: bytes) -> None:
+        before = len(store.claimed)
+        code, details, _ = call(channel, wire.DELETE_INVOCATION, payload)
+        assert code in DELETE_CODES, (code, details)
+        if not parses(pb.DeleteInvocationRequest, payload):
+            assert (code, details) == ("INVALID_ARGUMENT", UNDECODABLE_REQUEST_MESSAGE)
+        if code == "OK":
+            request = pb.DeleteInvocationRequest.FromString(payload)
+            get = pb.GetInvocationRequest(id=request.id).SerializeToString()
+            assert call(channel, wire.GET_INVOCATION, get)[0] == "NOT_FOUND"
+        assert len(store.claimed) == before
+        cases.append(code)
+
+    cases: list[str] = []
+    delete()
+    check_serving(channel)
+    check_ran_every_case(cases, "DeleteInvocation, random fields and bytes")
