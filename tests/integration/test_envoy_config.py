@@ -159,7 +159,43 @@ def test_bad_enum_in_query_is_400_json(api):
     assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-@pytest.mark.parametrize("path", ["/v2/invocations", "/", "/ready", "/stats", "/v1/invocations"])
+def test_rest_list_invocations_maps_the_query(api, fake):
+    reply = api.get(
+        "/v1/invocations?page_size=7&page_token=abc&filter=state%20%3D%20FAILED"
+        "&view=INVOCATION_VIEW_FULL"
+    )
+    assert reply.status == 200, reply.body
+    assert reply.json()["invocations"][0]["id"] == "listed"
+    assert reply.json()["next_page_token"] == "next"
+    received = fake[0].requests[-1]
+    assert isinstance(received, pb.ListInvocationsRequest)
+    assert (received.page_size, received.page_token, received.filter, received.view) == (
+        7,
+        "abc",
+        "state = FAILED",
+        pb.INVOCATION_VIEW_FULL,
+    )
+
+
+def test_rest_delete_invocation_maps_path_and_query(api, fake):
+    reply = api.call("DELETE", "/v1/invocations/img-9?allow_missing=true", b"")
+    assert reply.status == 200, reply.body
+    assert reply.json() == {}
+    received = fake[0].requests[-1]
+    assert isinstance(received, pb.DeleteInvocationRequest)
+    assert (received.id, received.allow_missing) == ("img-9", True)
+    missing = api.call("DELETE", "/v1/invocations/missing", b"")
+    assert_status_json(missing, 404, grpc.StatusCode.NOT_FOUND)
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_other_methods_on_invocations_are_404_json(api, method):
+    assert_status_json(
+        api.call(method, "/v1/invocations/img-1", b"{}"), 404, grpc.StatusCode.NOT_FOUND
+    )
+
+
+@pytest.mark.parametrize("path", ["/v2/invocations", "/", "/ready", "/stats", "/v1/invocation"])
 def test_unknown_path_is_404_json(api, path):
     # /ready and /stats are admin paths: the listener never leads to the admin interface.
     reply = api.get(path)

@@ -22,6 +22,8 @@ from inference_service.domain import (
     Claim,
     Detection,
     Invocation,
+    InvocationFilter,
+    InvocationQuery,
     ModelInfo,
     ModelInput,
     ModelOutput,
@@ -343,5 +345,185 @@ async def test_rows_expire_after_the_configured_ttl(cassandra_endpoint) -> None:
 
         assert await store.get(invocation.id) is None
         assert await store.claim(invocation) is None  # the id is free again
+    finally:
+        await store.close()
+
+
+# --- ListInvocations and DeleteInvocation -----------------------------------------------------
+
+LIST_BUCKET_S = 60
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def small_bucket_store(cassandra_endpoint) -> AsyncIterator[CassandraInvocationStore]:
+    """A Cassandra store on a keyspace of its own whose list index has 60-second buckets."""
+    config = dataclasses.replace(
+        cassandra_endpoint,
+        keyspace=f"{cassandra_endpoint.keyspace}_l",
+        create_schema=True,
+        list_bucket_s=LIST_BUCKET_S,
+    )
+    store = await CassandraInvocationStore.connect(config)
+    yield store
+    await asyncio.to_thread(
+        store._session.execute, f"DROP KEYSPACE IF EXISTS {config.keyspace}", timeout=60
+    )
+    await store.close()
+
+
+@pytest.fixture(params=["memory", "cassandra", "cached-cassandra"])
+def listing_store(request: pytest.FixtureRequest) -> Iterator[InvocationStore]:
+    if request.param == "memory":
+        yield InMemoryInvocationStore()
+    elif request.param == "cassandra":
+        yield request.getfixturevalue("small_bucket_store")
+    else:
+        yield CachingInvocationStore(
+            request.getfixturevalue("small_bucket_store"), max_bytes=16 * 1024 * 1024
+        )
+
+
+async def backdated(store: InvocationStore, count: int, run: str) -> list[Invocation]:
+    """``count`` finished invocations created over the last ``count * 1.7`` seconds (several
+    60 s buckets), tagged with ``run``; some FAILED, some still PENDING."""
+    start = now_ms() - dt.timedelta(milliseconds=1700 * count)
+    made = []
+    for index in range(count):
+        invocation = dataclasses.replace(
+            pending(
+                f"list-{run}-{index:04d}",
+                metadata={"run": run, "camera": f"cam-{index % 3}", "site": str(index % 2)},
+            ),
+            # pairs share a create time: ties are broken by id
+            create_time=start + dt.timedelta(milliseconds=1700 * (index // 2 * 2)),
+        )
+        await own(store, invocation)
+        if index % 7 == 0:
+            made.append(invocation)  # PENDING
+            continue
+        done = succeeded(invocation)
+        if index % 5 == 0:
+            done = dataclasses.replace(done, state=State.FAILED, output=None, error="failed")
+        await store.complete(done)
+        made.append(done)
+    if isinstance(store, CachingInvocationStore):
+        store = store._inner
+    if isinstance(store, CassandraInvocationStore):
+        await store.lower_index_floor(start)
+    return made
+
+
+def order(invocations: list[Invocation]) -> list[str]:
+    return [i.id for i in sorted(invocations, key=lambda i: (-i.create_time.timestamp(), i.id))]
+
+
+async def list_ids(store: InvocationStore, query_filter: InvocationFilter, size: int) -> list[str]:
+    ids: list[str] = []
+    after = None
+    for _ in range(10_000):
+        page = await store.list(InvocationQuery(filter=query_filter, after=after, limit=size))
+        assert len(page.invocations) <= size
+        assert all(i.input.content == b"" for i in page.invocations)
+        ids += [i.id for i in page.invocations]
+        if page.next is None:
+            return ids
+        after = page.next
+    raise AssertionError("the listing never ended")
+
+
+async def test_list_pages_return_each_invocation_once_newest_first_with_every_filter(
+    listing_store: InvocationStore,
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    made = await backdated(listing_store, 230, run)
+    mine = InvocationFilter(metadata=(("run", run),))
+    assert await list_ids(listing_store, mine, 7) == order(made)
+    middle = made[100].create_time
+    cases = [
+        (InvocationFilter(metadata=(("camera", "cam-1"), ("run", run))), None),
+        (
+            InvocationFilter(metadata=(("camera", "cam-2"), ("run", run), ("site", "0"))),
+            None,
+        ),
+        (InvocationFilter(state=State.FAILED, metadata=(("run", run),)), None),
+        (InvocationFilter(state=State.PENDING, metadata=(("run", run),)), None),
+        (InvocationFilter(models=frozenset({MODEL.name}), metadata=(("run", run),)), None),
+        (InvocationFilter(models=frozenset({"no-such-model"}), metadata=(("run", run),)), None),
+        (InvocationFilter(create_time_min=middle, metadata=(("run", run),)), None),
+        (InvocationFilter(create_time_max=middle, metadata=(("run", run),)), None),
+    ]
+    for query_filter, _ in cases:
+        expected = order([i for i in made if query_filter.matches(i)])
+        assert await list_ids(listing_store, query_filter, 7) == expected, query_filter
+
+
+async def test_delete_removes_from_get_and_list_and_the_id_starts_afresh(
+    listing_store: InvocationStore,
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    first, second = await backdated(listing_store, 2, run)
+    mine = InvocationFilter(metadata=(("run", run),))
+
+    assert await listing_store.delete(first.id) is True
+
+    assert await listing_store.get(first.id) is None
+    assert await listing_store.get(first.id, with_content=False) is None
+    assert await list_ids(listing_store, mine, 10) == [second.id]
+    assert await listing_store.delete(first.id) is False
+    assert await listing_store.delete(f"unknown-{uuid.uuid4()}") is False
+    again = dataclasses.replace(pending(first.id, metadata={"run": run}), create_time=now_ms())
+    assert await listing_store.claim(again) is None  # afresh: nothing of the old one
+    await listing_store.complete(succeeded(again))
+    assert (await listing_store.get(first.id)).create_time == again.create_time
+    assert await list_ids(listing_store, mine, 10) == [first.id, second.id]
+
+
+async def test_a_deleted_pending_invocation_is_gone_for_good(
+    listing_store: InvocationStore,
+) -> None:
+    """Delete while the model runs: the row and its index entry go; a stale index entry
+    written late (the claim's, after the delete) never lists it."""
+    run = uuid.uuid4().hex[:8]
+    invocation = pending(metadata={"run": run})
+    await own(listing_store, invocation)
+    assert await listing_store.delete(invocation.id) is True
+    inner = getattr(listing_store, "_inner", listing_store)
+    if isinstance(inner, CassandraInvocationStore):
+        await inner._index(invocation)  # a late index write of the claim
+    assert await listing_store.get(invocation.id) is None
+    assert await list_ids(listing_store, InvocationFilter(metadata=(("run", run),)), 10) == []
+
+
+async def test_full_list_pages_carry_the_content(listing_store: InvocationStore) -> None:
+    run = uuid.uuid4().hex[:8]
+    made = await backdated(listing_store, 5, run)
+    page = await listing_store.list(
+        InvocationQuery(
+            filter=InvocationFilter(metadata=(("run", run),), state=State.SUCCEEDED),
+            limit=10,
+            with_content=True,
+        )
+    )
+    assert [i.id for i in page.invocations] == order(
+        [i for i in made if i.state is State.SUCCEEDED]
+    )
+    assert all(i.input.content == JPEG_HEADER + b"pixels" for i in page.invocations)
+
+
+async def test_listings_never_show_expired_rows(cassandra_endpoint) -> None:
+    """Cassandra only: with a TTL (the retention) the index entries expire with the rows."""
+    store = await CassandraInvocationStore.connect(
+        dataclasses.replace(cassandra_endpoint, default_ttl_s=4)
+    )
+    try:
+        run = uuid.uuid4().hex[:8]
+        invocation = pending(metadata={"run": run})
+        await own(store, invocation)
+        await store.complete(succeeded(invocation))
+        mine = InvocationFilter(metadata=(("run", run),))
+        assert await list_ids(store, mine, 5) == [invocation.id]
+        await asyncio.sleep(4.5)
+        assert await list_ids(store, mine, 5) == []
+        assert await store.get(invocation.id) is None
     finally:
         await store.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from inference.v1 import inference_service_pb2 as pb
@@ -114,6 +115,23 @@ class FakeInferenceService(pb_grpc.InferenceServiceServicer):
             id=request.id, input=pb.ModelInput(id=request.id), state=pb.Invocation.STATE_PENDING
         )
         return pb.GetInvocationResponse(invocation=invocation)
+
+    def ListInvocations(
+        self, request: pb.ListInvocationsRequest, context: grpc.ServicerContext
+    ) -> Any:
+        self._record(request, context, "")
+        return pb.ListInvocationsResponse(
+            invocations=[pb.Invocation(id="listed", state=pb.Invocation.STATE_SUCCEEDED)],
+            next_page_token="next",
+        )
+
+    def DeleteInvocation(
+        self, request: pb.DeleteInvocationRequest, context: grpc.ServicerContext
+    ) -> Any:
+        self._record(request, context, request.id)
+        if request.id == "missing" and not request.allow_missing:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no invocation with id missing")
+        return empty_pb2.Empty()
 
 
 @contextlib.contextmanager

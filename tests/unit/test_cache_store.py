@@ -1,4 +1,5 @@
-"""CachingInvocationStore: finished invocations are answered from memory, within its bounds."""
+"""CachingInvocationStore: the content of finished invocations is answered from memory, within
+its bounds, and never once the row is deleted (by any process)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,18 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 class CountingStore(InMemoryInvocationStore):
+    """Counts reads of the content (``gets``) apart from the small reads without it."""
+
     def __init__(self) -> None:
         super().__init__()
         self.gets = 0
+        self.basic_gets = 0
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
-        self.gets += 1
+        if with_content:
+            self.gets += 1
+        else:
+            self.basic_gets += 1
         return await super().get(invocation_id, with_content=with_content)
 
 
@@ -68,6 +75,29 @@ async def test_finished_invocations_are_served_from_memory() -> None:
     assert basic is not None and basic.input.content == b""
     assert basic.content_sha256 == done.content_sha256
     assert inner.gets == 0
+    assert inner.basic_gets == 2  # each hit revalidated with a read without the content
+
+
+async def test_a_delete_by_another_process_is_never_served_from_the_cache() -> None:
+    """Two server processes (two caches) over one store: both serve the invocation, one
+    deletes it, and the other answers None at once; a re-Invoke then is served afresh."""
+    inner = CountingStore()
+    first = CachingInvocationStore(inner, max_bytes=1 << 20)
+    second = CachingInvocationStore(inner, max_bytes=1 << 20)
+    done = await run(first, pending("d"))
+    assert await first.get("d") == done
+    assert await second.get("d") == done
+    assert await second.get("d") == done  # now from the second one's memory
+
+    assert await first.delete("d") is True
+
+    assert await second.get("d") is None
+    assert await second.get("d", with_content=False) is None
+    assert await first.get("d") is None
+    assert await first.delete("d") is False
+    again = dataclasses.replace(pending("d", size=3), create_time=T0 + dt.timedelta(seconds=1))
+    await run(first, again)
+    assert (await second.get("d")).input.content == b"xxx"
 
 
 async def test_pending_invocations_are_read_from_the_store() -> None:
@@ -87,11 +117,11 @@ async def test_reads_fill_the_cache_and_basic_entries_answer_basic_reads_only() 
     store = CachingInvocationStore(inner, max_bytes=1 << 20)
     assert (await store.get("r", with_content=False)).input.content == b""  # cached, BASIC
     assert (await store.get("r", with_content=False)).input.content == b""
-    assert inner.gets == 1
+    assert inner.gets == 0
     assert await store.get("r") == done  # a BASIC entry cannot answer FULL: read, cached
     assert await store.get("r") == done
     assert (await store.get("r", with_content=False)).input.content == b""
-    assert inner.gets == 2
+    assert inner.gets == 1
 
 
 async def test_least_recently_used_entries_go_first_to_stay_within_bytes() -> None:

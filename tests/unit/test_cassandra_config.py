@@ -83,9 +83,10 @@ def test_warns_when_the_local_data_centre_has_no_replica() -> None:
 
 
 def test_schema_has_the_claim_columns() -> None:
-    table = schema_statements("inference", "{'class': 'SimpleStrategy', 'replication_factor': 1}")[
-        -1
-    ]
+    statements = schema_statements(
+        "inference", "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
+    (table,) = [s for s in statements if "TABLE IF NOT EXISTS inference.invocations (" in s]
     assert "claim_id uuid" in table and "claim_time timestamp" in table
     assert {name for name, _ in COLUMNS} >= {"claim_id", "claim_time", "content", "state"}
 

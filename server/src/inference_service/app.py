@@ -6,7 +6,9 @@ Tests pass their own store, detector or model registry in; everything else comes
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import secrets
 from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.health import StoreHealthMonitor
 from inference_service.limits import RequestLimits
+from inference_service.listing import PageTokens
 from inference_service.metrics import (
     CacheObserver,
     InstrumentedDetector,
@@ -72,7 +75,7 @@ async def build_store(settings: Settings, metrics: Metrics | None = None) -> Inv
     timed (behind the cache) and its cache's hits and misses counted."""
     metrics = metrics or Metrics()
     if settings.store == "memory":
-        return InstrumentedStore(InMemoryInvocationStore(), metrics)
+        return InstrumentedStore(InMemoryInvocationStore(ttl_s=settings.retention_s), metrics)
     from inference_service.stores.cassandra import CassandraInvocationStore
 
     store: InvocationStore = InstrumentedStore(
@@ -84,6 +87,22 @@ async def build_store(settings: Settings, metrics: Metrics | None = None) -> Inv
         )
         store = CacheObserver(cache, metrics)
     return store
+
+
+def build_page_tokens(settings: Settings) -> PageTokens:
+    """The signer of ListInvocations page tokens: the configured secrets, or a random one of
+    this process (with a warning: tokens then work on this process only)."""
+    configured = [secret.get_secret_value().encode() for secret in settings.list_page_token_secrets]
+    if not configured:
+        logger.warning(
+            "INFERENCE_LIST_PAGE_TOKEN_SECRETS is not set: ListInvocations page tokens are "
+            "signed with a random secret of this process, and another replica refuses them"
+        )
+        configured = [secrets.token_bytes(32)]
+    return PageTokens(
+        secrets=configured,
+        lifetime=dt.timedelta(seconds=settings.list_page_token_lifetime_s),
+    )
 
 
 class Application:
@@ -170,6 +189,7 @@ class Application:
             pending_wait_s=settings.pending_wait_s,
             claim_lease_s=settings.claim_lease_s,
             speculative_model_run=settings.speculative_model_run,
+            page_tokens=build_page_tokens(settings),
         )
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes

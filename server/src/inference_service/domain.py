@@ -124,3 +124,87 @@ class Invocation:
         """The same invocation with empty ``input.content`` (what a BASIC read returns)."""
         basic = ModelInput(id=self.input.id, content=b"", metadata=self.input.metadata)
         return dataclasses.replace(self, input=basic)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvocationFilter:
+    """Which invocations a listing returns (``ListInvocations.filter``, parsed by
+    ``inference_service.listing``). Every set field must match (AND); unset fields match all.
+
+    ``create_time_min`` is inclusive, ``create_time_max`` exclusive; ``models`` holds the
+    names an invocation's model may have (a name and, when the service knows it, the model
+    it is an alias of); ``metadata`` holds (key, value) pairs that must all be present.
+    """
+
+    create_time_min: dt.datetime | None = None
+    create_time_max: dt.datetime | None = None
+    models: frozenset[str] | None = None
+    state: State | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, invocation: Invocation) -> bool:
+        """Whether ``invocation`` passes every term."""
+        if self.create_time_min is not None and invocation.create_time < self.create_time_min:
+            return False
+        if self.create_time_max is not None and invocation.create_time >= self.create_time_max:
+            return False
+        return self.matches_index(invocation.model.name, invocation.input.metadata) and (
+            self.state is None or invocation.state is self.state
+        )
+
+    def matches_index(self, model_name: str | None, metadata: Mapping[str, str] | None) -> bool:
+        """The terms an index entry can answer alone (model, metadata): a store skips the
+        entries that fail them without reading their rows."""
+        if self.models is not None and (model_name or "") not in self.models:
+            return False
+        metadata = metadata or {}
+        return all(metadata.get(key) == value for key, value in self.metadata)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class PageCursor:
+    """A position in the listing order (``create_time`` descending, then ``id`` ascending):
+    a page continues with the invocations after it.
+
+    With an ``id``, "after" means an older ``create_time``, or the same one and a greater id.
+    Without one (``None``), it means every invocation older than ``create_time``: where a page
+    that stopped between invocations (a store bounds the work of one page) goes on.
+    """
+
+    create_time: dt.datetime
+    id: str | None = None
+
+    @classmethod
+    def of(cls, invocation: Invocation) -> PageCursor:
+        return cls(create_time=invocation.create_time, id=invocation.id)
+
+    def before(self, create_time: dt.datetime, invocation_id: str) -> bool:
+        """Whether an invocation at (``create_time``, ``invocation_id``) comes after this
+        position in the listing order."""
+        if create_time < self.create_time:
+            return True
+        return self.id is not None and create_time == self.create_time and invocation_id > self.id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvocationQuery:
+    """One page's worth of a listing, as the service asks a store for it."""
+
+    filter: InvocationFilter = InvocationFilter()
+    after: PageCursor | None = None
+    """Continue after this position; ``None``: from the newest."""
+    limit: int = 50
+    """Most invocations to return (at least 1)."""
+    with_content: bool = False
+    max_content_bytes: int | None = None
+    """With content: stop once the invocations of the page hold this many bytes of content
+    (at least one invocation is returned)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvocationPage:
+    """What a store returns for an ``InvocationQuery``: up to ``limit`` invocations in listing
+    order, and where the next page starts (``None``: there is no more)."""
+
+    invocations: tuple[Invocation, ...]
+    next: PageCursor | None

@@ -126,3 +126,32 @@ class RequestLimits:
             + SMALL_FIELDS_BYTES
             + HEADROOM_BYTES
         )
+
+
+MAX_PAGE_SIZE = 1000
+"""Most invocations one ListInvocations page holds (a larger ``page_size`` is lowered to it)."""
+DEFAULT_PAGE_SIZE = 50
+"""Invocations of a ListInvocations page when ``page_size`` is 0."""
+
+
+def invocation_response_bytes(content_bytes: int, metadata: dict[str, str], detections: int) -> int:
+    """An upper bound of one invocation in a ListInvocations response, in JSON (which is larger
+    than its protobuf): content in base64, metadata escaped, detections, the small fields."""
+    metadata_bytes = sum(
+        JSON_ESCAPE_FACTOR * (len(key.encode()) + len(value.encode())) + 6
+        for key, value in metadata.items()
+    )
+    return (
+        base64_length(content_bytes)
+        + metadata_bytes
+        + detections * DETECTION_JSON_BYTES
+        + SMALL_FIELDS_BYTES
+    )
+
+
+def list_page_bytes(limits: RequestLimits) -> int:
+    """The most a ListInvocations page may hold, counted by ``invocation_response_bytes``: what
+    the largest single invocation may take in a response (so one always fits, and a page
+    passes every limit that a GetInvocation response passes: the gRPC message limit and
+    Envoy's REST response limit). A FULL page is cut when the next invocation would pass it."""
+    return limits.rest_response_body_bytes - HEADROOM_BYTES

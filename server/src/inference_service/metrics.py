@@ -30,7 +30,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
-from inference_service.domain import Invocation, ModelInfo, ModelOutput
+from inference_service.domain import (
+    Invocation,
+    InvocationPage,
+    InvocationQuery,
+    ModelInfo,
+    ModelOutput,
+)
 from inference_service.ports import Detector, InvocationStore
 
 logger = logging.getLogger(__name__)
@@ -192,11 +198,17 @@ class InstrumentedStore:
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         marker = _store_read.get()
-        if marker is not None:
+        if marker is not None and with_content:  # the cache's revalidation reads are BASIC
             marker[0] = True
         return await self._call(
             "get", lambda: self._inner.get(invocation_id, with_content=with_content)
         )
+
+    async def list(self, query: InvocationQuery) -> InvocationPage:
+        return await self._call("list", lambda: self._inner.list(query))
+
+    async def delete(self, invocation_id: str) -> bool:
+        return await self._call("delete", lambda: self._inner.delete(invocation_id))
 
     async def check(self) -> None:
         await self._call("check", self._inner.check, trace=False)  # each second: no spans
@@ -209,14 +221,17 @@ class InstrumentedStore:
 
 
 class CacheObserver:
-    """In front of a caching store: counts each ``get`` as a hit (answered from memory) or a
-    miss (it reached the ``InstrumentedStore`` behind the cache)."""
+    """In front of a caching store: counts each ``get`` with content as a hit (the content came
+    from memory; the cache still revalidates the row with a small read) or a miss (the content
+    was read from the store). Reads without content are not counted."""
 
     def __init__(self, cache: InvocationStore, metrics: Metrics) -> None:
         self._cache = cache
         self._metrics = metrics
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        if not with_content:
+            return await self._cache.get(invocation_id, with_content=False)
         marker = [False]
         token = _store_read.set(marker)
         try:

@@ -6,7 +6,14 @@ from typing import Protocol
 
 import numpy as np
 
-from inference_service.domain import Invocation, ModelDescription, ModelInfo, ModelOutput
+from inference_service.domain import (
+    Invocation,
+    InvocationPage,
+    InvocationQuery,
+    ModelDescription,
+    ModelInfo,
+    ModelOutput,
+)
 
 
 class Detector(Protocol):
@@ -104,6 +111,21 @@ class InvocationStore(Protocol):
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         """Return the stored invocation, or ``None``. Without content,
         ``input.content`` is ``b""`` (``content_sha256`` is still set)."""
+        ...
+
+    async def list(self, query: InvocationQuery) -> InvocationPage:
+        """One page of stored invocations matching ``query.filter``, newest first (by
+        ``create_time``, ties by id), after ``query.after``: at most ``query.limit`` of them,
+        and the position of the next page (``None`` at the end). A store may bound the work of
+        one page and return fewer (even none) with a position to go on from. Never returns an
+        invocation that a ``get`` would not (deleted, expired)."""
+        ...
+
+    async def delete(self, invocation_id: str) -> bool:
+        """Erase the invocation from every table; ``True`` when there was one. After it
+        returns, no ``get`` or ``list`` of any process returns it, and no later write of an
+        Invoke that claimed it before (``complete``) brings it back; a new ``claim`` of the id
+        starts afresh. Idempotent (a retry answers ``False`` once the first one applied)."""
         ...
 
     async def check(self) -> None:

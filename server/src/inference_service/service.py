@@ -11,8 +11,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -23,9 +25,11 @@ from inference_service.admission import UnlimitedAdmission
 from inference_service.domain import (
     Claim,
     Invocation,
+    InvocationQuery,
     ModelDescription,
     ModelInput,
     ModelOutput,
+    PageCursor,
     State,
 )
 from inference_service.errors import (
@@ -38,14 +42,21 @@ from inference_service.errors import (
     NotFoundError,
 )
 from inference_service.limits import (
+    DEFAULT_PAGE_SIZE,
     MAX_ID_CHARS,
     MAX_METADATA_KEY_BYTES,
     MAX_METADATA_VALUE_BYTES,
+    MAX_PAGE_SIZE,
     RequestLimits,
+    invocation_response_bytes,
+    list_page_bytes,
 )
+from inference_service.listing import PageTokens, parameters_digest, parse_filter
 from inference_service.ports import Admission, Detector, InvocationStore, ModelLease, ModelRegistry
 
 logger = logging.getLogger(__name__)
+audit_logger = logging.getLogger("inference_service.audit")
+"""One JSON line per erasure (``DeleteInvocation``): what was asked, by whom, what happened."""
 
 ID_PATTERN = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_ID_CHARS}}}")
 FAILED_MESSAGE = "the model failed on this input"
@@ -112,10 +123,13 @@ class InferenceService:
         claim_lease_s: float = 60.0,
         admission: Admission | None = None,
         speculative_model_run: bool = False,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         """``models``: the registry the model of each Invoke comes from; or ``detector``, the
         one model served (tests). ``speculative_model_run``: start the model beside the claim
-        (a loser of the claim discards its run)."""
+        (a loser of the claim discards its run). ``page_tokens``: signs ListInvocations page
+        tokens (default: a random secret of this process alone, so tokens are valid only on
+        this process: give every replica the same secrets)."""
         if models is None:
             if detector is None:
                 raise TypeError("InferenceService needs models or a detector")
@@ -137,6 +151,7 @@ class InferenceService:
         self._runs: set[asyncio.Future[Invocation]] = set()
         self._lease = dt.timedelta(seconds=claim_lease_s)
         self._speculate = speculative_model_run
+        self._page_tokens = page_tokens or PageTokens(secrets=[secrets.token_bytes(32)])
 
     async def invoke(self, model_input: ModelInput, model: str = "") -> Invocation:
         """Validate, claim the id, run the model, store and return the invocation.
@@ -273,6 +288,91 @@ class InferenceService:
         if invocation is None:
             raise NotFoundError(f"invocation {invocation_id!r} not found")
         return invocation
+
+    async def list_invocations(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        filter_text: str = "",
+        full: bool = False,
+    ) -> tuple[list[Invocation], str]:
+        """One page of stored invocations, newest first, and the token of the next page (``""``
+        at the end). ``page_size`` 0 means ``DEFAULT_PAGE_SIZE``, more than ``MAX_PAGE_SIZE``
+        is lowered to it, negative is ``InvalidArgumentError``; ``filter_text``: see
+        ``inference_service.listing``; ``full``: with the content (the page is then also cut
+        to ``list_page_bytes``). A ``page_token`` must come from a page of the same filter and
+        view."""
+        if page_size < 0:
+            raise InvalidArgumentError(f"page_size is {page_size}: it must be 0 or more")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        parameters = parameters_digest(filter_text, "FULL" if full else "BASIC")
+        after = self._page_tokens.read(page_token, parameters) if page_token else None
+        query = InvocationQuery(
+            filter=parse_filter(filter_text, self._model_names),
+            after=after,
+            limit=size,
+            with_content=full,
+            max_content_bytes=list_page_bytes(self._limits) if full else None,
+        )
+        page = await self._store.list(query)
+        invocations, next_cursor = list(page.invocations), page.next
+        budget = list_page_bytes(self._limits)
+        used = 0
+        for index, invocation in enumerate(invocations):
+            used += invocation_response_bytes(
+                len(invocation.input.content),
+                dict(invocation.input.metadata),
+                len(invocation.output.detections) if invocation.output is not None else 0,
+            )
+            if used > budget and index > 0:  # the first one always fits (it is an invocation)
+                invocations = invocations[:index]
+                next_cursor = PageCursor.of(invocations[-1])
+                break
+        token = self._page_tokens.make(next_cursor, parameters) if next_cursor else ""
+        return invocations, token
+
+    async def delete_invocation(
+        self,
+        invocation_id: str,
+        *,
+        allow_missing: bool = False,
+        request_id: str = "",
+        caller: str = "",
+    ) -> None:
+        """Erase an invocation from the store (every table); ``NotFoundError`` when there is
+        none, unless ``allow_missing``. Writes one JSON audit line (``inference_service.audit``:
+        the id, ``request_id``, ``caller``, the outcome; never the content)."""
+        validate_id(invocation_id)
+        outcome = "error"
+        try:
+            deleted = await self._store.delete(invocation_id)
+            outcome = "deleted" if deleted else "not_found"
+        finally:
+            audit_logger.info(
+                json.dumps(
+                    {
+                        "event": "invocation.delete",
+                        "invocation_id": invocation_id,
+                        "request_id": request_id,
+                        "caller": caller,
+                        "allow_missing": allow_missing,
+                        "outcome": outcome,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        if not deleted and not allow_missing:
+            raise NotFoundError(f"invocation {invocation_id!r} not found")
+
+    def _model_names(self, name: str) -> frozenset[str]:
+        """What ``model = name`` in a filter matches: the name, and when a served model has it
+        as its name or alias, that model's name (invocations record the name)."""
+        try:
+            described = self._models.describe(name)
+        except NotFoundError:
+            return frozenset({name})
+        return frozenset({name, described.info.name})
 
     # -- helpers -------------------------------------------------------------
 

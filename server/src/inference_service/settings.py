@@ -7,6 +7,7 @@ Nothing else in the package reads the environment: the entry point builds a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +28,26 @@ SLIM_MODEL_URL = (
     "version-slim-320_without_postprocessing.tflite"
 )
 SLIM_MODEL_SHA256 = "d0088834c6b68490291f308ff2d388ee83954eac10856abd90e29c7cd9d186fc"
+
+
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_TTL_S = 630_720_000
+"""Cassandra's largest TTL (20 years)."""
+
+
+def parse_duration_s(text: str) -> int:
+    """Seconds of a retention such as ``30d``, ``12h``, ``90m``, ``3600s``, ``2w`` or ``3600``;
+    ``forever`` (or ``0``) is 0."""
+    if text.strip().lower() in ("forever", "0", ""):
+        return 0
+    match = _DURATION.fullmatch(text.lower())
+    if match is None:
+        raise ValueError(f"retention {text!r}: expected a duration like 30d, 12h, 90m or forever")
+    seconds = int(match[1]) * _UNIT_S[match[2]]
+    if seconds > MAX_TTL_S:
+        raise ValueError(f"retention {text!r} is longer than Cassandra's TTL limit (20 years)")
+    return seconds
 
 
 class Settings(BaseSettings):
@@ -186,7 +207,29 @@ class Settings(BaseSettings):
     cassandra_connect_timeout_s: float = Field(5.0, gt=0)
     """Connection timeout."""
     cassandra_default_ttl_s: int = Field(0, ge=0)
-    """Default TTL of stored invocations in seconds; 0 keeps them forever."""
+    """Default TTL of stored invocations in seconds; 0 keeps them forever. Set by ``retention``
+    (prefer that); both set, they must agree."""
+    cassandra_list_bucket_s: int = Field(3600, ge=60, le=31 * 86400)
+    """Width, in seconds, of the time buckets of the list index (``invocations_by_time``): one
+    partition per bucket (1 hour by default). Fixed when the first invocation is stored: rows
+    written under another width are not found by ListInvocations (re-run ``inference-service
+    backfill-index`` after changing it). Keep a bucket under ~100 MB: about 300 bytes plus the
+    metadata per invocation (1 hour at 100 Invokes/s is ~110 MB with small metadata: lower it
+    for such rates)."""
+
+    # --- data lifecycle ----------------------------------------------------
+    retention: str = "forever"
+    """How long invocations are kept: a duration such as ``30d``, ``12h``, ``90m`` or ``3600s``
+    (or ``forever``, the default). Applied as the Cassandra TTL of every row of every table
+    (they expire at once, ``retention`` after their create time) and by the memory store. Rows
+    written before a change keep the TTL they were written with (docs/privacy.md)."""
+    list_page_token_secrets: Annotated[list[SecretStr], NoDecode] = []
+    """Secrets (comma-separated, each at least 16 characters) that sign ListInvocations page
+    tokens: the first signs, every one verifies (to rotate: put the new one first, drop the old
+    one after ``list_page_token_lifetime_s``). Every replica needs the same ones. Empty: a
+    random secret per process (a token is then only valid on the process that made it)."""
+    list_page_token_lifetime_s: float = Field(86400.0, gt=0)
+    """How long a page token stays valid (24 hours)."""
     cassandra_create_schema: bool = False
     """Create (or upgrade) the keyspace and table at start-up, as ``migrate`` does; the local dev
     stack turns it on. Off (the default), ``serve`` only checks that the schema is in place
@@ -249,6 +292,43 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [host.strip() for host in value.split(",") if host.strip()]
         return value
+
+    @field_validator("list_page_token_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("list_page_token_secrets")
+    @classmethod
+    def _long_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(len(secret.get_secret_value().encode()) < 16 for secret in value):
+            raise ValueError("each page token secret must be at least 16 characters")
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        parse_duration_s(value)
+        return value
+
+    @property
+    def retention_s(self) -> int:
+        """``retention`` in seconds; 0: forever."""
+        return parse_duration_s(self.retention)
+
+    @model_validator(mode="after")
+    def _one_retention(self) -> Settings:
+        retention = self.retention_s
+        if retention and self.cassandra_default_ttl_s and retention != self.cassandra_default_ttl_s:
+            raise ValueError(
+                f"retention ({self.retention}) and cassandra_default_ttl_s "
+                f"({self.cassandra_default_ttl_s}) disagree: set retention only"
+            )
+        if retention:
+            self.cassandra_default_ttl_s = retention
+        return self
 
     @field_validator("cassandra_datacenters", mode="before")
     @classmethod

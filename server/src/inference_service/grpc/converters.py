@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from inference.v1 import inference_service_pb2 as pb
@@ -14,6 +16,20 @@ _STATE_TO_PROTO = {
     State.SUCCEEDED: pb.Invocation.STATE_SUCCEEDED,
     State.FAILED: pb.Invocation.STATE_FAILED,
 }
+
+
+CALLER_HEADER = "x-envoy-auth-subject"
+"""The ``sub`` of the caller's JWT, set by Envoy's jwt_authn filter where a JWT is required.
+A client cannot set it: Envoy drops every ``x-envoy-*`` header of a request first."""
+
+
+def caller_of(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    """Who called, for the audit log: the JWT subject Envoy passed on, else ``""``."""
+    for key, value in metadata or ():
+        if key == CALLER_HEADER:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            return text[:256]
+    return ""
 
 
 def model_input_from_proto(message: pb.ModelInput) -> ModelInput:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import grpc
 from google.api import httpbody_pb2
+from google.protobuf import empty_pb2
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.grpc import converters
+from inference_service.grpc.request_id import current_request_id
 from inference_service.render import PNG_CONTENT_TYPE, InvocationRenderer
 from inference_service.service import InferenceService
 
@@ -59,3 +61,28 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.GetModelResponse:
         model = self._service.get_model(request.name)
         return pb.GetModelResponse(model=converters.model_to_proto(model))
+
+    async def ListInvocations(  # noqa: N802 - gRPC method name
+        self, request: pb.ListInvocationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInvocationsResponse:
+        invocations, next_page_token = await self._service.list_invocations(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            filter_text=request.filter,
+            full=converters.wants_content(request.view, default=False),
+        )
+        return pb.ListInvocationsResponse(
+            invocations=[converters.invocation_to_proto(i) for i in invocations],
+            next_page_token=next_page_token,
+        )
+
+    async def DeleteInvocation(  # noqa: N802 - gRPC method name
+        self, request: pb.DeleteInvocationRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._service.delete_invocation(
+            request.id,
+            allow_missing=request.allow_missing,
+            request_id=current_request_id.get(),
+            caller=converters.caller_of(context.invocation_metadata()),
+        )
+        return empty_pb2.Empty()

@@ -1,10 +1,14 @@
 """A read-through cache of finished invocations in front of another store.
 
-A finished invocation (SUCCEEDED or FAILED) never changes again: the id is claimed once and its
-outcome written once, and nothing rewrites either. So every server process may keep the ones it
-has seen, without coherence traffic between processes, and answer ``get`` from memory. Pending
-invocations are never cached. With a default TTL on the store, an entry expires when its row
-does (``create_time + ttl``, less a margin).
+A finished invocation (SUCCEEDED or FAILED) never changes again, but it may be deleted
+(``DeleteInvocation``, on any server process) and its id invoked afresh. So an entry is never
+served on trust: every hit first reads the row's identity from the store (a read without the
+content: create time, claim, state) at the store's consistency, and the entry answers only when
+that is still the row it was made from. A deleted row (or one deleted and claimed again) drops
+the entry. The cache saves the read of the content, the large part, never the round trip; no
+coherence traffic between processes is needed, and after a delete returns no process serves
+the invocation. Pending invocations are never cached. With a default TTL on the store, an entry
+expires when its row does (``create_time + ttl``, less a margin).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
-from inference_service.domain import Invocation, State
+from inference_service.domain import Invocation, InvocationPage, InvocationQuery, State
 from inference_service.ports import InvocationStore
 
 logger = logging.getLogger(__name__)
@@ -100,14 +104,31 @@ class CachingInvocationStore:
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         cached = self._lookup(invocation_id)
         if cached is not None:
-            if not with_content:
-                return cached.without_content()
-            if _has_content(cached):
+            # Revalidate: the row's identity, without its content (see the module docstring).
+            current = await self._inner.get(invocation_id, with_content=False)
+            if current is None or not _same_row(cached, current):
+                self._forget(invocation_id)
+                if current is None or not with_content:
+                    return current
+            elif not with_content:
+                return current
+            elif _has_content(cached):
                 return cached
         stored = await self._inner.get(invocation_id, with_content=with_content)
         if stored is not None:
             self._remember(stored)
         return stored
+
+    async def list(self, query: InvocationQuery) -> InvocationPage:
+        return await self._inner.list(query)
+
+    async def delete(self, invocation_id: str) -> bool:
+        self._forget(invocation_id)
+        self._claimed.pop(invocation_id, None)
+        try:
+            return await self._inner.delete(invocation_id)
+        finally:  # a get that ran meanwhile may have put it back
+            self._forget(invocation_id)
 
     async def check(self) -> None:
         await self._inner.check()
@@ -179,6 +200,16 @@ def entry_bytes(invocation: Invocation) -> int:
         size += sys.getsizeof(detections) + len(detections) * DETECTION_BYTES
         size += sum(sys.getsizeof(detection.label) for detection in detections)
     return size
+
+
+def _same_row(cached: Invocation, current: Invocation) -> bool:
+    """Whether ``current`` (just read) is the row ``cached`` was made from: the same create
+    time, claim and state (a row deleted and invoked again has a new create time and claim)."""
+    if cached.create_time != current.create_time or cached.state is not current.state:
+        return False
+    if cached.claim is not None and current.claim is not None:
+        return cached.claim.token == current.claim.token
+    return True
 
 
 def _has_content(invocation: Invocation) -> bool:

@@ -81,13 +81,20 @@ from inference_service.domain import (
     Claim,
     Detection,
     Invocation,
+    InvocationPage,
+    InvocationQuery,
     ModelInfo,
     ModelInput,
     ModelOutput,
+    PageCursor,
     State,
 )
 from inference_service.errors import StoreUnavailableError
 from inference_service.stores.cassandra_schema import (
+    DEFAULT_BUCKET_S,
+    INDEX_STATE_KEY,
+    INDEX_STATE_TABLE,
+    INDEX_TABLE,
     TABLE,
     check_identifier,
     create_schema,
@@ -143,6 +150,9 @@ class CassandraConfig:
     """TTL of every written row, 0 for none; also the table's ``default_time_to_live``."""
     create_schema: bool = False
     """Create or upgrade the schema at connect; otherwise only check that it is in place."""
+    list_bucket_s: int = DEFAULT_BUCKET_S
+    """Bucket width of the list index when ``create_schema`` makes it (the index's own width,
+    recorded in ``invocations_index_state``, wins afterwards)."""
     protocol_version: int = 5
     reconnect_delay_s: float = 0.5
     reconnect_max_delay_s: float = 4.0
@@ -180,6 +190,7 @@ class CassandraConfig:
             connect_timeout_s=settings.cassandra_connect_timeout_s,
             default_ttl_s=settings.cassandra_default_ttl_s,
             create_schema=settings.cassandra_create_schema,
+            list_bucket_s=settings.cassandra_list_bucket_s,
             tls_ca_file=_path(settings.cassandra_tls_ca_file),
             tls_verify_hostname=settings.cassandra_tls_verify_hostname,
             tls_cert_file=_path(settings.cassandra_tls_cert_file),
@@ -211,6 +222,7 @@ class CassandraInvocationStore:
         self._config = config
         self._ttl_s = int(config.default_ttl_s)
         queries = _queries(f"{config.keyspace}.{TABLE}")
+        queries.update(_index_queries(config.keyspace))
         # Conditional writes are never retried by the driver: a second attempt of a claim that
         # was applied would find its own row. An uncertain answer is settled by a serial read.
         self._claim = self._prepare(queries["claim"], retry=False)
@@ -218,6 +230,25 @@ class CassandraInvocationStore:
         self._complete = self._prepare(queries["complete"], idempotent=True)
         self._get_with_content = self._prepare(queries["get_with_content"], idempotent=True)
         self._get_without_content = self._prepare(queries["get_without_content"], idempotent=True)
+        self._delete = self._prepare(queries["delete"], retry=False)
+        self._index_insert = self._prepare(queries["index_insert"], idempotent=True)
+        self._index_delete = self._prepare(queries["index_delete"], idempotent=True)
+        self._index_same_time = self._prepare(queries["index_same_time"], idempotent=True)
+        self._index_older = self._prepare(queries["index_older"], idempotent=True)
+        self._index_state = self._prepare(queries["index_state"], idempotent=True)
+        self._index_floor = self._prepare(queries["index_floor"], idempotent=True)
+        state = session.execute(self._index_state, (INDEX_STATE_KEY,)).one()
+        bucket_s = state["bucket_s"] if state is not None and state["bucket_s"] else None
+        if bucket_s is not None and bucket_s != config.list_bucket_s:
+            logger.warning(
+                "the list index of keyspace %s has buckets of %ds (not the configured %ds): "
+                "using %ds",
+                config.keyspace,
+                bucket_s,
+                config.list_bucket_s,
+                bucket_s,
+            )
+        self._bucket = dt.timedelta(seconds=bucket_s or config.list_bucket_s)
 
     def _prepare(
         self, query: str, *, idempotent: bool = False, retry: bool = True
@@ -248,7 +279,13 @@ class CassandraInvocationStore:
         try:
             session = cluster.connect()
             if config.create_schema:
-                create_schema(session, config.keyspace, config.replication, config.default_ttl_s)
+                create_schema(
+                    session,
+                    config.keyspace,
+                    config.replication,
+                    config.default_ttl_s,
+                    bucket_s=config.list_bucket_s,
+                )
             else:
                 verify_schema(session, config.keyspace)
             _warn_about_replication(session, config)
@@ -320,6 +357,7 @@ class CassandraInvocationStore:
                     row = None
             break
         if row is None or row["claim_id"] == claim_id:  # applied (maybe by an earlier attempt)
+            await self._index(invocation)
             return None
         existing = self._to_invocation(row, with_content=True)
         if existing is None:
@@ -348,6 +386,7 @@ class CassandraInvocationStore:
         else:
             won = bool(rows[0]["[applied]"])
         if won:
+            await self._index(stale)  # the first owner may have died before it wrote it
             return None
         current = await self._serial_read(stale.id, "take over", None)
         return self._to_invocation(current, with_content=True) if current is not None else None
@@ -392,6 +431,106 @@ class CassandraInvocationStore:
             return None
         return self._to_invocation(rows[0], with_content=with_content)
 
+    async def delete(self, invocation_id: str) -> bool:
+        # A lightweight transaction, so that it is ordered with the claim, take-over and outcome
+        # writes of the id (their Paxos rounds), and a row deleted here is never written back by
+        # an Invoke that claimed it before (its conditional outcome write finds no claim). The
+        # index entry goes after it: a stale entry is never listed (see ``list``).
+        try:
+            rows = await self._execute(self._get_without_content, (invocation_id,))
+        except Exception as exc:
+            raise _unavailable_or(exc, "delete") from exc
+        if not rows:
+            return False
+        create_time = rows[0]["create_time"]
+        try:
+            result = await self._execute(self._delete, (invocation_id,))
+            applied = bool(result[0]["[applied]"])
+        except Exception as exc:
+            if not _outcome_unknown(exc):
+                raise _unavailable_or(exc, "delete") from exc
+            logger.warning("delete of %r uncertain (%r); reading it back", invocation_id, exc)
+            applied = await self._serial_read(invocation_id, "delete", exc) is None
+        if applied and create_time is not None:
+            create_time = _utc(create_time)
+            await self._retrying(
+                "delete",
+                self._index_delete,
+                (self._bucket_of(create_time), create_time, invocation_id),
+            )
+        return applied
+
+    async def list(self, query: InvocationQuery) -> InvocationPage:
+        """Walks the index's buckets from the newest position down, reading at most
+        ``MAX_INDEX_ROWS_PER_PAGE`` entries in ``MAX_BUCKETS_PER_PAGE`` buckets and the rows of
+        at most ``max(2 * limit, MIN_ROW_READS_PER_PAGE)`` of them, then stops (with a position
+        to go on from when there is more). Every listed entry is checked against its row: a row
+        that is gone (deleted, expired) or re-created (another create time) is not listed, so
+        a late or stale index entry can never bring back an invocation."""
+        wanted = query.filter
+        lower = await self._lower_bound(wanted.create_time_min)
+        if query.after is not None:
+            position = query.after
+        else:
+            upper = wanted.create_time_max or _utcnow() + CLOCK_SKEW
+            position = PageCursor(create_time=upper, id=None)
+        found: list[Invocation] = []
+        content = 0
+        rows_left = MAX_INDEX_ROWS_PER_PAGE
+        reads_left = max(2 * query.limit, MIN_ROW_READS_PER_PAGE)
+        buckets_left = MAX_BUCKETS_PER_PAGE
+        bucket = self._bucket_of(_first_time_at_or_after(position))
+        while True:
+            if bucket + self._bucket <= lower:  # below the oldest bucket (or the filter)
+                return InvocationPage(invocations=tuple(found), next=None)
+            if rows_left <= 0 or reads_left <= 0 or buckets_left <= 0:
+                return InvocationPage(invocations=tuple(found), next=position)
+            fetch = min(rows_left, max(2 * (query.limit - len(found)), 64))
+            entries = await self._index_entries(bucket, position, lower, fetch)
+            rows_left -= len(entries)
+            # The rows of the entries the filter's model and metadata terms let through, in
+            # batches of what the page still needs (one by one for FULL pages: bounded memory).
+            cut = len(entries)
+            candidates: list[int] = []
+            batch = 1 if query.with_content else query.limit - len(found)
+            for index, entry in enumerate(entries):
+                if wanted.matches_index(entry["model_name"], entry["metadata"]):
+                    if len(candidates) >= reads_left:
+                        cut = index  # no reads left for this one: the page stops before it
+                        break
+                    candidates.append(index)
+            rows: dict[int, Invocation | None] = {}
+            walked = 0  # entries[:walked] are decided (listed or not), ``position`` the last
+            step = max(batch, 1)
+            for first in range(0, len(candidates) + 1, step):
+                chunk = candidates[first : first + step]
+                results = await asyncio.gather(
+                    *(self.get(entries[i]["id"], with_content=query.with_content) for i in chunk)
+                )
+                rows.update(zip(chunk, results, strict=True))
+                reads_left -= len(chunk)
+                # Decided now: every entry up to the last one read (or all, after the last).
+                upto = chunk[-1] + 1 if first + step < len(candidates) else cut
+                for index in range(walked, upto):
+                    entry = entries[index]
+                    position = PageCursor(create_time=_utc(entry["create_time"]), id=entry["id"])
+                    invocation = rows.get(index)
+                    if invocation is None or not _listed(invocation, position, wanted):
+                        continue
+                    found.append(invocation)
+                    content += len(invocation.input.content)
+                    if len(found) == query.limit or (
+                        query.max_content_bytes is not None and content >= query.max_content_bytes
+                    ):
+                        return InvocationPage(invocations=tuple(found), next=position)
+                walked = upto
+            if cut < len(entries):
+                return InvocationPage(invocations=tuple(found), next=position)
+            if len(entries) < fetch:  # the bucket is done: on to the one before
+                position = PageCursor(create_time=bucket, id=None)
+                bucket -= self._bucket
+                buckets_left -= 1
+
     async def check(self) -> None:
         # A read at the configured consistency: it needs as many replicas as real calls do.
         try:
@@ -400,6 +539,70 @@ class CassandraInvocationStore:
             if not _transient(exc):
                 raise
             raise StoreUnavailableError("invocation store unavailable") from exc
+
+    # --- list index helpers -------------------------------------------------------------
+
+    async def lower_index_floor(self, oldest: dt.datetime) -> None:
+        """Make listings reach back to ``oldest`` (``backfill-index`` calls it for the rows it
+        indexes; the first ``migrate`` set the floor to its own time)."""
+        rows = await self._retrying("index floor", self._index_state, (INDEX_STATE_KEY,))
+        current = rows[0]["floor"] if rows else None
+        if current is None or _utc(current) > _utc(oldest):
+            await self._retrying("index floor", self._index_floor, (oldest, INDEX_STATE_KEY))
+
+    def _bucket_of(self, time: dt.datetime) -> dt.datetime:
+        """The start of the bucket holding ``time``."""
+        offset = (_utc(time) - _EPOCH) // self._bucket
+        return _EPOCH + offset * self._bucket
+
+    async def _index(self, invocation: Invocation) -> None:
+        """Write the list index entry of an invocation this caller owns (idempotent)."""
+        create_time = invocation.create_time
+        params = (
+            self._bucket_of(create_time),
+            create_time,
+            invocation.id,
+            invocation.model.name,
+            dict(invocation.input.metadata),
+            self._claim_ttl(create_time),
+        )
+        await self._retrying("index", self._index_insert, params)
+
+    async def _lower_bound(self, create_time_min: dt.datetime | None) -> dt.datetime:
+        """The oldest create time a listing must reach: the filter's, the index's oldest bucket
+        (``migrate``, ``backfill-index``) and, with a retention, what has not expired."""
+        try:
+            rows = await self._execute(self._index_state, (INDEX_STATE_KEY,))
+        except Exception as exc:
+            raise _unavailable_or(exc, "list") from exc
+        bounds = [_EPOCH]
+        if rows and rows[0]["floor"] is not None:
+            bounds.append(self._bucket_of(_utc(rows[0]["floor"])))
+        if create_time_min is not None:
+            bounds.append(create_time_min)
+        if self._ttl_s:
+            bounds.append(_utcnow() - dt.timedelta(seconds=self._ttl_s))
+        return max(bounds)
+
+    async def _index_entries(
+        self, bucket: dt.datetime, position: PageCursor, lower: dt.datetime, limit: int
+    ) -> list[Mapping[str, Any]]:
+        """Up to ``limit`` entries of ``bucket`` after ``position``, not older than ``lower``."""
+        entries: list[Mapping[str, Any]] = []
+        try:
+            if position.id is not None and self._bucket_of(position.create_time) == bucket:
+                entries = await self._execute(
+                    self._index_same_time, (bucket, position.create_time, position.id, limit)
+                )
+                entries = [e for e in entries if _utc(e["create_time"]) >= lower]
+            if len(entries) < limit:
+                entries += await self._execute(
+                    self._index_older,
+                    (bucket, position.create_time, lower, limit - len(entries)),
+                )
+        except Exception as exc:
+            raise _unavailable_or(exc, "list") from exc
+        return entries
 
     # --- claim helpers ------------------------------------------------------------------
 
@@ -524,6 +727,33 @@ class CassandraInvocationStore:
         )
 
 
+def _index_queries(keyspace: str) -> dict[str, str]:
+    """The CQL of the list index (``keyspace`` is checked)."""
+    index = f"{keyspace}.{INDEX_TABLE}"
+    entry = "create_time, id, model_name, metadata"
+    return {
+        "index_insert": (
+            f"INSERT INTO {index} (bucket, create_time, id, model_name, metadata)"  # noqa: S608
+            " VALUES (?, ?, ?, ?, ?) USING TTL ?"
+        ),
+        "index_delete": f"DELETE FROM {index} WHERE bucket = ? AND create_time = ? AND id = ?",  # noqa: S608
+        "index_same_time": (
+            f"SELECT {entry} FROM {index}"  # noqa: S608
+            " WHERE bucket = ? AND create_time = ? AND id > ? LIMIT ?"
+        ),
+        "index_older": (
+            f"SELECT {entry} FROM {index}"  # noqa: S608
+            " WHERE bucket = ? AND create_time < ? AND create_time >= ? LIMIT ?"
+        ),
+        "index_floor": (
+            f"UPDATE {keyspace}.{INDEX_STATE_TABLE} SET floor = ? WHERE name = ?"  # noqa: S608
+        ),
+        "index_state": (
+            f"SELECT bucket_s, floor FROM {keyspace}.{INDEX_STATE_TABLE} WHERE name = ?"  # noqa: S608
+        ),
+    }
+
+
 def _queries(table: str) -> dict[str, str]:
     """The store's CQL. ``table`` is ``<keyspace>.invocations`` with a checked keyspace name."""
     outcome = "state, detections, image_width, image_height, error, complete_time"
@@ -552,6 +782,7 @@ def _queries(table: str) -> dict[str, str]:
         " WHERE id = ?"
     )
     return {
+        "delete": f"DELETE FROM {table} WHERE id = ? IF EXISTS",  # noqa: S608
         "claim": claim,
         "take_over": take_over,
         "complete": complete,
@@ -694,6 +925,38 @@ def _unavailable_or(exc: BaseException, operation: str) -> BaseException:
 def _unavailable(operation: str, exc: BaseException) -> StoreUnavailableError:
     logger.warning("invocation store %s failed: %s: %s", operation, type(exc).__name__, exc)
     return StoreUnavailableError("invocation store unavailable")
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: Where a first page starts: a little after now, for servers whose clocks run ahead.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+#: Bounds of one ListInvocations page (``CassandraInvocationStore.list``).
+MAX_BUCKETS_PER_PAGE = 96
+MAX_INDEX_ROWS_PER_PAGE = 4000
+MIN_ROW_READS_PER_PAGE = 100
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _listed(invocation: Invocation | None, position: PageCursor, wanted: Any) -> bool:
+    """Whether the row read for the index entry at ``position`` is listed: it exists, is the
+    row the entry was written for (same create time: not one deleted and invoked again) and
+    matches the whole filter (the state, which the index does not hold)."""
+    return (
+        invocation is not None
+        and invocation.create_time == position.create_time
+        and wanted.matches(invocation)
+    )
+
+
+def _first_time_at_or_after(position: PageCursor) -> dt.datetime:
+    """The newest create time that can come after ``position`` (strictly older without an
+    id)."""
+    if position.id is None:
+        return position.create_time - dt.timedelta(milliseconds=1)
+    return position.create_time
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

@@ -19,6 +19,12 @@ from inference_service.errors import StoreUnavailableError
 logger = logging.getLogger(__name__)
 
 TABLE = "invocations"
+INDEX_TABLE = "invocations_by_time"
+"""The list index: one row per invocation in a partition per time bucket, newest first."""
+INDEX_STATE_TABLE = "invocations_index_state"
+"""One row (``name = 'by_time'``): the bucket width of the index and its oldest bucket."""
+INDEX_STATE_KEY = "by_time"
+DEFAULT_BUCKET_S = 3600
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
 #: Every column of the table with its CQL type, in creation order.
@@ -48,6 +54,14 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 #: already compressed: compressing it again (LZ4 by default, at every flush, compaction and
 #: read) costs CPU and saves nothing.
 TABLE_OPTIONS = "compression = {'enabled': 'false'}"
+
+
+#: Options of the list index, new or existing: TWCS (the table is written in time order and
+#: expires by TTL: whole SSTables of one window are dropped once expired), one window per day.
+INDEX_OPTIONS = (
+    "compaction = {'class': 'TimeWindowCompactionStrategy',"
+    " 'compaction_window_unit': 'DAYS', 'compaction_window_size': 1}"
+)
 
 
 class SchemaError(RuntimeError):
@@ -103,15 +117,33 @@ def schema_statements(keyspace: str, replication: str, default_ttl_s: int = 0) -
         f" WITH default_time_to_live = {int(default_ttl_s)}"
         f" AND {TABLE_OPTIONS}"
         " AND comment = 'inference-service: one input and its outcome per id'",
+        # The list index (ListInvocations): one partition per time bucket (bounded: a bucket's
+        # width), newest first, ties by id. Its model and metadata let a filter skip rows
+        # without reading the invocation; the state and everything else come from the
+        # invocation's own row, which each listed entry is checked against (deleted, expired
+        # or re-created rows are never listed from a stale entry).
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_TABLE} ("
+        " bucket timestamp, create_time timestamp, id text, model_name text,"
+        " metadata map<text, text>,"
+        " PRIMARY KEY ((bucket), create_time, id))"
+        " WITH CLUSTERING ORDER BY (create_time DESC, id ASC)"
+        f" AND default_time_to_live = {int(default_ttl_s)}"
+        f" AND {INDEX_OPTIONS}"
+        " AND comment = 'inference-service: invocations by time bucket (ListInvocations)'",
+        f"CREATE TABLE IF NOT EXISTS {keyspace}.{INDEX_STATE_TABLE} ("
+        " name text PRIMARY KEY, bucket_s int, floor timestamp, backfill_token bigint)"
+        " WITH comment = 'inference-service: bucket width and oldest bucket of the list index'",
     ]
 
 
-def table_columns(session: Session, keyspace: str, *, timeout_s: float = 30.0) -> set[str]:
+def table_columns(
+    session: Session, keyspace: str, *, timeout_s: float = 30.0, table: str = TABLE
+) -> set[str]:
     """The columns the table has now (empty when it does not exist)."""
     rows = session.execute(
         "SELECT column_name FROM system_schema.columns"
         " WHERE keyspace_name = %s AND table_name = %s",
-        (keyspace, TABLE),
+        (keyspace, table),
         timeout=timeout_s,
     )
     return {_column(row) for row in rows}
@@ -138,10 +170,12 @@ def create_schema(
     replication: str,
     default_ttl_s: int = 0,
     *,
+    bucket_s: int = DEFAULT_BUCKET_S,
     timeout_s: float = 30.0,
 ) -> None:
-    """Create the keyspace and table if missing, add the columns an older table lacks
-    (blocking), and wait for schema agreement."""
+    """Create the keyspace and tables if missing, add the columns an older table lacks, set
+    the retention (``default_ttl_s``) and compaction of every table (blocking), and wait for
+    schema agreement. ``bucket_s``: the list index's bucket width, if it has none yet."""
     for statement in schema_statements(keyspace, replication, default_ttl_s):
         logger.debug("schema: %s", statement)
         session.execute(statement, timeout=timeout_s)
@@ -152,7 +186,21 @@ def create_schema(
             logger.info("schema: adding column %s.%s.%s", keyspace, TABLE, name)
             alter = f"ALTER TABLE {keyspace}.{TABLE} ADD {name} {cql_type}"
             session.execute(alter, timeout=timeout_s)
-    session.execute(f"ALTER TABLE {keyspace}.{TABLE} WITH {TABLE_OPTIONS}", timeout=timeout_s)
+    ttl = f"default_time_to_live = {int(default_ttl_s)}"
+    session.execute(
+        f"ALTER TABLE {keyspace}.{TABLE} WITH {TABLE_OPTIONS} AND {ttl}", timeout=timeout_s
+    )
+    session.execute(
+        f"ALTER TABLE {keyspace}.{INDEX_TABLE} WITH {INDEX_OPTIONS} AND {ttl}", timeout=timeout_s
+    )
+    # The index's bucket width is fixed by the first migrate; its oldest bucket is now (the
+    # servers write the index from here on; ``backfill-index`` lowers it for older rows).
+    session.execute(
+        f"INSERT INTO {keyspace}.{INDEX_STATE_TABLE} (name, bucket_s, floor)"  # noqa: S608
+        " VALUES (%s, %s, toTimestamp(now())) IF NOT EXISTS",
+        (INDEX_STATE_KEY, int(bucket_s)),
+        timeout=timeout_s,
+    )
     _wait_for_agreement(session, keyspace, timeout_s)
     logger.info("schema of keyspace %s is in place", keyspace)
 
@@ -176,6 +224,12 @@ def verify_schema(session: Session, keyspace: str, *, timeout_s: float = 30.0) -
             f"table {keyspace}.{TABLE} lacks columns {missing}: it is older than this server; "
             "run `inference-service migrate`"
         )
+    for table in (INDEX_TABLE, INDEX_STATE_TABLE):
+        if not table_columns(session, keyspace, timeout_s=timeout_s, table=table):
+            raise SchemaError(
+                f"table {keyspace}.{table} does not exist: it is older than this server; "
+                "run `inference-service migrate` (then `inference-service backfill-index`)"
+            )
 
 
 # --- can it survive the loss of a node? -----------------------------------------------------
