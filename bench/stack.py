@@ -21,6 +21,7 @@ from bench.payloads import MixImage
 from devstack.cassandra import LocalCassandra
 from devstack.process import port_open
 from devstack.stack import LocalStack, StackSettings
+from inference_service.stores.cassandra_schema import INDEX_TABLE, TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +144,9 @@ class BenchStack:
     # --- data ---------------------------------------------------------------------------------
 
     def truncate(self, timeout_s: float = 120.0) -> None:
-        """Empty the invocation tables (``invocations`` and every ``invocations_*`` table
-        beside it, e.g. the listing's index), so every run writes into the same (empty) state
-        and the bench node's disk use stays bounded (a run writes gigabytes of images)."""
+        """Empty the invocations table and the listing's index (not the index's state: its
+        bucket width), so every run writes into the same (empty) state and the bench node's
+        disk use stays bounded (a run writes gigabytes of images)."""
         if self.stack.cassandra is None:
             return
         from cassandra.cluster import Cluster  # heavy; only here
@@ -158,14 +159,7 @@ class BenchStack:
         )
         try:
             session = cluster.connect()
-            rows = session.execute(
-                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",
-                (s.cassandra_keyspace,),
-                timeout=timeout_s,
-            )
-            names = sorted(
-                name for (name,) in rows if name == "invocations" or name.startswith("invocations_")
-            )
+            names = (TABLE, INDEX_TABLE)
             for name in names:
                 session.execute(f"TRUNCATE {s.cassandra_keyspace}.{name}", timeout=timeout_s)
             logger.info("truncated %s: %s", s.cassandra_keyspace, ", ".join(names))
