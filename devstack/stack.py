@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def server_environment(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, list) and any(isinstance(item, SecretStr) for item in value):
+            value = ",".join(item.get_secret_value() for item in value)
         elif isinstance(value, list):
             value = json.dumps(value)
         env[f"INFERENCE_{name.upper()}"] = str(value)
@@ -107,6 +110,10 @@ class LocalStack:
                 c1_only=False,
             )
         server_env = server_environment(settings)
+        if not settings.list_page_token_secrets:
+            # Every server process of the stack must verify the page tokens the others sign
+            # (Envoy spreads the pages of one listing over them): one random secret per stack.
+            server_env["INFERENCE_LIST_PAGE_TOKEN_SECRETS"] = secrets.token_urlsafe(32)
         if (
             settings.store == "cassandra"
             and "cassandra_create_schema" not in settings.model_fields_set
