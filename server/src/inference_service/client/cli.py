@@ -251,10 +251,12 @@ def _invocation_json(invocation: pb.Invocation) -> str:
 
 def listing_table(invocations: list[pb.Invocation]) -> Table:
     table = Table()
-    table.add_column("id", no_wrap=True)
-    table.add_column("created", no_wrap=True)
-    table.add_column("state")
-    table.add_column("model")
+    # Ids and times are never cut (ids are copied and pasted whole); the rest wraps.
+    longest_id = max((len(invocation.id) for invocation in invocations), default=2)
+    table.add_column("id", no_wrap=True, min_width=longest_id)
+    table.add_column("created", no_wrap=True, min_width=len("2026-01-01T00:00:00.000Z"))
+    table.add_column("state", overflow="fold")
+    table.add_column("model", overflow="fold")
     table.add_column("faces", justify="right")
     table.add_column("metadata", overflow="fold")
     for invocation in invocations:
