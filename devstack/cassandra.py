@@ -383,6 +383,7 @@ class LocalCassandra:
         password_auth: bool = False,
         client_tls: ClientTls | None = None,
         timer_slack_ns: int | None = TIMER_SLACK_NS,
+        jmx_port: int | None = None,
     ) -> None:
         """
         Args:
@@ -409,6 +410,8 @@ class LocalCassandra:
             client_tls: TLS on the CQL port (no plain connections then).
             timer_slack_ns: the JVM's timer slack on Linux (``TIMER_SLACK_NS``, 0.5 ms: far
                 fewer wake-ups of idle pool workers); ``None`` or 0 leaves the system's.
+            jmx_port: serve JMX on this loopback port (no authentication: loopback only), so
+                that ``nodetool`` (``nodetool_command``) can manage the node; ``None``: no JMX.
         """
         self.root = (root or default_root()).resolve()
         self.host = host
@@ -428,6 +431,7 @@ class LocalCassandra:
         self.password_auth = password_auth
         self.client_tls = client_tls
         self.timer_slack_ns = timer_slack_ns
+        self.jmx_port = jmx_port
         self._process: ManagedProcess | None = None
 
     @property
@@ -589,6 +593,8 @@ class LocalCassandra:
                 # Written by the JVM when it exits; ``stop`` promotes it once the exit was clean.
                 options.append(f"-XX:ArchiveClassesAtExit={archive.with_suffix('.jsa.pending')}")
             options += ["-Xshare:auto", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+        if self.jmx_port is not None:
+            options.append(f"-Dcassandra.jmx.local.port={int(self.jmx_port)}")
         options += [
             f"-Dcassandra.config=file://{self.conf_dir}/cassandra.yaml",
             f"-Dlogback.configurationFile=file://{self.conf_dir}/logback.xml",
@@ -607,6 +613,24 @@ class LocalCassandra:
             slack = str(self.timer_slack_ns)
             command = [sys.executable, "-c", _TIMER_SLACK_LAUNCHER, slack, *command]
         return command
+
+    def nodetool_command(self) -> list[str]:
+        """``nodetool`` for this node (its JMX port: ``jmx_port`` must be set), run from the
+        node's own jars (``org.apache.cassandra.tools.NodeTool``)."""
+        if self.jmx_port is None:
+            raise ValueError("nodetool needs a node started with jmx_port")
+        classpath = ":".join(str(jar) for jar in self.ensure_distribution())
+        return [
+            self.java,
+            *_JAVA17_MODULE_OPTIONS,
+            "-cp",
+            classpath,
+            "org.apache.cassandra.tools.NodeTool",
+            "-h",
+            self.host,
+            "-p",
+            str(self.jmx_port),
+        ]
 
     # --- life cycle ---------------------------------------------------------------------
 

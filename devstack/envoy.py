@@ -136,6 +136,15 @@ class EnvoySettings(BaseSettings):
     envoy_jwt_required_scope: str | None = None
     """A scope a valid token must carry in its ``scope`` claim (space-separated, OAuth 2.0
     style) or be refused with 403. Unset: any valid token is enough."""
+    envoy_jwt_read_scope: str = "inference.read"
+    """With JWT on: the scope a token needs, besides ``envoy_jwt_required_scope``, to read
+    stored invocations (GetInvocation, RenderInvocation, ListInvocations; gRPC and REST), or
+    403 / PERMISSION_DENIED. So a camera's token (Invoke only) cannot browse what is stored.
+    Empty: no scope of its own."""
+    envoy_jwt_delete_scope: str = "inference.delete"
+    """With JWT on: the scope a token needs, besides ``envoy_jwt_required_scope``, to erase
+    an invocation (DeleteInvocation), or 403 / PERMISSION_DENIED. Empty: no scope of its
+    own."""
 
     @field_validator("envoy_jwt_audiences", mode="before")
     @classmethod
@@ -257,8 +266,9 @@ def _tls_transport_socket(settings: EnvoySettings) -> dict[str, Any]:
 
 
 def _auth_filters(settings: EnvoySettings) -> list[dict[str, Any]]:
-    """jwt_authn with one provider (a local JWKS file), required on every path; and RBAC,
-    allowing only tokens whose ``scope`` holds the required scope, when one is set."""
+    """jwt_authn with one provider (a local JWKS file), required on every path; RBAC, allowing
+    only tokens whose ``scope`` holds the required scope, when one is set; and RBAC for the
+    scopes of reading and erasing stored invocations (``_operation_scopes_filter``)."""
     assert settings.envoy_jwt_jwks_file is not None
     provider: dict[str, Any] = {
         "issuer": settings.envoy_jwt_issuer,
@@ -282,13 +292,13 @@ def _auth_filters(settings: EnvoySettings) -> list[dict[str, Any]]:
             },
         }
     ]
+    # The caller's subject goes to the servers (their audit log of deletes): an x-envoy-*
+    # header, which no client can set (every one is dropped first, see strip_envoy_headers).
+    provider["claim_to_headers"] = [{"header_name": "x-envoy-auth-subject", "claim_name": "sub"}]
     scope = settings.envoy_jwt_required_scope
+    operation_scopes = _operation_scopes_filter(settings)
     if scope:
-        has_scope = {
-            "filter": "envoy.filters.http.jwt_authn",
-            "path": [{"key": "jwt_payload"}, {"key": "scope"}],
-            "value": {"list_match": {"one_of": {"string_match": {"exact": scope}}}},
-        }
+        has_scope = _has_scope(scope)
         filters.append(
             {
                 "name": "envoy.filters.http.rbac",
@@ -299,16 +309,90 @@ def _auth_filters(settings: EnvoySettings) -> list[dict[str, Any]]:
                         "policies": {
                             "required-scope": {
                                 "permissions": [{"any": True}],
-                                "principals": [
-                                    {"sourced_metadata": {"metadata_matcher": has_scope}}
-                                ],
+                                "principals": [has_scope],
                             }
                         },
                     },
                 },
             }
         )
+    if operation_scopes is not None:
+        filters.append(operation_scopes)
     return filters
+
+
+def _has_scope(scope: str) -> dict[str, Any]:
+    """An RBAC principal: the verified token's ``scope`` claim holds ``scope``."""
+    return {
+        "sourced_metadata": {
+            "metadata_matcher": {
+                "filter": "envoy.filters.http.jwt_authn",
+                "path": [{"key": "jwt_payload"}, {"key": "scope"}],
+                "value": {"list_match": {"one_of": {"string_match": {"exact": scope}}}},
+            }
+        }
+    }
+
+
+#: The operations that read stored invocations and the one that erases them, as they reach
+#: the RBAC filter: native gRPC paths, and REST requests before transcoding (method and path,
+#: without the query string).
+_GRPC_PREFIX = "/inference.v1.InferenceService/"
+_READ_GRPC = ("GetInvocation", "RenderInvocation", "ListInvocations")
+_DELETE_GRPC = ("DeleteInvocation",)
+
+
+def _method_and_path(method: str, regex: str) -> dict[str, Any]:
+    return {
+        "and_rules": {
+            "rules": [
+                {"header": {"name": ":method", "string_match": {"exact": method}}},
+                {"url_path": {"path": {"safe_regex": {"regex": regex}}}},
+            ]
+        }
+    }
+
+
+def _grpc_paths(names: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"url_path": {"path": {"exact": f"{_GRPC_PREFIX}{name}"}}} for name in names]
+
+
+def _operation_scopes_filter(settings: EnvoySettings) -> dict[str, Any] | None:
+    """RBAC for the scopes of reading (``envoy_jwt_read_scope``) and erasing
+    (``envoy_jwt_delete_scope``): reads need the one, deletes the other, everything else
+    passes (to the required scope's RBAC, if any). None when neither is set."""
+    read_paths = [
+        *_grpc_paths(_READ_GRPC),
+        # GET /v1/invocations (list), /v1/invocations/{id} and /v1/invocations/{id}:render
+        _method_and_path("GET", r"/v1/invocations(/[^/]+)?"),
+    ]
+    delete_paths = [*_grpc_paths(_DELETE_GRPC), _method_and_path("DELETE", r"/v1/invocations/.*")]
+    guarded: list[dict[str, Any]] = []
+    policies: dict[str, Any] = {}
+    for name, scope, paths in (
+        ("read-scope", settings.envoy_jwt_read_scope, read_paths),
+        ("delete-scope", settings.envoy_jwt_delete_scope, delete_paths),
+    ):
+        if not scope:
+            continue
+        guarded += paths
+        policies[name] = {
+            "permissions": [{"or_rules": {"rules": paths}}],
+            "principals": [_has_scope(scope)],
+        }
+    if not policies:
+        return None
+    policies["other-operations"] = {
+        "permissions": [{"not_rule": {"or_rules": {"rules": guarded}}}],
+        "principals": [{"any": True}],
+    }
+    return {
+        "name": "operation_scopes",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "ALLOW", "policies": policies},
+        },
+    }
 
 
 def _public_ops_route() -> dict[str, Any]:
@@ -680,6 +764,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--jwt-audience", dest="envoy_jwt_audiences", action="append", help="repeat for several"
     )
     edge.add_argument("--jwt-required-scope", dest="envoy_jwt_required_scope")
+    edge.add_argument(
+        "--jwt-read-scope", dest="envoy_jwt_read_scope", help="scope to read (empty: none)"
+    )
+    edge.add_argument(
+        "--jwt-delete-scope", dest="envoy_jwt_delete_scope", help="scope to delete (empty: none)"
+    )
     edge.add_argument(
         "--public-health-and-reflection",
         dest="envoy_public_health_and_reflection",

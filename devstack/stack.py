@@ -120,6 +120,9 @@ class LocalStack:
         ):
             # The dev stack creates its own schema (servers start one after the other).
             server_env["INFERENCE_CASSANDRA_CREATE_SCHEMA"] = "true"
+        if "list_page_token_secrets" not in settings.model_fields_set:
+            # Every server of the stack signs and checks ListInvocations page tokens alike.
+            server_env["INFERENCE_LIST_PAGE_TOKEN_SECRETS"] = secrets.token_urlsafe(32)
         if isinstance(self.cassandra, LocalCassandraCluster):
             hosts = self.cassandra.contact_points
             server_env["INFERENCE_CASSANDRA_CONTACT_POINTS"] = ",".join(hosts)

@@ -14,7 +14,15 @@ import grpc
 import pytest
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
-from support.credentials import AUDIENCE, ISSUER, SCOPE, TlsFiles, TokenIssuer, make_tls_files
+from support.credentials import (
+    AUDIENCE,
+    ISSUER,
+    READ_SCOPE,
+    SCOPE,
+    TlsFiles,
+    TokenIssuer,
+    make_tls_files,
+)
 from support.http import RestClient, assert_status_json
 from support.stacks import REPO_ROOT, stack_settings
 
@@ -89,8 +97,11 @@ def test_rest_over_https_with_a_token(
     reply = https.post_json("/v1/invocations", payload, headers=bearer(token))
     assert reply.status == 200, reply.body[:500]
     assert reply.json()["invocation"]["state"] == "STATE_SUCCEEDED"
-    reply = https.get(f"/v1/invocations/{invocation_id}", headers=bearer(token))
+    reader = issuer.token(scope=f"{SCOPE} {READ_SCOPE}")
+    reply = https.get(f"/v1/invocations/{invocation_id}", headers=bearer(reader))
     assert reply.status == 200, reply.body[:500]
+    camera = https.get(f"/v1/invocations/{invocation_id}", headers=bearer(token))
+    assert_status_json(camera, 403, grpc.StatusCode.PERMISSION_DENIED)
     assert base64.b64decode(reply.json()["invocation"]["input"]["content"]) == content
 
     missing = https.post_json("/v1/invocations", payload)

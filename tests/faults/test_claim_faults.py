@@ -207,6 +207,64 @@ async def test_an_applied_take_over_whose_answer_was_lost_knows_it_won(
     assert (await store.get(orphan.id)).claim == successor.claim
 
 
+async def test_an_uncertain_take_over_that_paxos_completes_later_is_won(
+    store: FaultyCassandraStore,
+) -> None:
+    """R2: the take-over's answer is lost before its Paxos round is done; the serial read
+    still shows the old claim; the round completes afterwards. The taker owns the id (the
+    same own-claim rule as the claim's), it does not answer UNAVAILABLE and leave the id
+    pending for another lease."""
+    orphan = pending()
+    assert await store.claim(orphan) is None
+    stale = await store.get(orphan.id)
+    successor = dataclasses.replace(stale, claim=Claim(uuid.uuid4().hex, stale.create_time))
+    late: list[asyncio.Task[list[Any]]] = []
+
+    async def completed_later(real: Real) -> list[Any]:
+        executed = len(store.executed)
+
+        async def after_the_read() -> list[Any]:
+            for _ in range(500):  # once the serial read that settles it has run
+                if "read" in store.executed[executed:]:
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
+            return await real()
+
+        late.append(asyncio.ensure_future(after_the_read()))
+        raise cas_unknown()
+
+    store.inject("take_over", completed_later)
+    assert await store.take_over(stale, successor) is None
+    await asyncio.gather(*late)
+    assert (await store.get(orphan.id)).claim == successor.claim
+    await assert_owned(store, successor)
+
+
+async def test_a_fenced_off_outcome_whose_answer_was_lost_writes_nothing(
+    store: FaultyCassandraStore,
+) -> None:
+    """R1 with an uncertain answer: the old owner's late write is not applied (taken over);
+    its answer is lost; the serial read settles it: the taker's claim, not ours."""
+    owner = pending()
+    assert await store.claim(owner) is None
+    stale = await store.get(owner.id)
+    taker = dataclasses.replace(stale, claim=Claim(uuid.uuid4().hex, stale.create_time))
+    assert await store.take_over(stale, taker) is None
+
+    async def lost(real: Real) -> list[Any]:
+        await real()
+        raise OperationTimedOut(errors={"127.0.0.1": "timed out"})
+
+    store.inject("complete", lost)
+    current = await store.complete(succeeded(owner))
+    assert current is not None
+    assert current.claim == taker.claim
+    assert current.state is State.PENDING
+    assert await store.complete(succeeded(taker)) is None
+    assert (await store.get(owner.id)).claim == taker.claim
+
+
 async def test_the_content_and_outcome_write_is_retried(store: FaultyCassandraStore) -> None:
     invocation = pending()
 

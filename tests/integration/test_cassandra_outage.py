@@ -21,7 +21,7 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from devstack.cassandra import LocalCassandra
 from inference_service.app import Application
-from inference_service.domain import Invocation, ModelInfo, ModelInput, ModelOutput, State
+from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.errors import StoreUnavailableError
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore
@@ -40,6 +40,7 @@ def pending() -> Invocation:
         state=State.PENDING,
         model=ModelInfo(name="face-detector", version="1"),
         create_time=dt.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC),
+        claim=Claim(uuid.uuid4().hex, dt.datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)),
     )
 
 

@@ -23,7 +23,7 @@ from devstack.cassandra import (
     default_root,
 )
 from devstack.process import free_port
-from inference_service.domain import Invocation, ModelInfo, ModelInput, ModelOutput, State
+from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.errors import StoreUnavailableError
 from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore
 
@@ -84,6 +84,7 @@ async def test_store_connects_with_tls_and_a_password(secure_node) -> None:
             state=State.PENDING,
             model=ModelInfo("face-detector", "1"),
             create_time=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            claim=Claim(uuid.uuid4().hex, dt.datetime.now(dt.UTC).replace(microsecond=0)),
         )
         assert await store.claim(invocation) is None
         done = dataclasses.replace(

@@ -17,7 +17,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
-from support.credentials import AUDIENCE, ISSUER, SCOPE, TlsFiles, TokenIssuer, make_tls_files
+from support.credentials import (
+    AUDIENCE,
+    DELETE_SCOPE,
+    ISSUER,
+    READ_SCOPE,
+    SCOPE,
+    TlsFiles,
+    TokenIssuer,
+    make_tls_files,
+)
 from support.envoy_upstream import FakeInferenceService, rest_client, running_envoy, serve_fake
 from support.http import RestClient, assert_status_json
 
@@ -104,8 +113,61 @@ def test_a_valid_token_with_the_scope_is_served_over_https_and_never_reaches_the
     received = fake[0].metadata[-1]
     assert "authorization" not in received
     assert received["x-forwarded-proto"] == "https"
-    reply = api.get("/v1/invocations/tls-jwt-ok", headers=bearer(token))
+    reader = issuer.token(scope=f"{SCOPE} {READ_SCOPE}")
+    reply = api.get("/v1/invocations/tls-jwt-ok", headers=bearer(reader))
     assert reply.status == 200, reply.body
+
+
+def test_reading_and_erasing_need_scopes_of_their_own(api, fake, issuer, secure_channel):
+    """A camera's token (the required scope only) may invoke, but neither read, list nor
+    delete: 403 / PERMISSION_DENIED; a reader's token reads but does not delete; an eraser's
+    deletes. The servers get the caller's subject (for the audit line of a delete)."""
+    camera = bearer(issuer.token(scope=SCOPE))
+    reader = bearer(issuer.token(scope=f"{SCOPE} {READ_SCOPE}"))
+    eraser = bearer(issuer.token(scope=f"{SCOPE} {DELETE_SCOPE}", sub="dpo@example.test"))
+    assert api.post_json("/v1/invocations", invoke_body("cam-1"), headers=camera).status == 200
+    reads = ["/v1/invocations/cam-1", "/v1/invocations/cam-1:render", "/v1/invocations"]
+    reads.append("/v1/invocations?page_size=3&filter=state%20%3D%20FAILED")
+    before = len(fake[0].requests)
+    for path in reads:
+        assert_status_json(api.get(path, headers=camera), 403, grpc.StatusCode.PERMISSION_DENIED)
+        assert_status_json(api.get(path, headers=eraser), 403, grpc.StatusCode.PERMISSION_DENIED)
+    for headers in (camera, reader):
+        reply = api.call("DELETE", "/v1/invocations/cam-1", b"", headers=headers)
+        assert_status_json(reply, 403, grpc.StatusCode.PERMISSION_DENIED)
+    assert len(fake[0].requests) == before  # none of them reached a server
+    assert api.get("/v1/invocations/cam-1", headers=reader).status == 200
+    assert api.get("/v1/invocations?page_size=3", headers=reader).status == 200
+    reply = api.call("DELETE", "/v1/invocations/cam-1", b"", headers=eraser)
+    assert reply.status == 200, reply.body
+    assert fake[0].metadata[-1]["x-envoy-auth-subject"] == "dpo@example.test"
+    spoofed = {**eraser, "x-envoy-auth-subject": "someone-else"}
+    api.call("DELETE", "/v1/invocations/cam-1", b"", headers=spoofed)
+    assert fake[0].metadata[-1]["x-envoy-auth-subject"] == "dpo@example.test"
+
+    stub = pb_grpc.InferenceServiceStub(secure_channel)
+    camera_md = list(camera.items())
+    for call, request in (
+        (stub.GetInvocation, pb.GetInvocationRequest(id="cam-1")),
+        (stub.ListInvocations, pb.ListInvocationsRequest()),
+        (stub.RenderInvocation, pb.RenderInvocationRequest(id="cam-1")),
+        (stub.DeleteInvocation, pb.DeleteInvocationRequest(id="cam-1")),
+    ):
+        with pytest.raises(grpc.RpcError) as raised:
+            call(request, metadata=camera_md, timeout=10)
+        assert raised.value.code() is grpc.StatusCode.PERMISSION_DENIED, call
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.DeleteInvocation(
+            pb.DeleteInvocationRequest(id="cam-1"), metadata=list(reader.items()), timeout=10
+        )
+    assert raised.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    stub.DeleteInvocation(
+        pb.DeleteInvocationRequest(id="cam-1"), metadata=list(eraser.items()), timeout=10
+    )
+    listed = stub.ListInvocations(
+        pb.ListInvocationsRequest(), metadata=list(reader.items()), timeout=10
+    )
+    assert listed.invocations[0].id == "listed"
 
 
 def wrong_tokens(issuer: TokenIssuer, stranger: TokenIssuer) -> dict[str, str]:

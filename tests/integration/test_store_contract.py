@@ -6,7 +6,6 @@ Times are given with millisecond precision, the precision of a Cassandra ``times
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -29,6 +28,7 @@ from inference_service.domain import (
     ModelOutput,
     State,
 )
+from inference_service.errors import InvocationGoneError
 from inference_service.ports import InvocationStore
 from inference_service.stores.cache import CachingInvocationStore
 from inference_service.stores.cassandra import CassandraInvocationStore
@@ -63,6 +63,8 @@ def pending(
         state=State.PENDING,
         model=MODEL,
         create_time=now_ms(),
+        # Every owner holds a claim: ``complete`` is fenced by it.
+        claim=Claim(uuid.uuid4().hex, now_ms()),
     )
 
 
@@ -223,13 +225,47 @@ async def test_complete_never_changes_the_rest_of_the_input(store: InvocationSto
     assert stored.state is State.SUCCEEDED
 
 
-async def test_complete_of_an_unclaimed_id_never_makes_it_readable(
+async def test_complete_of_an_unclaimed_or_removed_id_writes_nothing_and_says_so(
     store: InvocationStore,
 ) -> None:
+    """No row (never claimed, or deleted while its owner ran): the outcome never brings it
+    back, and the owner learns it (``InvocationGoneError``)."""
     unclaimed = succeeded(pending())
-    with contextlib.suppress(KeyError):  # a store may refuse it or write nothing readable
+    with pytest.raises(InvocationGoneError):
         await store.complete(unclaimed)
     assert await store.get(unclaimed.id) is None
+    assert await store.get(unclaimed.id, with_content=False) is None
+
+
+async def test_a_taken_over_owner_that_wakes_up_overwrites_nothing(
+    store: InvocationStore,
+) -> None:
+    """The fencing token: an owner that stalled past its lease and was taken over completes
+    late; nothing it writes lands, and it gets the invocation as stored now."""
+    first = pending()
+    await own(store, first)
+    stale = await store.get(first.id)
+    newer = ModelInfo(name=MODEL.name, version="b" * 64)
+    successor = dataclasses.replace(claimed(stale), input=first.input, model=newer)
+    assert await store.take_over(stale, successor) is None
+
+    # Woken before the successor stored its outcome: fenced off, the row stays pending.
+    late = await store.complete(succeeded(first, (Detection(BoundingBox(0, 0, 9, 9), 0.9, "x"),)))
+    assert late is not None
+    assert late.state is State.PENDING
+    assert late.claim == successor.claim
+    assert (await store.get(first.id)).state is State.PENDING
+
+    done = succeeded(successor, (Detection(BoundingBox(1, 1, 5, 5), 0.5, "face"),))
+    assert await store.complete(done) is None
+    # Woken after it: fenced off again, answered with the successor's outcome.
+    failed = dataclasses.replace(first, state=State.FAILED, error="late", complete_time=now_ms())
+    late = await store.complete(failed)
+    assert late == done
+    assert late.claim == successor.claim
+    assert late.model == newer
+    assert await store.get(first.id) == done
+    assert await store.get(first.id, with_content=False) == without_content(done)
 
 
 async def test_second_claim_returns_the_stored_invocation_unchanged(
@@ -251,7 +287,7 @@ async def test_second_claim_after_completion_returns_the_outcome(store: Invocati
     done = succeeded(invocation)
     await store.complete(done)
 
-    assert await store.claim(invocation) == done
+    assert await store.claim(claimed(invocation)) == done  # another Invoke's claim
 
 
 async def test_first_writer_wins_under_concurrent_claims(store: InvocationStore) -> None:

@@ -177,6 +177,29 @@ def outage_cassandra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local
         node.stop()
 
 
+@pytest.fixture(scope="module")
+def erasure_cassandra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCassandra]:
+    """A node of its own, as ``outage_cassandra``, that also serves JMX on a loopback port, so
+    that ``nodetool`` (``node.nodetool_command()``) can flush and compact it, and whose files
+    (data, commit log, hints, saved caches) a test may scan."""
+    if shutil.which("java") is None:
+        pytest.skip("needs Java 17 to run a local Cassandra node")
+    native_port = free_port()
+    storage_port = free_port_on(("127.0.0.1",), exclude=(native_port,))
+    node = LocalCassandra(
+        tmp_path_factory.mktemp("cassandra-erasure"),
+        native_port=native_port,
+        storage_port=storage_port,
+        jmx_port=free_port_on(("127.0.0.1",), exclude=(native_port, storage_port)),
+        dist_dir=default_root() / "dist",
+    )
+    node.start(timeout=START_TIMEOUT_S)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 def free_port_on(hosts: Sequence[str], *, exclude: Sequence[int] = (), attempts: int = 50) -> int:
     """A TCP port that is free right now on every one of ``hosts``, not in ``exclude`` nor one
     of the dev node's ports."""

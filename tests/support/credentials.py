@@ -152,3 +152,9 @@ class TokenIssuer:
         if scope is not None:
             payload["scope"] = scope
         return jwt.encode(payload, self._key, algorithm="RS256", headers={"kid": self.key_id})
+
+
+READ_SCOPE = "inference.read"
+"""The default scope that reading stored invocations needs (``envoy_jwt_read_scope``)."""
+DELETE_SCOPE = "inference.delete"
+"""The default scope that erasing an invocation needs (``envoy_jwt_delete_scope``)."""

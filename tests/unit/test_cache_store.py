@@ -13,6 +13,7 @@ import pytest
 
 from inference_service.domain import (
     BoundingBox,
+    Claim,
     Detection,
     Invocation,
     ModelInfo,
@@ -233,3 +234,27 @@ async def test_a_claim_whose_outcome_write_fails_is_dropped() -> None:
         await store.complete(finished(claim))
     assert "f" not in store._claimed
     assert store._bytes == 0  # and nothing was cached
+
+
+async def test_an_outcome_fenced_off_by_a_take_over_is_never_cached() -> None:
+    """Two server processes, each with its cache, one store: A's claim is taken over by B while
+    A stalls; A's late outcome is not stored, so neither cache ever answers it."""
+    inner = InMemoryInvocationStore()
+    cache_a = CachingInvocationStore(inner, max_bytes=1 << 20)
+    cache_b = CachingInvocationStore(inner, max_bytes=1 << 20)
+    mine = dataclasses.replace(pending("t"), claim=Claim("a", T0))
+    assert await cache_a.claim(mine) is None
+    stale = await cache_b.get("t")
+    theirs = dataclasses.replace(
+        stale, input=mine.input, claim=Claim("b", T0), model=ModelInfo("face-detector", "v2")
+    )
+    assert await cache_b.take_over(stale, theirs) is None
+    done_b = dataclasses.replace(finished(theirs), output=ModelOutput((), 2, 2))
+    assert await cache_b.complete(done_b) is None
+
+    late = await cache_a.complete(finished(mine))
+
+    assert late == done_b
+    assert await cache_a.get("t") == done_b
+    assert await cache_b.get("t") == done_b
+    assert await inner.get("t") == done_b

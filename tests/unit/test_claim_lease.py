@@ -7,13 +7,23 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_service import JPEG, NOW, PNG, FakeDetector, fake_decode
 
-from inference_service.domain import Claim, Invocation, ModelInput, State
+from inference_service.domain import (
+    BoundingBox,
+    Claim,
+    Detection,
+    Invocation,
+    ModelInfo,
+    ModelInput,
+    ModelOutput,
+    State,
+)
 from inference_service.errors import (
     AlreadyExistsError,
     InvocationPendingError,
@@ -184,10 +194,10 @@ class FailingCompleteStore(InMemoryInvocationStore):
         super().__init__()
         self.failing = True
 
-    async def complete(self, invocation: Invocation) -> None:
+    async def complete(self, invocation: Invocation) -> Invocation | None:
         if self.failing:
             raise StoreUnavailableError("invocation store unavailable")
-        await super().complete(invocation)
+        return await super().complete(invocation)
 
 
 async def test_an_outcome_that_could_not_be_stored_is_redone_after_the_lease(
@@ -219,3 +229,133 @@ async def test_take_over_is_conditional_on_the_old_claim(clock) -> None:
     current = await store.take_over(stale, second)
     assert current is not None
     assert current.claim.token == "first"
+
+
+class GatedDetector(FakeDetector):
+    """A model run that stalls until released (the owner is paused: GC, SIGSTOP, a VM), with a
+    version and a score of its own, so that whose outcome is stored shows."""
+
+    def __init__(self, version: str, score: float, *, fail: bool = False) -> None:
+        super().__init__(fail=fail)
+        self.version = version
+        self.score = score
+        self.gate = threading.Event()
+        self.gate.set()
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(name="face-detector", version=self.version)
+
+    def detect(self, image):  # type: ignore[no-untyped-def]
+        self.gate.wait(10)
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("boom")
+        height, width = image.shape[:2]
+        return ModelOutput((Detection(BoundingBox(0, 0, 1, 1), self.score, "face"),), width, height)
+
+
+@pytest.mark.parametrize("late_run_fails", [False, True], ids=["late-success", "late-failure"])
+async def test_an_owner_that_stalls_past_its_lease_never_overwrites_its_successor(
+    executor, clock, late_run_fails
+) -> None:
+    """R1: server A claims and stalls in its model run past the lease; server B (a retry)
+    takes the claim over and stores its outcome; A wakes up. A writes nothing, and both
+    callers get B's outcome, the one stored."""
+    store = InMemoryInvocationStore()
+    slow = GatedDetector("v1", 0.9, fail=late_run_fails)
+    fast = GatedDetector("v2", 0.5)
+    server_a = make_service(store, slow, executor, clock)
+    server_b = InferenceService(
+        store=store,
+        detector=fast,
+        decode=fake_decode,
+        executor=executor,
+        limits=RequestLimits(max_content_bytes=1000, max_image_pixels=100),
+        clock=clock,
+        new_token=lambda: "token-b",
+        claim_lease_s=LEASE_S,
+        pending_wait_s=0.05,
+    )
+    slow.gate.clear()
+    stalled = asyncio.ensure_future(server_a.invoke(ModelInput("stall", PNG)))
+    for _ in range(500):  # until A holds the claim and runs the model
+        if await store.get("stall") is not None:
+            break
+        await asyncio.sleep(0.01)
+    clock.advance(LEASE_S + 1)
+
+    answered_b = await server_b.invoke(ModelInput("stall", PNG))
+    slow.gate.set()
+    answered_a = await stalled
+
+    stored = await store.get("stall")
+    assert answered_b.state is State.SUCCEEDED
+    assert answered_b.model.version == "v2"
+    assert stored == answered_b
+    assert stored.output.detections[0].score == 0.5
+    assert stored.claim.token == "token-b"
+    assert answered_a == stored  # every caller gets the one stored result
+
+
+class LateTakeOverStore(InMemoryInvocationStore):
+    """A take-over whose answer says "not yours" although it was applied (what an uncertain
+    take-over that Paxos completed later looks like to the old code)."""
+
+    async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
+        await super().take_over(stale, invocation)
+        return await self.get(invocation.id)
+
+
+async def test_a_row_holding_the_callers_own_claim_is_finished_by_it(
+    detector, executor, clock
+) -> None:
+    """R2, the waiting loop: the row holds this call's own claim (its take-over was applied,
+    the answer said otherwise): it is this call's, so it runs the model at once instead of
+    waiting for an outcome nobody else will write."""
+    store = LateTakeOverStore()
+    service = make_service(store, detector, executor, clock)
+    await orphan(store, "late", PNG)
+    clock.advance(LEASE_S + 1)
+
+    done = await service.invoke(ModelInput("late", PNG))
+
+    assert done.state is State.SUCCEEDED
+    assert detector.calls == 1
+    stored = await store.get("late")
+    assert stored == done
+    assert stored.claim.token == "token-0"
+
+
+async def test_a_claim_bound_to_a_model_no_longer_served_fails_after_the_lease(
+    store, detector, executor, clock
+) -> None:
+    """R6: the id's claim is bound to a model that this server does not serve (removed from
+    the configuration, or renamed). Before the lease: UNAVAILABLE, as for any pending id.
+    After it: taken over and stored FAILED, "model ... is no longer served", never PENDING
+    for good."""
+    gone = Invocation(
+        input=ModelInput("unserved", PNG, {"first": "call"}),
+        content_sha256=hashlib.sha256(PNG).hexdigest(),
+        state=State.PENDING,
+        model=ModelInfo(name="retired-detector", version="old"),
+        create_time=NOW,
+        claim=Claim(token="dead-owner", time=NOW),
+    )
+    assert await store.claim(gone) is None
+    service = make_service(store, detector, executor, clock)
+    with pytest.raises(InvocationPendingError):
+        await service.invoke(ModelInput("unserved", PNG))
+    clock.advance(LEASE_S)
+
+    answered = await service.invoke(ModelInput("unserved", PNG))
+
+    assert answered.state is State.FAILED
+    assert answered.error == "model 'retired-detector' is no longer served"
+    assert answered.model == ModelInfo(name="retired-detector", version="old")
+    stored = await store.get("unserved")
+    assert stored == answered
+    assert stored.input.content == PNG
+    assert detector.calls == 0
+    replay = await service.invoke(ModelInput("unserved", PNG))
+    assert replay == answered

@@ -1,4 +1,4 @@
-"""The ``inference-service`` command: ``serve`` and ``migrate``.
+"""The ``inference-service`` command: ``serve``, ``migrate``, ``backfill-index``, ``purge``.
 
 The only place that reads the environment (through ``Settings``) and
 configures logging.
@@ -57,6 +57,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
 
+    backfill = commands.add_parser(
+        "backfill-index",
+        help="write the list index entries of invocations stored before the index existed "
+        "(resumable: goes on after the last page done), then exit",
+    )
+    backfill.add_argument(
+        "--restart", action="store_true", help="start from the first row, not where it stopped"
+    )
+    backfill.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
+
+    purge = commands.add_parser(
+        "purge",
+        help="make erasures physical on one Cassandra node with nodetool: flush, compact the "
+        "tables and the Paxos state, clear snapshots, drain (then restart the node); run it on "
+        "every node, one at a time (docs/privacy.md)",
+    )
+    purge.add_argument(
+        "--nodetool",
+        default="nodetool",
+        help='the nodetool command for the node, e.g. "nodetool -h 10.0.0.5 -p 7199"',
+    )
+    purge.add_argument(
+        "--truncate-hints",
+        action="store_true",
+        help="also drop the node's hints (only after a repair has delivered them)",
+    )
+    purge.add_argument(
+        "--no-drain",
+        dest="drain",
+        action="store_false",
+        help="leave out nodetool drain (the node keeps running; the commit log copy is gone "
+        "only once its segment is full and released)",
+    )
+    purge.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
+    purge.add_argument("--log-level", help="log level (INFERENCE_LOG_LEVEL, default INFO)")
+
     export = commands.add_parser(
         "export-savedmodel",
         help="build RFB-320 in Keras, restore the upstream TF checkpoint, write a SavedModel",
@@ -74,9 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COMMAND_ONLY = {"command", "restart", "nodetool", "truncate_hints", "drain", "dry_run"}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
-        name: value for name, value in vars(args).items() if name != "command" and value is not None
+        name: value
+        for name, value in vars(args).items()
+        if name not in _COMMAND_ONLY and value is not None
     }
     return Settings(**overrides)
 
@@ -158,6 +199,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_serve(settings))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
+        elif args.command == "backfill-index":
+            from inference_service.stores import cassandra_maintenance as maintenance
+
+            asyncio.run(
+                maintenance.backfill_index(
+                    maintenance.settings_config(settings),
+                    restart=args.restart,
+                    report=maintenance.print_json,
+                )
+            )
+        elif args.command == "purge":
+            import shlex
+
+            from inference_service.stores import cassandra_maintenance as maintenance
+
+            maintenance.purge(
+                settings.cassandra_keyspace,
+                shlex.split(args.nodetool),
+                truncate_hints=args.truncate_hints,
+                drain=args.drain,
+                dry_run=args.dry_run,
+                report=maintenance.print_json,
+            )
     except (ModelConfigError, ModelLoadError) as exc:
         logger.error("cannot start: %s", exc)
         return 2

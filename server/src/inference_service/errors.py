@@ -51,6 +51,13 @@ class InvocationPendingError(InferenceError):
     code = "UNAVAILABLE"
 
 
+class InvocationGoneError(InferenceError):
+    """The invocation's row is gone (deleted, or expired) while this call held its claim: its
+    outcome was not stored, and nothing was written. ``InvocationStore.complete`` raises it."""
+
+    code = "ABORTED"
+
+
 class ServerBusyError(InferenceError):
     """No room for this request now (memory budget or work queue full); retrying later may
     succeed. UNAVAILABLE (503 through Envoy), never RESOURCE_EXHAUSTED, which says "too large"."""

@@ -193,8 +193,8 @@ class InstrumentedStore:
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         return await self._call("take_over", lambda: self._inner.take_over(stale, invocation))
 
-    async def complete(self, invocation: Invocation) -> None:
-        await self._call("complete", lambda: self._inner.complete(invocation))
+    async def complete(self, invocation: Invocation) -> Invocation | None:
+        return await self._call("complete", lambda: self._inner.complete(invocation))
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         marker = _store_read.get()

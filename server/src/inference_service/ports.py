@@ -71,9 +71,10 @@ class ModelRegistry(Protocol):
 class InvocationStore(Protocol):
     """Keeps invocations, keyed by input id. All methods are coroutines.
 
-    Every write is conditional (``claim``, ``take_over``) or idempotent (``complete``), so a
-    caller may retry it. Errors: a store that cannot be reached raises
-    ``StoreUnavailableError``.
+    Every write is conditional on who owns the id (``claim``: nobody; ``take_over``: the stale
+    claim; ``complete``: the caller's own claim), so a caller may retry it, and an owner that
+    stalled past its lease can never overwrite what its successor stored. Errors: a store that
+    cannot be reached raises ``StoreUnavailableError``.
     """
 
     async def claim(self, invocation: Invocation) -> Invocation | None:
@@ -95,17 +96,26 @@ class InvocationStore(Protocol):
         stored; the new owner stores the content with the outcome (``complete``: the same bytes,
         the caller checked the hash), as the first owner would have.
 
-        Returns ``None`` when this call now owns the id (of several callers exactly one does),
-        else the invocation as stored now.
+        Returns ``None`` when this call now owns the id (of several callers exactly one does;
+        also when what it finds is its own claim: an earlier attempt of this take-over won),
+        else the invocation as stored now. Raises ``InvocationGoneError`` when no invocation is
+        stored under the id any more.
         """
         ...
 
-    async def complete(self, invocation: Invocation) -> None:
+    async def complete(self, invocation: Invocation) -> Invocation | None:
         """Record the content and the outcome (state, output, error, complete time) of an
         invocation this caller claimed, in one write: an invocation with an outcome always has
         its content. The content is the bytes whose hash the claim holds; the rest of the input
-        is never rewritten. Idempotent. Completing an id nobody claimed is a bug (it may raise
-        ``KeyError`` and must not make the id readable)."""
+        is never rewritten. Idempotent.
+
+        Fenced by the claim: the write is applied only while ``invocation.claim`` still owns the
+        id (nobody took it over since). Returns ``None`` when it was applied (what is stored now
+        is this outcome), else the invocation as stored now, unchanged by this call: owned by
+        the claim that took this one over, with its outcome once stored (the caller answers with
+        that). Raises ``InvocationGoneError`` when no invocation is stored under the id any more
+        (deleted, or expired, while the caller held the claim; also for an id nobody claimed):
+        nothing is written, so a late outcome can never bring a removed invocation back."""
         ...
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:

@@ -263,7 +263,9 @@ class InferenceService:
     ) -> Invocation:
         """The owner of a claim: run ``detector`` (the model that ``owned.model`` names), or
         finish ``model_run``, its run started already; then store the content and the outcome
-        (success or failure) in one write."""
+        (success or failure) in one write, fenced by the claim. When the claim was taken over
+        meanwhile (this owner stalled past its lease) nothing is written and the caller gets
+        what is stored (or, while the new owner runs, waits for it like any other caller)."""
         if model_run is None:
             model_run = self._start_model(detector, image)
         try:
@@ -273,13 +275,34 @@ class InferenceService:
             failed = dataclasses.replace(
                 owned, state=State.FAILED, error=FAILED_MESSAGE, complete_time=self._clock()
             )
-            await self._store.complete(failed)
-            raise ModelError("the model failed") from exc
+            stored = await self._store.complete(failed)
+            if stored is None:
+                raise ModelError("the model failed") from exc
+            return await self._answer_stored(stored, owned, image, (detector, model_run))
         done = dataclasses.replace(
             owned, state=State.SUCCEEDED, output=output, complete_time=self._clock()
         )
-        await self._store.complete(done)
-        return done
+        stored = await self._store.complete(done)
+        if stored is None:
+            return done
+        return await self._answer_stored(stored, owned, image, (detector, model_run))
+
+    async def _answer_stored(
+        self,
+        stored: Invocation,
+        owned: Invocation,
+        image: np.ndarray,
+        started: tuple[Detector, asyncio.Future[ModelOutput] | None],
+    ) -> Invocation:
+        """A fenced-off owner (its claim was taken over): answer with the stored outcome, the
+        one every caller gets, as a caller that lost the claim would."""
+        logger.warning(
+            "invocation %r: the claim of %s was taken over before its outcome was stored; "
+            "answering with the stored invocation",
+            owned.id,
+            owned.claim.time.isoformat() if owned.claim is not None else "?",
+        )
+        return await self._await_outcome(stored, owned, image, started)
 
     async def get_invocation(self, invocation_id: str, *, with_content: bool = True) -> Invocation:
         """The stored invocation; ``NotFoundError`` when there is none."""
@@ -412,35 +435,20 @@ class InferenceService:
         """Another Invoke of the same id and content owns the id: its stored outcome, once there
         (waiting up to ``pending_wait_s``); or, when the owner's lease has passed (it died, or
         its store writes failed), the claim itself, taken over to run the model here (the
-        speculative run of ``started``, when it is of the model the id is bound to)."""
+        speculative run of ``started``, when it is of the model the id is bound to). A row that
+        holds this call's own claim is this call's to finish."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._pending_wait_s
         delay = 0.01
         while existing.state is State.PENDING:
-            if existing.claim is not None and existing.claim.expired(self._clock(), self._lease):
-                successor = dataclasses.replace(
-                    existing,
-                    input=dataclasses.replace(existing.input, content=pending.input.content),
-                    claim=Claim(token=pending.claim.token, time=self._clock()),
-                )
-                # The id is bound to the model that claimed it first: that one runs (its
-                # current version, which the outcome records), whatever this call asked for.
-                lease = self._bound_model(existing)
-                try:
-                    successor = dataclasses.replace(successor, model=lease.detector.info)
-                    current = await self._store.take_over(existing, successor)
-                    if current is None:
-                        logger.warning(
-                            "invocation %r: the claim of %s expired without an outcome; taken over",
-                            existing.id,
-                            existing.claim.time.isoformat(),
-                        )
-                        detector, model_run = started
-                        reuse = model_run if lease.detector is detector else None
-                        return await self._run_model(successor, image, lease.detector, reuse)
-                finally:
-                    lease.release()
-                existing = current
+            claim = existing.claim
+            # The own-claim rule (as the store's): a row that holds this call's own claim is
+            # this call's (a take-over whose answer was lost, completed by Paxos since).
+            own = claim is not None and claim.token == pending.claim.token
+            if own or (claim is not None and claim.expired(self._clock(), self._lease)):
+                won, existing = await self._take_over(existing, pending, image, started, own=own)
+                if won:
+                    return existing
                 continue
             if loop.time() >= deadline:
                 raise InvocationPendingError(
@@ -460,15 +468,79 @@ class InferenceService:
             existing, input=dataclasses.replace(existing.input, content=content)
         )
 
-    def _bound_model(self, existing: Invocation) -> ModelLease:
-        """The model an id is bound to (the one that claimed it), to finish a taken-over claim."""
+    async def _take_over(
+        self,
+        existing: Invocation,
+        pending: Invocation,
+        image: np.ndarray,
+        started: tuple[Detector, asyncio.Future[ModelOutput] | None],
+        *,
+        own: bool,
+    ) -> tuple[bool, Invocation]:
+        """Take over the expired claim of ``existing`` (or, ``own``, finish the one this call
+        holds already) and run the model: ``(True, answer)``; or ``(False, current)`` when
+        another call took it over first.
+
+        The id is bound to the model that claimed it first: that one runs (its current
+        version, which the outcome records), whatever this call asked for. When this server
+        does not serve that model (any more), the claim is taken over all the same and
+        finished with a FAILED outcome, "model ... is no longer served": an id bound to a model
+        that no server serves would otherwise stay PENDING for good."""
         try:
-            return self._models.acquire(existing.model.name)
+            lease: ModelLease | None = self._models.acquire(existing.model.name)
         except NotFoundError:
-            raise NotFoundError(
-                f"invocation {existing.id!r} is bound to model {existing.model.name!r}, "
-                "which this server does not serve"
-            ) from None
+            lease = None
+        try:
+            content = dataclasses.replace(existing.input, content=pending.input.content)
+            if own:  # already this call's claim, with the model it recorded
+                successor = dataclasses.replace(existing, input=content)
+            else:
+                successor = dataclasses.replace(
+                    existing,
+                    input=content,
+                    claim=Claim(token=pending.claim.token, time=self._clock()),
+                    model=lease.detector.info if lease is not None else existing.model,
+                )
+                current = await self._store.take_over(existing, successor)
+                if current is not None:
+                    return False, current
+            logger.warning(
+                "invocation %r: the claim of %s expired without an outcome; taken over",
+                existing.id,
+                existing.claim.time.isoformat() if existing.claim is not None else "?",
+            )
+            if lease is None:
+                return True, await self._fail_unserved(successor, image, started)
+            detector, model_run = started
+            reuse = model_run if lease.detector is detector else None
+            return True, await self._run_model(successor, image, lease.detector, reuse)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    async def _fail_unserved(
+        self,
+        owned: Invocation,
+        image: np.ndarray,
+        started: tuple[Detector, asyncio.Future[ModelOutput] | None],
+    ) -> Invocation:
+        """Finish a taken-over claim whose model this server does not serve: FAILED."""
+        logger.warning(
+            "invocation %r is bound to model %r, which this server does not serve: "
+            "stored as FAILED",
+            owned.id,
+            owned.model.name,
+        )
+        failed = dataclasses.replace(
+            owned,
+            state=State.FAILED,
+            error=f"model {owned.model.name!r} is no longer served",
+            complete_time=self._clock(),
+        )
+        stored = await self._store.complete(failed)
+        if stored is None:
+            return failed
+        return await self._answer_stored(stored, owned, image, started)
 
 
 def _settle_unit_of_work(work: asyncio.Future[Invocation]) -> None:

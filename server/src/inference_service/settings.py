@@ -253,8 +253,10 @@ class Settings(BaseSettings):
     store_check_interval_s: float = Field(1.0, gt=0)
     """How often the server checks that its store answers (for gRPC health)."""
     store_unhealthy_after_s: float = Field(3.0, ge=0)
-    """Health turns NOT_SERVING once the store has failed every check for this long, and
-    SERVING again at the first check that passes."""
+    """Health turns NOT_SERVING once the store has failed every check for this long (counted
+    from the start of the first failing check), and SERVING again at the first check that
+    passes. Any error fails a check, and so does no answer within this long (or, with 0, within
+    ``store_check_interval_s``): a hanging store counts as down."""
     shutdown_drain_delay_s: float = Field(3.0, ge=0)
     """On SIGTERM, how long the server keeps serving while health says NOT_SERVING, so that
     Envoy (health checked every second) stops sending before the server stops taking calls."""

@@ -7,8 +7,12 @@ content: create time, claim, state) at the store's consistency, and the entry an
 that is still the row it was made from. A deleted row (or one deleted and claimed again) drops
 the entry. The cache saves the read of the content, the large part, never the round trip; no
 coherence traffic between processes is needed, and after a delete returns no process serves
-the invocation. Pending invocations are never cached. With a default TTL on the store, an entry
-expires when its row does (``create_time + ttl``, less a margin).
+the invocation. An outcome is cached only as the store answered it: a ``complete`` that
+was applied (this claim's outcome is the stored one; the store fences ``complete`` on the
+claim), or the row that a claim, a take-over, a fenced-off ``complete`` or a read returned;
+never the outcome of a claim that was taken over. Pending invocations are never cached. With a
+default TTL on the store, an entry expires when its row does (``create_time + ttl``, less a
+margin).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from inference_service.domain import Invocation, InvocationPage, InvocationQuery, State
+from inference_service.errors import InvocationGoneError
 from inference_service.ports import InvocationStore
 
 logger = logging.getLogger(__name__)
@@ -85,12 +90,21 @@ class CachingInvocationStore:
                 self._claimed.popitem(last=False)
         return current
 
-    async def complete(self, invocation: Invocation) -> None:
+    async def complete(self, invocation: Invocation) -> Invocation | None:
         try:
-            await self._inner.complete(invocation)
+            current = await self._inner.complete(invocation)
+        except InvocationGoneError:
+            self._forget(invocation.id)
+            raise
         finally:  # written or not, the claim is over: never keep its content past this call
             claimed = self._claimed.pop(invocation.id, None)
-        if claimed is not None:  # as stored: the claimed input with this outcome
+        if current is not None:
+            # Fenced off (taken over): what is stored now, never this call's outcome.
+            self._forget(invocation.id)
+            self._remember(current)
+            return current
+        if claimed is not None and claimed.claim == invocation.claim:
+            # As stored: the claimed input with this outcome, under the claim that wrote it.
             self._remember(
                 dataclasses.replace(
                     claimed,
@@ -100,6 +114,7 @@ class CachingInvocationStore:
                     error=invocation.error,
                 )
             )
+        return None
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         cached = self._lookup(invocation_id)

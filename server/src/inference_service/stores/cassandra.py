@@ -4,16 +4,19 @@ Design:
 
 * One row per input id in ``<keyspace>.invocations``. The claim is a lightweight transaction
   (``INSERT ... IF NOT EXISTS``) of the small cells: the first writer wins, everyone else gets
-  the stored row back from the same Paxos round. The winner then writes the content and the
-  outcome together (``complete``), with one plain update of columns that nobody else writes and
-  that the claim never writes, so no ordering between a Paxos write and a plain one can lose
-  them.
-* Every claim carries a ``claim_id`` (a UUID per Invoke) and a ``claim_time``. The claim is never
-  retried blindly (no driver retries): a claim whose answer was lost (a timeout, a dropped
-  connection, "CAS write outcome unknown") is settled by a serial read, and a row whose
-  ``claim_id`` is the caller's own means the caller won. A claim whose lease has passed without
-  an outcome is taken over with a conditional update on the old ``claim_id`` (``take_over``).
-* The content-and-outcome write is idempotent: it is retried with exponential backoff for up
+  the stored row back from the same Paxos round. The owner then writes the content and the
+  outcome together (``complete``), with a lightweight transaction conditional on its own claim
+  (``UPDATE ... IF claim_id = <mine>``): a fencing token. An owner that stalled past its lease
+  and was taken over (or whose row was deleted) writes nothing when it wakes; it gets the row
+  as stored now and answers with that.
+* Every claim carries a ``claim_id`` (a UUID per Invoke) and a ``claim_time``. A conditional
+  write is never retried blindly (no driver retries): one whose answer was lost (a timeout, a
+  dropped connection, "CAS write outcome unknown") is settled by a serial read, and a row that
+  holds the caller's own ``claim_id`` (with an outcome, for ``complete``) means the caller's
+  write is in (``_conditional``, shared by ``claim``, ``take_over`` and ``complete``). A claim
+  whose lease has passed without an outcome is taken over with a conditional update on the old
+  ``claim_id`` (``take_over``).
+* The content-and-outcome write is retried (by the same rule) with exponential backoff for up
   to ``retry_budget_s``.
 * With a TTL, every write of a row expires at the same moment, counted from its create time.
 * Only prepared statements; consistency ``LOCAL_QUORUM`` (configurable), serial consistency
@@ -40,12 +43,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import math
 import socket
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cassandra import (
@@ -89,7 +93,7 @@ from inference_service.domain import (
     PageCursor,
     State,
 )
-from inference_service.errors import StoreUnavailableError
+from inference_service.errors import InvocationGoneError, StoreUnavailableError
 from inference_service.stores.cassandra_schema import (
     DEFAULT_BUCKET_S,
     INDEX_STATE_KEY,
@@ -128,6 +132,14 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OverloadedErrorMessage,
     IsBootstrappingErrorMessage,
 )
+
+
+class _Verdict(enum.Enum):
+    """What a row says of a conditional write (``CassandraInvocationStore._conditional``)."""
+
+    WON = "won"
+    LOST = "lost"
+    AGAIN = "again"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -227,7 +239,7 @@ class CassandraInvocationStore:
         # was applied would find its own row. An uncertain answer is settled by a serial read.
         self._claim = self._prepare(queries["claim"], retry=False)
         self._take_over = self._prepare(queries["take_over"], retry=False)
-        self._complete = self._prepare(queries["complete"], idempotent=True)
+        self._complete = self._prepare(queries["complete"], retry=False)
         self._get_with_content = self._prepare(queries["get_with_content"], idempotent=True)
         self._get_without_content = self._prepare(queries["get_without_content"], idempotent=True)
         self._delete = self._prepare(queries["delete"], retry=False)
@@ -319,10 +331,9 @@ class CassandraInvocationStore:
         # The lightweight transaction claims the id with the small cells only (hash, type,
         # metadata, model, times, claim): a Paxos proposal is kept in system.paxos besides the
         # table, so a content blob in it would be written twice and pushed through every Paxos
-        # phase. The winner then writes the content with the outcome (``complete``), a plain
-        # update of columns that only it writes. Until that lands (or if the winner dies in
-        # between) the row reads as a PENDING invocation without content; losers compare hashes,
-        # which the claim holds.
+        # phase. The owner then writes the content with the outcome (``complete``). Until that
+        # lands (or if the owner dies in between) the row reads as a PENDING invocation without
+        # content; losers compare hashes, which the claim holds.
         claim = _claim_of(invocation)
         claim_id = uuid.UUID(claim.token)
         params = (
@@ -337,26 +348,16 @@ class CassandraInvocationStore:
             invocation.create_time,
             self._claim_ttl(invocation.create_time),
         )
-        deadline = self._deadline()
-        while True:
-            try:
-                rows = await self._execute(self._claim, params)
-            except Exception as exc:
-                if not _outcome_unknown(exc):
-                    raise _unavailable_or(exc, "claim") from exc
-                # The Paxos round may have committed: a serial read settles it.
-                logger.warning("claim of %r uncertain (%r); reading it back", invocation.id, exc)
-                row = await self._serial_read(invocation.id, "claim", exc)
-                if row is None:  # not applied: the claim may be sent again, unchanged
-                    if asyncio.get_running_loop().time() >= deadline:
-                        raise _unavailable("claim", exc) from exc
-                    continue
-            else:
-                row = rows[0]
-                if row["[applied]"]:
-                    row = None
-            break
-        if row is None or row["claim_id"] == claim_id:  # applied (maybe by an earlier attempt)
+
+        def judge(row: Mapping[str, Any] | None) -> _Verdict:
+            if row is None:  # not applied: the claim may be sent again, unchanged
+                return _Verdict.AGAIN
+            # The row is ours: applied (maybe by an earlier attempt whose answer was lost).
+            return _Verdict.WON if row["claim_id"] == claim_id else _Verdict.LOST
+
+        # ``INSERT ... IF NOT EXISTS`` returns the whole stored row when not applied.
+        row = await self._conditional("claim", self._claim, params, invocation.id, judge)
+        if row is None:
             await self._index(invocation)
             return None
         existing = self._to_invocation(row, with_content=True)
@@ -368,34 +369,44 @@ class CassandraInvocationStore:
 
     async def take_over(self, stale: Invocation, invocation: Invocation) -> Invocation | None:
         old = _claim_of(stale)
+        old_id = uuid.UUID(old.token)
         new = _claim_of(invocation)
         new_id = uuid.UUID(new.token)
         ttl = self._remaining_ttl(stale.create_time)
         if ttl is None:
             raise _unavailable("take over", RuntimeError(f"row {stale.id!r} expiring"))
         model = invocation.model
-        params = (ttl, new_id, new.time, model.name, model.version, stale.id, uuid.UUID(old.token))
-        try:
-            rows = await self._execute(self._take_over, params)
-        except Exception as exc:
-            if not _outcome_unknown(exc):
-                raise _unavailable_or(exc, "take over") from exc
-            logger.warning("take-over of %r uncertain (%r); reading it back", stale.id, exc)
-            row = await self._serial_read(stale.id, "take over", exc)
-            won = row is not None and row["claim_id"] == new_id
-        else:
-            won = bool(rows[0]["[applied]"])
-        if won:
+        params = (ttl, new_id, new.time, model.name, model.version, stale.id, old_id)
+
+        def judge(row: Mapping[str, Any] | None) -> _Verdict:
+            if row is None:
+                return _Verdict.LOST
+            if row.get("claim_id") == new_id:  # ours, also when an earlier attempt won it
+                return _Verdict.WON
+            if row.get("claim_id") == old_id and row.get("state") is None:
+                return _Verdict.AGAIN  # still stale: the take-over may be sent again
+            return _Verdict.LOST
+
+        row = await self._conditional("take over", self._take_over, params, stale.id, judge)
+        if row is None:
             await self._index(stale)  # the first owner may have died before it wrote it
             return None
+        # The conditional update returns only the columns of its condition: read the row.
         current = await self._serial_read(stale.id, "take over", None)
-        return self._to_invocation(current, with_content=True) if current is not None else None
+        stored = self._to_invocation(current, with_content=True) if current is not None else None
+        if stored is None:
+            raise InvocationGoneError(f"invocation {stale.id!r} was removed; nothing taken over")
+        return stored
 
-    async def complete(self, invocation: Invocation) -> None:
-        # A plain (idempotent) UPDATE, not a lightweight transaction: the outcome columns are
-        # written by nobody but the caller that owns the claim, and the claim's Paxos write
-        # never touches them, so no timestamp ordering between the two can lose the outcome.
-        # It saves a Paxos round per Invoke (the most expensive thing Cassandra does here).
+    async def complete(self, invocation: Invocation) -> Invocation | None:
+        # A lightweight transaction on the owner's claim (a fencing token): an owner that
+        # stalled past its lease (a GC or VM pause, SIGSTOP, CPU starvation, a slow clock) and
+        # was taken over writes nothing when it wakes up, and a row deleted meanwhile is not
+        # brought back (an UPDATE without condition would create it again). The Paxos round
+        # carries the content, the one price of the fence (docs/performance.md).
+        if invocation.claim is None:
+            raise ValueError(f"complete of {invocation.id!r} without the owner's claim")
+        claim_id = uuid.UUID(invocation.claim.token)
         output = invocation.output
         detections = None
         if output is not None:
@@ -406,7 +417,7 @@ class CassandraInvocationStore:
         ttl = self._remaining_ttl(invocation.create_time)
         if ttl is None:
             logger.info("invocation %r expires now; its outcome is not stored", invocation.id)
-            return
+            return None
         params = (
             ttl,
             invocation.input.content,
@@ -417,8 +428,33 @@ class CassandraInvocationStore:
             invocation.error,
             invocation.complete_time,
             invocation.id,
+            claim_id,
         )
-        await self._retrying("complete", self._complete, params)
+
+        def judge(row: Mapping[str, Any] | None) -> _Verdict:
+            if row is None:
+                return _Verdict.LOST  # gone: deleted or expired
+            if row.get("claim_id") != claim_id:
+                return _Verdict.LOST  # taken over
+            # Our claim and an outcome: only this owner writes one under its claim.
+            return _Verdict.WON if row.get("state") is not None else _Verdict.AGAIN
+
+        # Retried within the budget, as an idempotent write would be: it is one, for its owner.
+        row = await self._conditional(
+            "complete", self._complete, params, invocation.id, judge, persist=True
+        )
+        if row is None:
+            return None
+        current = await self._serial_read(invocation.id, "complete", None)
+        stored = self._to_invocation(current, with_content=True) if current is not None else None
+        if stored is None:
+            raise InvocationGoneError(
+                f"invocation {invocation.id!r} was removed while it ran; its outcome is not stored"
+            )
+        logger.warning(
+            "invocation %r: this claim was taken over; its outcome is not stored", invocation.id
+        )
+        return stored
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         # Not retried: the caller (a client) decides; UNAVAILABLE comes within the timeout.
@@ -606,6 +642,62 @@ class CassandraInvocationStore:
 
     # --- claim helpers ------------------------------------------------------------------
 
+    async def _conditional(
+        self,
+        operation: str,
+        statement: PreparedStatement,
+        params: Sequence[Any],
+        invocation_id: str,
+        judge: Callable[[Mapping[str, Any] | None], _Verdict],
+        *,
+        persist: bool = False,
+    ) -> Mapping[str, Any] | None:
+        """Run a lightweight transaction (never retried blindly); ``None`` when it was applied,
+        else the row it returned (not applied: the columns of its condition, or the whole row
+        for ``IF NOT EXISTS``), or the row a serial read found.
+
+        ``judge`` tells from a row (``None``: no row) whether this caller's write is in it
+        (``WON``), cannot be (``LOST``), or is not there yet and may be sent again (``AGAIN``).
+        It rules on every row that is not an applied answer: one whose answer was lost (a
+        timeout, a dropped connection, "CAS write outcome unknown") is settled by a serial read
+        (the Paxos round may have committed); a definite "not applied" may still show the
+        caller's own write (an earlier attempt of it, completed by Paxos since). ``AGAIN`` is
+        retried within ``retry_budget_s``, then ``StoreUnavailableError``; with ``persist`` a
+        transient error that certainly wrote nothing (unavailable, overloaded) is too, else it
+        raises ``StoreUnavailableError`` at once."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline()
+        delay = 0.05
+        while True:
+            cause: BaseException | None = None
+            try:
+                rows = await self._execute(statement, params)
+            except Exception as exc:
+                cause = exc
+                if not _outcome_unknown(exc):
+                    if not (persist and _transient(exc)):
+                        raise _unavailable_or(exc, operation) from exc
+                    row, verdict = None, _Verdict.AGAIN  # certainly not applied
+                else:
+                    logger.warning(
+                        "%s of %r uncertain (%r); reading it back", operation, invocation_id, exc
+                    )
+                    row = await self._serial_read(invocation_id, operation, exc)
+                    verdict = judge(row)
+            else:
+                row = rows[0]
+                if row["[applied]"]:
+                    return None
+                verdict = judge(row)
+            if verdict is _Verdict.WON:
+                return None
+            if verdict is _Verdict.LOST:
+                return row
+            if loop.time() + delay > deadline:
+                raise _unavailable(operation, cause or RuntimeError("not applied")) from cause
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     async def _serial_read(
         self, invocation_id: str, operation: str, cause: BaseException | None
     ) -> Mapping[str, Any] | None:
@@ -775,11 +867,12 @@ def _queries(table: str) -> dict[str, str]:
         " WHERE id = ? IF claim_id = ? AND state = null"
     )
     # The content and the outcome in one write: a row with an outcome always has its content.
+    # Fenced by the owner's claim: a taken-over (or removed) claim writes nothing.
     complete = (
         f"UPDATE {table} USING TTL ?"  # noqa: S608
         " SET content = ?, state = ?, detections = ?, image_width = ?, image_height = ?,"
         " error = ?, complete_time = ?"
-        " WHERE id = ?"
+        " WHERE id = ? IF claim_id = ?"
     )
     return {
         "delete": f"DELETE FROM {table} WHERE id = ? IF EXISTS",  # noqa: S608

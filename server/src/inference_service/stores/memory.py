@@ -8,6 +8,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from inference_service.domain import Invocation, InvocationPage, InvocationQuery, PageCursor, State
+from inference_service.errors import InvocationGoneError
 
 
 def _utcnow() -> dt.datetime:
@@ -47,7 +48,9 @@ class InMemoryInvocationStore:
         async with self._lock:
             stored = self._items.get(invocation.id)
             if stored is None:
-                raise KeyError(invocation.id)
+                raise InvocationGoneError(f"invocation {invocation.id!r} was removed")
+            if stored.claim == invocation.claim:  # ours already (an earlier attempt won it)
+                return None
             if stored.state is not State.PENDING or stored.claim != stale.claim:
                 return stored
             self._items[invocation.id] = dataclasses.replace(
@@ -55,11 +58,16 @@ class InMemoryInvocationStore:
             )
             return None
 
-    async def complete(self, invocation: Invocation) -> None:
+    async def complete(self, invocation: Invocation) -> Invocation | None:
         async with self._lock:
             stored = self._items.get(invocation.id)
             if stored is None:
-                raise KeyError(invocation.id)
+                raise InvocationGoneError(
+                    f"invocation {invocation.id!r} was removed while it ran; "
+                    "its outcome is not stored"
+                )
+            if stored.claim != invocation.claim:  # taken over: fenced off
+                return stored
             # The content and the outcome fields; the rest of the input is never rewritten.
             content = invocation.input.content
             self._items[invocation.id] = dataclasses.replace(
@@ -70,6 +78,7 @@ class InMemoryInvocationStore:
                 complete_time=invocation.complete_time,
                 error=invocation.error,
             )
+            return None
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
         stored = self._live(invocation_id)
