@@ -12,6 +12,7 @@ real Envoy and two server replicas, one node killed (SIGKILL) in the middle, the
 from __future__ import annotations
 
 import collections
+import subprocess
 import threading
 import time
 import uuid
@@ -27,12 +28,14 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.stacks import running_stack, stack_settings
 
 from devstack.cassandra import LocalCassandraCluster
+from devstack.process import free_port
 from devstack.stack import LocalStack, StackSettings
 from inference_service.stores.cassandra import CassandraConfig
 
 VICTIM = 2
 LIST_VICTIM = 3
 DELETE_VICTIM = 1
+"""Node 1: its JMX (local JMX binds 127.0.0.1 only) is where nodetool finds it."""
 DOWN_S = 25
 """How long a killed node stays down: long enough for the survivors' failure detectors to
 convict it (20-40 s on two busy cores), so calls run both before and after they do."""
@@ -350,6 +353,9 @@ def test_deletes_during_a_sigkill_succeed_or_fail_retryably_never_half_done(
                     outcomes[invocation_id] = "OK"
                 except grpc.RpcError as error:
                     outcomes[invocation_id] = error.code().name
+            # It comes back with JMX (local, 127.0.0.1: node 1's own address), for nodetool.
+            victim = cluster.node(DELETE_VICTIM)
+            victim.jmx_port = free_port()
             cluster.start_node(DELETE_VICTIM)  # waits until it has rejoined
             rejoined_after = time.monotonic() - killed_at
 
@@ -387,6 +393,16 @@ def test_deletes_during_a_sigkill_succeed_or_fail_retryably_never_half_done(
             final_listing = _list_all(
                 stub, filter_text="", page_size=50, errors=collections.Counter()
             )[0]
+        # Anti-entropy: a full repair of the keyspace from the node that was down (RF 3 on 3
+        # nodes: every range, with both other replicas), then every table read at ALL.
+        repair = subprocess.run(
+            [*victim.nodetool_command(), "repair", "--full", keyspace],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert repair.returncode == 0, repair.stdout[-2000:] + repair.stderr[-2000:]
         on_replicas = _replica_rows(cluster, keyspace, set(doomed))
     assert cluster.is_running()
     codes = collections.Counter(outcomes.values())
