@@ -21,7 +21,7 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.http import RestClient, assert_status_json
 
 from devstack.stack import LocalStack
-from inference_service.domain import Invocation, ModelInfo, ModelInput, ModelOutput, State
+from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore
 
 COUNT = 230
@@ -44,6 +44,7 @@ def _made(run: str, index: int, start: dt.datetime) -> tuple[Invocation, Invocat
         model=MODEL if index % 4 else OTHER,
         create_time=start + SPACING * (index // 2 * 2),  # pairs share a time: ties by id
     )
+    claim = dataclasses.replace(claim, claim=Claim(token=uuid.uuid4().hex, time=claim.create_time))
     if index % 11 == 0:
         return claim, None  # stays PENDING
     if index % 5 == 0:

@@ -253,14 +253,37 @@ def test_get_invocation_with_random_fields_and_bytes(channel, store: RecordingSt
     check_ran_every_case(cases, "GetInvocation, random fields and bytes")
 
 
+# Pieces of the filter language, so that random filters often come close to valid ones.
+filter_pieces = st.sampled_from(
+    [
+        "create_time",
+        "model",
+        "state",
+        "metadata.k",
+        'metadata."a b"',
+        ">=",
+        "<",
+        "=",
+        "!=",
+        "AND",
+        "OR",
+        '"2026-01-01T00:00:00Z"',
+        '"x"',
+        "SUCCEEDED",
+        "(",
+        ")",
+        '"',
+        "\\",
+        " ",
+    ]
+)
 filter_texts = st.one_of(
-    st.text(max_size=80),
-    st.builds(
-        lambda field, op, value: f"{field} {op} {value}",
-        st.sampled_from(["create_time", "model", "state", "metadata.k", "metadata.", "id"]),
-        st.sampled_from(["=", ">=", "<", "!=", ":"]),
-        st.sampled_from(['"2026-01-01T00:00:00Z"', '"x"', "SUCCEEDED", "RUNNING", '"open']),
-    ),
+    st.lists(filter_pieces, max_size=12).map(" ".join),
+    st.text(max_size=64),
+)
+page_tokens = st.one_of(
+    st.text(alphabet=string.ascii_letters + string.digits + "-_.", max_size=120),
+    st.text(max_size=40),
 )
 raw_lists = st.one_of(
     st.binary(max_size=256),
@@ -288,7 +311,7 @@ def test_list_invocations_with_random_fields_and_bytes(channel, store: Recording
                     page_size=size, page_token=token, filter=filter_, view=view
                 ).SerializeToString(),
                 st.integers(-(2**31), 2**31 - 1),
-                st.text(max_size=80),
+                page_tokens,
                 filter_texts,
                 st.integers(-(2**31), 2**31 - 1),
             ),

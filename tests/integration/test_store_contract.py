@@ -520,12 +520,21 @@ async def test_a_deleted_pending_invocation_is_gone_for_good(
     """Delete while the model runs: the row and its index entry go; a stale index entry
     written late (the claim's, after the delete) never lists it."""
     run = uuid.uuid4().hex[:8]
-    invocation = pending(metadata={"run": run})
+    invocation = dataclasses.replace(
+        pending(metadata={"run": run}), claim=Claim(token=uuid.uuid4().hex, time=now_ms())
+    )
     await own(listing_store, invocation)
     assert await listing_store.delete(invocation.id) is True
     inner = getattr(listing_store, "_inner", listing_store)
     if isinstance(inner, CassandraInvocationStore):
         await inner._index(invocation)  # a late index write of the claim
+        rows = await asyncio.to_thread(
+            inner._session.execute,
+            f"SELECT id FROM {inner._config.keyspace}.invocations_by_time"
+            " WHERE bucket = %s AND create_time = %s AND id = %s",
+            (inner._bucket_of(invocation.create_time), invocation.create_time, invocation.id),
+        )
+        assert list(rows) == []  # older than the delete's tombstone: not even the metadata
     assert await listing_store.get(invocation.id) is None
     assert await list_ids(listing_store, InvocationFilter(metadata=(("run", run),)), 10) == []
 

@@ -19,6 +19,18 @@ Design:
 * The content-and-outcome write is retried (by the same rule) with exponential backoff for up
   to ``retry_budget_s``.
 * With a TTL, every write of a row expires at the same moment, counted from its create time.
+* ListInvocations reads a second table, ``invocations_by_time``: one partition per time bucket
+  (``cassandra_list_bucket_s``, recorded by the first ``migrate``), clustered by
+  ``(create_time DESC, id ASC)``, holding the id, model name and metadata. The owner of a claim
+  writes the entry right after winning it (a take-over writes it again), idempotently, with the
+  claim's time as write timestamp. Entries are hints, never the truth: ``list`` reads the row of
+  every entry it lists and drops entries whose row is gone, has another create time (deleted
+  and invoked afresh) or does not match the filter, so a late or stale entry is never listed.
+  One page is bounded (``MAX_BUCKETS_PER_PAGE``, ``MAX_INDEX_ROWS_PER_PAGE``, row reads).
+* ``delete`` is a lightweight transaction (``DELETE ... IF EXISTS``), ordered with the claim,
+  take-over and (fenced) outcome writes of the id, so an Invoke that claimed before it writes
+  nothing after it; then the entry is deleted with the delete's time as write timestamp, which
+  beats an entry written late by such an Invoke (stamped with its earlier claim time).
 * Only prepared statements; consistency ``LOCAL_QUORUM`` (configurable), serial consistency
   ``SERIAL`` (one winner in the whole cluster); token-aware, DC-aware routing; fixed protocol
   version; ``TCP_NODELAY`` on every connection.
@@ -489,10 +501,12 @@ class CassandraInvocationStore:
             applied = await self._serial_read(invocation_id, "delete", exc) is None
         if applied and create_time is not None:
             create_time = _utc(create_time)
+            # Timestamped now: an entry written late by an Invoke that claimed the id before
+            # (timestamped with its claim time, see ``_index``) loses to this tombstone.
             await self._retrying(
                 "delete",
                 self._index_delete,
-                (self._bucket_of(create_time), create_time, invocation_id),
+                (_micros(_utcnow()), self._bucket_of(create_time), create_time, invocation_id),
             )
         return applied
 
@@ -592,8 +606,15 @@ class CassandraInvocationStore:
         return _EPOCH + offset * self._bucket
 
     async def _index(self, invocation: Invocation) -> None:
-        """Write the list index entry of an invocation this caller owns (idempotent)."""
+        """Write the list index entry of an invocation this caller owns (idempotent).
+
+        Its write timestamp is the claim's time, not the time of the write: an entry written
+        late (the owner stalled between its claim and this write) by an Invoke whose row was
+        deleted meanwhile is older than the delete's tombstone of the entry and never comes
+        back (up to the clock skew between the servers; a stale entry is never listed in any
+        case: ``list`` checks each entry against its row)."""
         create_time = invocation.create_time
+        claimed = invocation.claim.time if invocation.claim is not None else create_time
         params = (
             self._bucket_of(create_time),
             create_time,
@@ -601,6 +622,7 @@ class CassandraInvocationStore:
             invocation.model.name,
             dict(invocation.input.metadata),
             self._claim_ttl(create_time),
+            _micros(claimed),
         )
         await self._retrying("index", self._index_insert, params)
 
@@ -826,9 +848,12 @@ def _index_queries(keyspace: str) -> dict[str, str]:
     return {
         "index_insert": (
             f"INSERT INTO {index} (bucket, create_time, id, model_name, metadata)"  # noqa: S608
-            " VALUES (?, ?, ?, ?, ?) USING TTL ?"
+            " VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?"
         ),
-        "index_delete": f"DELETE FROM {index} WHERE bucket = ? AND create_time = ? AND id = ?",  # noqa: S608
+        "index_delete": (
+            f"DELETE FROM {index} USING TIMESTAMP ?"  # noqa: S608
+            " WHERE bucket = ? AND create_time = ? AND id = ?"
+        ),
         "index_same_time": (
             f"SELECT {entry} FROM {index}"  # noqa: S608
             " WHERE bucket = ? AND create_time = ? AND id > ? LIMIT ?"
@@ -1031,6 +1056,11 @@ MIN_ROW_READS_PER_PAGE = 100
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _micros(value: dt.datetime) -> int:
+    """A CQL write timestamp (microseconds since the epoch)."""
+    return (_utc(value) - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _listed(invocation: Invocation | None, position: PageCursor, wanted: Any) -> bool:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from inference_service.stores.cassandra import (
     CassandraConfig,
     CassandraInvocationStore,
+    _micros,
     _utc,
 )
 from inference_service.stores.cassandra_schema import (
@@ -87,7 +88,8 @@ async def backfill_index(
         )
         insert = session.prepare(
             f"INSERT INTO {keyspace}.{INDEX_TABLE}"  # noqa: S608
-            " (bucket, create_time, id, model_name, metadata) VALUES (?, ?, ?, ?, ?) USING TTL ?"
+            " (bucket, create_time, id, model_name, metadata) VALUES (?, ?, ?, ?, ?)"
+            " USING TTL ? AND TIMESTAMP ?"
         )
         state = session.prepare(
             f"SELECT backfill_token FROM {keyspace}.{INDEX_STATE_TABLE} WHERE name = ?"  # noqa: S608
@@ -112,6 +114,9 @@ async def backfill_index(
                     row["model_name"],
                     row["metadata"] or {},
                     int(row["ttl"] or 0),
+                    # As old as the row: a delete of the row meanwhile (its tombstone of the
+                    # entry, timestamped at the delete) wins over this entry.
+                    _micros(create_time),
                 )
                 await asyncio.to_thread(session.execute, insert, params)
                 written += 1
