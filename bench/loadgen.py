@@ -1,5 +1,6 @@
 """The load generators: ``bench-ghz`` (ghz's runner, see ``bench/ghzload``) for gRPC and wrk for
-REST, each run as a child process for a fixed time at a fixed concurrency (closed loop).
+REST, each run as a child process for a fixed time at a fixed concurrency (closed loop; bench-ghz
+also for a fixed number of calls, e.g. one delete per id).
 
 Both are native and single-threaded here (``GOMAXPROCS=1``, ``wrk -t1``) so that they leave the
 cores to the server; the CPU time each one used is measured (``wait4``) and reported with its
@@ -154,9 +155,17 @@ class Ghz:
         concurrency: int,
         duration_s: float,
         id_prefix: str = "bench-",
+        total: int = 0,
+        timeout_s: float | None = None,
     ) -> LoadResult:
         """Drive every target at once, splitting ``concurrency`` between them (as evenly as
-        it divides; each target gets at least one call in flight)."""
+        it divides; each target gets at least one call in flight).
+
+        ``total``: send that many calls (one target only) instead of running for
+        ``duration_s``: with as many as ``call`` has messages, each message is sent once.
+        ``timeout_s``: how long the run may take (default ``duration_s`` + 60)."""
+        if total and len(targets) != 1:
+            raise ValueError("a run of a fixed number of calls drives one target")
         base, extra = divmod(concurrency, len(targets))
         shares = [max(1, base + (1 if i < extra else 0)) for i in range(len(targets))]
         outputs, pids = [], []
@@ -170,7 +179,7 @@ class Ghz:
                 f"-protoset={call.protoset}",
                 f"-messages={call.messages}",
                 f"-c={share}",
-                f"-z={duration_s}s",
+                f"-n={total}" if total else f"-z={duration_s}s",
                 f"-cpus={self.cpus}",
                 f"-out={out}",
             ]
@@ -181,7 +190,7 @@ class Ghz:
                 ]
             pids.append(_start(argv, log_file=self.work_dir / f"{name}-{index}.log"))
             outputs.append(out)
-        codes, cpu = _wait_all(pids, timeout=duration_s + 60)
+        codes, cpu = _wait_all(pids, timeout=timeout_s or duration_s + 60)
         for code, out in zip(codes, outputs, strict=True):
             if code != 0 or not out.is_file():
                 log = out.with_suffix(".log")

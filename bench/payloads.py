@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from inference.v1 import inference_service_pb2 as pb
 from PIL import Image
@@ -15,6 +16,7 @@ from PIL import Image
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
 INVOKE_METHOD = "inference.v1.InferenceService.Invoke"
 GET_METHOD = "inference.v1.InferenceService.GetInvocation"
+DELETE_METHOD = "inference.v1.InferenceService.DeleteInvocation"
 INVOKE_ID_FIELD = "1.1"
 """``InvokeRequest.input`` (1) . ``ModelInput.id`` (1)."""
 
@@ -86,6 +88,11 @@ def get_messages(ids: Sequence[str], view: int) -> list[bytes]:
     return [pb.GetInvocationRequest(id=i, view=view).SerializeToString() for i in ids]
 
 
+def delete_messages(ids: Sequence[str]) -> list[bytes]:
+    """One ``DeleteInvocationRequest`` per id."""
+    return [pb.DeleteInvocationRequest(id=i).SerializeToString() for i in ids]
+
+
 def write_rest_invoke_suffixes(directory: Path, mix: Sequence[MixImage]) -> Path:
     """Files with the end of a REST Invoke body per image (after the id); returns their list.
 
@@ -108,3 +115,9 @@ def write_rest_get_paths(path: Path, ids: Sequence[str], view: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"/v1/invocations/{i}?view={view}\n" for i in ids))
     return path
+
+
+def rest_list_path(page_size: int, page_token: str = "") -> str:
+    """The REST path of ``GET /v1/invocations`` for one page (the default, BASIC, view)."""
+    path = f"/v1/invocations?page_size={page_size}"
+    return path + (f"&page_token={quote(page_token, safe='')}" if page_token else "")

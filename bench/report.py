@@ -19,6 +19,8 @@ REQUIRED_KEYS = (
     "get_rest_envoy_c16_rps",
     "get_grpc_direct_c16_rps",
     "get_rest_envoy_c16_p99_ms",
+    "list_rest_envoy_c16_rps",
+    "delete_grpc_envoy_c16_rps",
     "mlserver_best_c16_img_s",
     "mlserver_best_config",
     "single_image_inprocess_ms",

@@ -12,11 +12,17 @@ time; closed loop; errors counted and flagged):
    each concurrency; directly to the server(s); via REST/JSON through Envoy; then a sample of
    the ids each run wrote is read back;
 4. GetInvocation: gRPC directly to the server(s) and REST through Envoy, per view;
-5. the servers' peak RSS; the stack stops;
-6. the serving path alone: a second stack (the same servers with the in-memory store, their
+5. ListInvocations: REST through Envoy, pages of 50 (the default, BASIC, view), cycling through
+   the first pages of the listing of everything the Invoke runs stored (their tokens made by
+   walking the listing first);
+6. DeleteInvocation: native gRPC through Envoy, each invocation the runs stored deleted once
+   (its ids from the listing; a fixed number of calls, not a fixed time: the run ends when the
+   ids do), then a sample of them read back (NOT_FOUND);
+7. the servers' peak RSS; the stack stops;
+8. the serving path alone: a second stack (the same servers with the in-memory store, their
    own Envoy, no Cassandra), its detections checked, Invoke through Envoy at the compare
    concurrency, a sample of the ids read back; it stops;
-7. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
+9. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
 
 Every measurement also records the CPU time of each group of processes (servers, Envoy,
 Cassandra; MLServer's whole tree); CPU time per successful call gives the ``*_cpu_ms_per_*``
@@ -71,6 +77,13 @@ logger = logging.getLogger("bench")
 
 VIEWS = {"BASIC": pb.INVOCATION_VIEW_BASIC, "FULL": pb.INVOCATION_VIEW_FULL}
 TIME_BUDGET_S = 15 * 60
+LIST_PAGE_SIZE = 50
+LIST_PAGES = 100
+"""Full pages of the listing that the list measurement cycles through (its newest 5,000)."""
+LIST_CALLS = 1000
+"""Most ListInvocations calls made to walk the listing (a page may come back short or empty)."""
+DELETE_MIN_IDS = 200
+"""Fewer stored invocations than this to delete in the measurement is a problem of the run."""
 OTHER_CPU_WARNING = 0.25
 """Cores used by processes outside the bench during a measurement above which it is flagged."""
 
@@ -443,6 +456,10 @@ class BenchRun:
         self._quiesce("before get", groups)
         with self.phase("get"):
             self._get_phases(stack, groups)
+        with self.phase("list"):
+            self._list_phases(stack, groups)
+        with self.phase("delete"):
+            self._delete_phases(stack, groups)
         self.extra["cassandra_data_mb"] = stack.data_mb()
         self.extra["server_rss_mb"] = {
             str(pid): round(procstats.peak_rss_mb(pid) or 0.0, 1) for pid in stack.server_pids
@@ -641,6 +658,107 @@ class BenchRun:
             )
             self.extra.setdefault("get_views", {})[view] = suffix or "(headline)"
 
+    # --- list and delete ---------------------------------------------------------------
+
+    @staticmethod
+    def _walk_listing(
+        target: str, page_size: int, *, max_calls: int = LIST_CALLS
+    ) -> Iterator[tuple[str, pb.ListInvocationsResponse]]:
+        """(the page's token, the page) for every page of the whole listing, first to last
+        (at most ``max_calls`` calls), through ``target`` with native gRPC."""
+        token = ""
+        with grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            for _ in range(max_calls):
+                request = pb.ListInvocationsRequest(page_size=page_size, page_token=token)
+                page = stub.ListInvocations(request, timeout=60)
+                yield token, page
+                token = page.next_page_token
+                if not token:
+                    return
+
+    def _list_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
+        """GET /v1/invocations through Envoy, pages of ``LIST_PAGE_SIZE``: wrk cycles through
+        the paths of the first ``LIST_PAGES`` full pages (tokens from a walk of the listing
+        with the same parameters; the first page has none)."""
+        cc = self.options.compare_concurrency
+        paths = []
+        for token, page in self._walk_listing(stack.envoy_target, LIST_PAGE_SIZE):
+            if len(page.invocations) == LIST_PAGE_SIZE:
+                paths.append(payloads.rest_list_path(LIST_PAGE_SIZE, token))
+            if len(paths) == LIST_PAGES:
+                break
+        self.extra["list_pages"] = {"page_size": LIST_PAGE_SIZE, "pages": len(paths)}
+        if not paths:
+            self.problems.append(f"list: no full page of {LIST_PAGE_SIZE} invocations to measure")
+            return
+        path_file = self.work_dir / "list.paths"
+        path_file.write_text("".join(f"{path}\n" for path in paths))
+        rest_call = RestCall("get.lua", (str(path_file),))
+        self.measure(
+            f"list_rest_envoy_c{cc}",
+            lambda name, duration: self.wrk.run(
+                name, rest_call, stack.rest_url, concurrency=cc, duration_s=duration
+            ),
+            groups,
+        )
+
+    def _delete_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
+        """DeleteInvocation through Envoy (native gRPC): every stored invocation (ids from the
+        listing) deleted once, a warm-up share of them first (the warm-up's part of the time),
+        the rest measured as a fixed number of calls; then a sample is read back."""
+        cc = self.options.compare_concurrency
+        ids = [
+            invocation.id
+            for _, page in self._walk_listing(stack.envoy_target, 1000)
+            for invocation in page.invocations
+        ]
+        share = self.options.warmup_s / (self.options.warmup_s + self.options.duration_s)
+        split = round(len(ids) * share)
+        parts = {"warmup": ids[:split], "measured": ids[split:]}
+        self.extra["delete_ids"] = {part: len(values) for part, values in parts.items()}
+        if len(parts["measured"]) < DELETE_MIN_IDS:
+            self.problems.append(
+                f"delete: only {len(parts['measured'])} stored invocations to delete "
+                f"(fewer than {DELETE_MIN_IDS}): the measurement says little"
+            )
+        if not parts["measured"] or not parts["warmup"]:
+            return
+
+        def run(name: str, duration: float) -> LoadResult:
+            part = parts["warmup" if name.endswith(".warmup") else "measured"]
+            messages = payloads.write_delimited(
+                self.work_dir / f"{name}.bin", payloads.delete_messages(part)
+            )
+            return self.ghz.run(
+                name,
+                GrpcCall(payloads.DELETE_METHOD, self.protoset, messages),
+                [stack.envoy_target],
+                concurrency=cc,
+                duration_s=duration,
+                total=len(part),
+                timeout_s=60 + len(part) / 10,
+            )
+
+        self.measure(f"delete_grpc_envoy_c{cc}", run, groups)
+        measured = parts["measured"]
+        sample = [measured[int(f * (len(measured) - 1))] for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        still_there = []
+        with grpc.insecure_channel(stack.envoy_target) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            for invocation_id in sample:
+                try:
+                    stub.GetInvocation(pb.GetInvocationRequest(id=invocation_id), timeout=10)
+                    still_there.append(invocation_id)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.NOT_FOUND:
+                        still_there.append(f"{invocation_id}: {exc.code().name}")
+        self.checks["deleted_gone"] = {"sampled": len(sample), "still_there": still_there}
+        if still_there:
+            self.problems.append(f"delete: deleted invocations still answer: {still_there}")
+
     # --- the serving path alone (memory store) ----------------------------------------
 
     def _memory_store_phases(self) -> None:
@@ -789,6 +907,8 @@ class BenchRun:
             "get_rest_envoy_c16_rps": rate(f"get_rest_envoy_c{cc}"),
             "get_grpc_direct_c16_rps": rate(f"get_grpc_direct_c{cc}"),
             "get_rest_envoy_c16_p99_ms": lat(f"get_rest_envoy_c{cc}", "p99_ms"),
+            "list_rest_envoy_c16_rps": rate(f"list_rest_envoy_c{cc}"),
+            "delete_grpc_envoy_c16_rps": rate(f"delete_grpc_envoy_c{cc}"),
             "mlserver_best_c16_img_s": None,
             "mlserver_best_config": None,
             "single_image_inprocess_ms": round(self.ceiling.serial_median_ms, 2),
@@ -819,6 +939,14 @@ class BenchRun:
                 metrics[f"{name}_{key}"] = lat(name, key)
         for name in (f"get_rest_envoy_c{cc}", f"get_grpc_direct_c{cc}"):
             metrics[f"{name}_p50_ms"] = lat(name, "p50_ms")
+        for name, per in (
+            (f"list_rest_envoy_c{cc}", "list"),
+            (f"delete_grpc_envoy_c{cc}", "delete"),
+        ):
+            for key in ("p50_ms", "p99_ms"):
+                metrics[f"{name}_{key}"] = lat(name, key)
+            for group in ("servers", "envoy", "cassandra"):
+                metrics[f"{group.removesuffix('s')}_cpu_ms_per_{per}"] = cpu_ms(name, group)
         for view in self.options.get_views[1:]:
             tail = f"c{cc}_{view.lower()}"
             for name in (f"get_rest_envoy_{tail}", f"get_grpc_direct_{tail}"):

@@ -21,6 +21,7 @@ from bench.payloads import MixImage
 from devstack.cassandra import LocalCassandra
 from devstack.process import port_open
 from devstack.stack import LocalStack, StackSettings
+from inference_service.stores.cassandra_schema import INDEX_TABLE, TABLE
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,9 @@ class BenchStack:
     # --- data ---------------------------------------------------------------------------------
 
     def truncate(self, timeout_s: float = 120.0) -> None:
-        """Empty the invocations table, so every run writes into the same (empty) state and the
-        bench node's disk use stays bounded (a run writes gigabytes of images)."""
+        """Empty the invocations table and the listing's index (not the index's state: its
+        bucket width), so every run writes into the same (empty) state and the bench node's
+        disk use stays bounded (a run writes gigabytes of images)."""
         if self.stack.cassandra is None:
             return
         from cassandra.cluster import Cluster  # heavy; only here
@@ -157,8 +159,10 @@ class BenchStack:
         )
         try:
             session = cluster.connect()
-            session.execute(f"TRUNCATE {s.cassandra_keyspace}.invocations", timeout=timeout_s)
-            logger.info("truncated %s.invocations", s.cassandra_keyspace)
+            names = (TABLE, INDEX_TABLE)
+            for name in names:
+                session.execute(f"TRUNCATE {s.cassandra_keyspace}.{name}", timeout=timeout_s)
+            logger.info("truncated %s: %s", s.cassandra_keyspace, ", ".join(names))
         finally:
             cluster.shutdown()
 

@@ -110,6 +110,10 @@ class LocalStack:
                 c1_only=False,
             )
         server_env = server_environment(settings)
+        if not settings.list_page_token_secrets:
+            # Every server process of the stack must verify the page tokens the others sign
+            # (Envoy spreads the pages of one listing over them): one random secret per stack.
+            server_env["INFERENCE_LIST_PAGE_TOKEN_SECRETS"] = secrets.token_urlsafe(32)
         if (
             settings.store == "cassandra"
             and "cassandra_create_schema" not in settings.model_fields_set

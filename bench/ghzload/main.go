@@ -1,6 +1,7 @@
 // Command bench-ghz is the benchmark's gRPC load generator: ghz's runner (github.com/bojand/ghz,
 // used as a library) driving one unary method at a fixed concurrency for a fixed time, closed
-// loop, with pre-serialized request messages sent round-robin.
+// loop, with pre-serialized request messages sent round-robin (or for a fixed number of requests,
+// -n: with as many as there are messages, each is sent exactly once, e.g. one delete per id).
 //
 // It exists instead of the ghz command line to keep the client's CPU off the server's cores
 // (2 here) with large (100-500 KB) requests:
@@ -153,6 +154,7 @@ func run() error {
 	concurrency := flag.Uint("c", 1, "concurrent calls in flight (closed loop)")
 	connections := flag.Uint("connections", 1, "HTTP/2 connections shared by the calls")
 	duration := flag.Duration("z", 10*time.Second, "run time")
+	total := flag.Uint("n", 0, "send this many requests and stop (instead of -z): request i is message i mod their number")
 	timeout := flag.Duration("timeout", 20*time.Second, "per-call deadline")
 	cpus := flag.Uint("cpus", 1, "GOMAXPROCS for the load generator")
 	uniqueID := flag.String("unique-id-field", "", "field-number path of a string id to make unique per call (e.g. 1.1)")
@@ -183,13 +185,16 @@ func run() error {
 		runner.WithInsecure(true),
 		runner.WithConcurrency(*concurrency),
 		runner.WithConnections(*connections),
-		runner.WithRunDuration(*duration),
-		runner.WithDurationStopAction("wait"),
 		runner.WithTimeout(*timeout),
 		runner.WithCPUs(*cpus),
 		runner.WithCountErrors(true),
 		runner.WithDisableTemplateFuncs(true),
 		runner.WithDisableTemplateData(true),
+	}
+	if *total > 0 {
+		options = append(options, runner.WithTotalRequests(*total))
+	} else {
+		options = append(options, runner.WithRunDuration(*duration), runner.WithDurationStopAction("wait"))
 	}
 	var path []protowire.Number
 	if *uniqueID != "" {

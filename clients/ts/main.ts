@@ -1,7 +1,9 @@
 // The smallest TypeScript client of inference.v1.InferenceService, on the stubs that
 // `make clients` generates into build/gen/ts (protoc-gen-es) and @connectrpc/connect-node's gRPC
 // transport. It invokes one image, reads the invocation back, reads an id that does not exist,
-// and prints what it saw as one JSON object. tests/e2e/test_client_stubs.py runs it.
+// lists the invocations of its metadata following every page, deletes the invocation (then reads,
+// lists and deletes it again), and prints what it saw as one JSON object.
+// tests/e2e/test_client_stubs.py runs it.
 //
 //   node build/clients/ts/clients/ts/main.js HOST:PORT IMAGE ID
 import { readFileSync } from "node:fs";
@@ -33,12 +35,43 @@ const invoked = await client.invoke(
   options,
 );
 const got = await client.getInvocation({ id, view: InvocationView.BASIC }, options);
-let missingCode = "OK";
-try {
-  await client.getInvocation({ id: `${id}-missing` }, options);
-} catch (error) {
-  missingCode = Code[ConnectError.from(error).code];
+
+// The status code's name ("OK" when the call succeeds).
+async function codeOf(call: Promise<unknown>): Promise<string> {
+  try {
+    await call;
+    return "OK";
+  } catch (error) {
+    return Code[ConnectError.from(error).code];
+  }
 }
+
+// Follows nextPageToken until it is empty: the ids listed, and the number of pages.
+async function listAll(filter: string, pageSize: number): Promise<[string[], number]> {
+  const ids: string[] = [];
+  let pageToken = "";
+  for (let pages = 1; ; pages++) {
+    const page = await client.listInvocations({ filter, pageSize, pageToken }, options);
+    ids.push(...page.invocations.map((invocation) => invocation.id));
+    pageToken = page.nextPageToken;
+    if (!pageToken) {
+      return [ids, pages];
+    }
+  }
+}
+
+const count = (ids: string[]) => ids.filter((listed) => listed === id).length;
+
+const missingCode = await codeOf(client.getInvocation({ id: `${id}-missing` }, options));
+const filter = 'metadata.client = "ts"';
+const [listed, pages] = await listAll(filter, 1);
+await client.deleteInvocation({ id }, options);
+const getDeletedCode = await codeOf(client.getInvocation({ id }, options));
+const [listedAfter] = await listAll(filter, 0);
+const deleteAgainCode = await codeOf(client.deleteInvocation({ id }, options));
+const allowMissingCode = await codeOf(
+  client.deleteInvocation({ id, allowMissing: true }, options),
+);
 
 console.log(
   JSON.stringify({
@@ -51,5 +84,12 @@ console.log(
     get_metadata: got.invocation?.input?.metadata ?? {},
     content_sha256: got.invocation?.contentSha256,
     missing_code: missingCode,
+    listed: count(listed),
+    list_ids: listed.length,
+    list_pages: pages,
+    get_deleted_code: getDeletedCode,
+    listed_after_delete: count(listedAfter),
+    delete_again_code: deleteAgainCode,
+    allow_missing_code: allowMissingCode,
   }),
 );

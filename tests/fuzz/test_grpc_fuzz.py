@@ -33,6 +33,8 @@ pytestmark = pytest.mark.fuzz
 ID_CHARACTERS = string.ascii_letters + string.digits + "._~-"
 INVOKE_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS"}
 GET_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
+LIST_CODES = {"OK", "INVALID_ARGUMENT"}
+DELETE_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
 
 
 @pytest.fixture(scope="module")
@@ -251,10 +253,6 @@ def test_get_invocation_with_random_fields_and_bytes(channel, store: RecordingSt
     check_ran_every_case(cases, "GetInvocation, random fields and bytes")
 
 
-LIST_INVOCATIONS = "/inference.v1.InferenceService/ListInvocations"
-DELETE_INVOCATION = "/inference.v1.InferenceService/DeleteInvocation"
-LIST_CODES = {"OK", "INVALID_ARGUMENT"}
-DELETE_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
 # Pieces of the filter language, so that random filters often come close to valid ones.
 filter_pieces = st.sampled_from(
     [
@@ -279,7 +277,7 @@ filter_pieces = st.sampled_from(
         " ",
     ]
 )
-filters = st.one_of(
+filter_texts = st.one_of(
     st.lists(filter_pieces, max_size=12).map(" ".join),
     st.text(max_size=64),
 )
@@ -287,44 +285,69 @@ page_tokens = st.one_of(
     st.text(alphabet=string.ascii_letters + string.digits + "-_.", max_size=120),
     st.text(max_size=40),
 )
+raw_lists = st.one_of(
+    st.binary(max_size=256),
+    st.builds(
+        lambda size, token, filter_, view: wire.list_invocations_request(
+            page_size=size, page_token=token, filter=filter_, view=view
+        ),
+        st.integers(0, 2**64 - 1),
+        raw_strings,
+        raw_strings,
+        st.integers(0, 2**32 - 1),
+    ),
+)
 
 
-def test_list_invocations_with_random_fields_and_bytes(channel) -> None:
-    cases: list[str] = []
+def test_list_invocations_with_random_fields_and_bytes(channel, store: RecordingStore) -> None:
+    """Any page size, token, filter and view: OK (at most the page size allows) or
+    INVALID_ARGUMENT, never anything else; nothing is stored."""
 
     @given(
         payload=st.one_of(
-            st.binary(max_size=256),
+            raw_lists,
             st.builds(
-                lambda size, token, text, view: pb.ListInvocationsRequest(
-                    page_size=size, page_token=token, filter=text, view=view
+                lambda size, token, filter_, view: pb.ListInvocationsRequest(
+                    page_size=size, page_token=token, filter=filter_, view=view
                 ).SerializeToString(),
                 st.integers(-(2**31), 2**31 - 1),
                 page_tokens,
-                filters,
+                filter_texts,
                 st.integers(-(2**31), 2**31 - 1),
             ),
         )
     )
-    def list_invocations(payload: bytes) -> None:
-        code, details, response = call(channel, LIST_INVOCATIONS, payload)
+    def list_(payload: bytes) -> None:
+        before = len(store.claimed)
+        code, details, response = call(channel, wire.LIST_INVOCATIONS, payload)
         assert code in LIST_CODES, (code, details)
         if not parses(pb.ListInvocationsRequest, payload):
             assert (code, details) == ("INVALID_ARGUMENT", UNDECODABLE_REQUEST_MESSAGE)
         if code == "OK":
+            size = pb.ListInvocationsRequest.FromString(payload).page_size
             page = pb.ListInvocationsResponse.FromString(response)
-            assert len(page.invocations) <= 1000
+            assert len(page.invocations) <= (50 if size == 0 else min(size, 1000))
+        assert len(store.claimed) == before
         cases.append(code)
 
-    list_invocations()
+    cases: list[str] = []
+    list_()
     check_serving(channel)
     check_ran_every_case(cases, "ListInvocations, random fields and bytes")
 
 
 def test_delete_invocation_with_random_fields_and_bytes(channel, store: RecordingStore) -> None:
+    """Any id and allow_missing: OK, NOT_FOUND or INVALID_ARGUMENT; after an OK the id is gone
+    (GetInvocation NOT_FOUND); nothing is stored."""
+
     @given(
         payload=st.one_of(
             st.binary(max_size=256),
+            st.builds(
+                lambda id_, allow: wire.delete_invocation_request(id=id_, allow_missing=allow),
+                raw_strings,
+                st.integers(0, 2**64 - 1),
+            ),
             st.builds(
                 lambda id_, allow: pb.DeleteInvocationRequest(
                     id=id_, allow_missing=allow
@@ -336,11 +359,18 @@ def test_delete_invocation_with_random_fields_and_bytes(channel, store: Recordin
     )
     def delete(payload: bytes) -> None:
         before = len(store.claimed)
-        code, details, _ = call(channel, DELETE_INVOCATION, payload)
+        code, details, _ = call(channel, wire.DELETE_INVOCATION, payload)
         assert code in DELETE_CODES, (code, details)
         if not parses(pb.DeleteInvocationRequest, payload):
             assert (code, details) == ("INVALID_ARGUMENT", UNDECODABLE_REQUEST_MESSAGE)
-        assert len(store.claimed) == before  # a delete never stores anything
+        if code == "OK":
+            request = pb.DeleteInvocationRequest.FromString(payload)
+            get = pb.GetInvocationRequest(id=request.id).SerializeToString()
+            assert call(channel, wire.GET_INVOCATION, get)[0] == "NOT_FOUND"
+        assert len(store.claimed) == before
+        cases.append(code)
 
+    cases: list[str] = []
     delete()
     check_serving(channel)
+    check_ran_every_case(cases, "DeleteInvocation, random fields and bytes")

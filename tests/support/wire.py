@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 INVOKE = "/inference.v1.InferenceService/Invoke"
 GET_INVOCATION = "/inference.v1.InferenceService/GetInvocation"
+LIST_INVOCATIONS = "/inference.v1.InferenceService/ListInvocations"
+DELETE_INVOCATION = "/inference.v1.InferenceService/DeleteInvocation"
 
 
 def varint(value: int) -> bytes:
@@ -46,3 +48,22 @@ def invoke_request(
 def get_invocation_request(*, id: bytes = b"", view: int = 0) -> bytes:
     """``GetInvocationRequest{id, view}``, the id raw."""
     return delimited(1, id) + (integer(2, view) if view else b"")
+
+
+def list_invocations_request(
+    *, page_size: int = 0, page_token: bytes = b"", filter: bytes = b"", view: int = 0
+) -> bytes:
+    """``ListInvocationsRequest{page_size, page_token, filter, view}``, the strings raw
+    (``page_size`` as a varint of any 64-bit value)."""
+    return (
+        (integer(1, page_size) if page_size else b"")
+        + delimited(2, page_token)
+        + delimited(3, filter)
+        + (integer(4, view) if view else b"")
+    )
+
+
+def delete_invocation_request(*, id: bytes = b"", allow_missing: int = 0) -> bytes:
+    """``DeleteInvocationRequest{id, allow_missing}``, the id raw (``allow_missing`` as any
+    varint)."""
+    return delimited(1, id) + (integer(2, allow_missing) if allow_missing else b"")

@@ -1,4 +1,5 @@
-"""``inference-client``: invoke the service on files and folders, read and render invocations.
+"""``inference-client``: invoke the service on files and folders; read, render, list and delete
+invocations.
 
 Talks native gRPC to ``--target`` (Envoy's listener by default, ``INFERENCE_TARGET``). Progress
 goes to stderr, results to stdout; the exit status is 1 when any input failed (their reasons
@@ -34,6 +35,7 @@ from rich.text import Text
 
 from inference_service.client.batch import RETRY_BUDGET_S, Outcome, invoke_all
 from inference_service.client.files import find_images
+from inference_service.client.listing import delete_all, list_pages
 
 DEFAULT_TARGET = "127.0.0.1:8080"
 # Larger than any message the service sends or takes (about 9.1 MiB by default).
@@ -243,6 +245,118 @@ def render(
             raise _fail(error) from None
     output.write_bytes(body.data)
     err.print(f"wrote {output} ({body.content_type}, {len(body.data)} bytes)", highlight=False)
+
+
+def _state_name(invocation: pb.Invocation) -> str:
+    return pb.Invocation.State.Name(invocation.state).removeprefix("STATE_")
+
+
+def _invocation_json(invocation: pb.Invocation) -> str:
+    document = json_format.MessageToDict(
+        invocation, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return json.dumps(document, separators=(",", ":"))
+
+
+def listing_table(invocations: list[pb.Invocation]) -> Table:
+    table = Table()
+    # Ids and times are never cut (ids are copied and pasted whole); the rest wraps.
+    longest_id = max((len(invocation.id) for invocation in invocations), default=2)
+    table.add_column("id", no_wrap=True, min_width=longest_id)
+    table.add_column("created", no_wrap=True, min_width=len("2026-01-01T00:00:00.000Z"))
+    table.add_column("state", overflow="fold")
+    table.add_column("model", overflow="fold")
+    table.add_column("faces", justify="right")
+    table.add_column("metadata", overflow="fold")
+    for invocation in invocations:
+        state = _state_name(invocation)
+        metadata = invocation.input.metadata
+        table.add_row(
+            invocation.id,
+            invocation.create_time.ToJsonString(),
+            Text(state, style={"SUCCEEDED": "green", "FAILED": "red"}.get(state, "")),
+            invocation.model,
+            str(len(invocation.output.detections)) if state == "SUCCEEDED" else "",
+            " ".join(f"{key}={metadata[key]}" for key in sorted(metadata)),
+        )
+    return table
+
+
+@app.command("list")
+def list_invocations(
+    target: Target = DEFAULT_TARGET,
+    filter_text: Annotated[
+        str,
+        typer.Option(
+            "--filter",
+            help='Which invocations, terms joined by AND: create_time >= "<RFC 3339>", '
+            'create_time < "...", model = "...", state = SUCCEEDED|FAILED|PENDING, '
+            'metadata.<key> = "<value>".',
+        ),
+    ] = "",
+    page_size: Annotated[
+        int,
+        typer.Option(
+            help="Invocations per call: 0 is the server's default (50); at most 1000.", min=0
+        ),
+    ] = 0,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object a line (the API's Invocation), page by page."),
+    ] = False,
+    timeout: Timeout = 30.0,
+) -> None:
+    """List the stored invocations, newest first, following every page (BASIC view: no
+    content). A page that fails with UNAVAILABLE is asked for again."""
+    count = 0
+    rows: list[pb.Invocation] = []
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        try:
+            for page in list_pages(
+                stub, filter_text=filter_text, page_size=page_size, deadline_s=timeout
+            ):
+                count += len(page.invocations)
+                if as_json:
+                    for invocation in page.invocations:
+                        sys.stdout.write(_invocation_json(invocation) + "\n")
+                    sys.stdout.flush()
+                else:
+                    rows.extend(page.invocations)
+        except grpc.RpcError as error:
+            err.print(f"(stopped after {count} invocations)", highlight=False)
+            raise _fail(error) from None
+    if as_json:
+        return
+    if rows:
+        out.print(listing_table(rows))
+    out.print(f"{count} invocations", highlight=False)
+
+
+@app.command()
+def delete(
+    ids: Annotated[
+        list[str], typer.Argument(metavar="ID...", help="The ids of the invocations to erase.")
+    ],
+    target: Target = DEFAULT_TARGET,
+    allow_missing: Annotated[
+        bool, typer.Option(help="An id with no invocation is not an error.")
+    ] = False,
+    timeout: Timeout = 30.0,
+) -> None:
+    """Erase invocations (input, content and result) by id. Exit status 1 when any delete
+    failed (each failure is listed)."""
+    failed = 0
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        for deletion in delete_all(stub, ids, allow_missing=allow_missing, deadline_s=timeout):
+            if deletion.ok:
+                out.print(f"deleted {deletion.id}", highlight=False)
+            else:
+                failed += 1
+                err.print(f"[red]failed[/red] {deletion.id}: {deletion.error}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:
