@@ -141,9 +141,10 @@ def test_a_bad_grpc_timeout_from_one_client_never_fails_another_clients_calls(
     through the public port, then other clients' calls with deadlines, at once and for 3 s."""
     envoy = stack.envoy
     with RawGrpcConnection(envoy.listen_host, envoy.listen_port) as attacker:
-        for name, value in (("grpc-timeout", "abc"), ("grpc-encoding", "br")):
-            reply = attacker.call(GET_MODEL_PATH, _get_model_frame(), [(name, value)])
-            assert reply.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), reply
+        replies = [
+            attacker.call(GET_MODEL_PATH, _get_model_frame(), [(name, value)])
+            for name, value in (("grpc-timeout", "abc"), ("grpc-encoding", "br"))
+        ]
     deadline = time.monotonic() + 3
     while True:
         with grpc.insecure_channel(stack.grpc_target) as fresh:
@@ -153,6 +154,9 @@ def test_a_bad_grpc_timeout_from_one_client_never_fails_another_clients_calls(
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
+    # The bad calls themselves: refused by Envoy (before issue 18: INTERNAL from the server).
+    for reply in replies:
+        assert reply.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), reply
 
 
 def test_a_half_closed_call_without_a_whole_message_is_refused_at_once(
