@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support import wire
 from support.fakes import RecordingStore
 from support.h2_streams import RawGrpcConnection, grpc_frame
@@ -194,6 +195,16 @@ async def test_a_unary_call_with_two_messages_is_refused(
     assert reply.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
     assert urllib.parse.unquote(reply.grpc_message or "") == MORE_THAN_ONE_MESSAGE
     assert len(store.claimed) == claims
+
+
+@pytest.mark.parametrize("view", [-1, 3, 2**31 - 1])
+async def test_an_undefined_view_is_invalid_argument(channel, view: int) -> None:
+    """Proto3 keeps enum numbers it does not know; before issue 18 they acted as FULL."""
+    stub = pb_grpc.InferenceServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetInvocation(pb.GetInvocationRequest(id="any", view=view), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"view {view} is not an InvocationView" in (raised.value.details() or "")
 
 
 SOME = (
