@@ -35,7 +35,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from devstack.envoy_guards import header_guards, path_field_guards
+from devstack.envoy_guards import content_type_guards, header_guards, path_field_guards
 from devstack.process import (
     ManagedProcess,
     ProcessError,
@@ -421,7 +421,10 @@ def render_config(
         "REQUEST_GUARDS": _block(
             template,
             "REQUEST_GUARDS",
-            [f"- {_flow(route)}" for route in header_guards() + path_field_guards()],
+            [
+                f"- {_flow(route)}"
+                for route in header_guards() + path_field_guards() + content_type_guards()
+            ],
             "no request guards",
         ),
         "INTERNAL_REQUEST_GUARDS": _block(

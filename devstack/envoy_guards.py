@@ -87,18 +87,58 @@ def _path_regex(template: str) -> tuple[str, list[str]]:
     return "".join(parts), fields
 
 
-def _http_paths(service: ServiceDescriptor) -> list[tuple[str, Any]]:
-    """(path template, request message descriptor) of every HTTP rule of ``service``."""
-    paths = []
+def _http_rules(service: ServiceDescriptor) -> list[tuple[str, str, str, Any]]:
+    """(HTTP method, path template, body, request message descriptor) of every HTTP rule of
+    ``service``."""
+    rules = []
     for method in service.methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         for binding in [rule, *rule.additional_bindings]:
             pattern = binding.WhichOneof("pattern")
             if pattern is None:
                 continue
-            template = binding.custom.path if pattern == "custom" else getattr(binding, pattern)
-            paths.append((template, method.input_type))
-    return paths
+            if pattern == "custom":
+                verb, template = binding.custom.kind.upper(), binding.custom.path
+            else:
+                verb, template = pattern.upper(), getattr(binding, pattern)
+            rules.append((verb, template, binding.body, method.input_type))
+    return rules
+
+
+def _http_paths(service: ServiceDescriptor) -> list[tuple[str, Any]]:
+    """(path template, request message descriptor) of every HTTP rule of ``service``."""
+    return [(template, message) for _, template, _, message in _http_rules(service)]
+
+
+# What a JSON body may be declared as: application/json, with parameters (charset=utf-8).
+JSON_CONTENT_TYPE = r"(?i)application/json( *;.*)?"
+
+
+def content_type_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, Any]]:
+    """For every HTTP rule with a body: a Content-Type other than JSON, or none, -> 415.
+    Without it, a web page could make a browser POST an invocation as a "simple" request
+    (text/plain, form-urlencoded) that no CORS preflight stops."""
+    routes: list[dict[str, Any]] = []
+    for verb, template, body, _ in _http_rules(service):
+        if not body:
+            continue
+        regex, _ = _path_regex(template)
+        method = {"name": ":method", "string_match": {"exact": verb}}
+        for content_type in (
+            {"name": "content-type", "present_match": False},
+            {
+                "name": "content-type",
+                "string_match": {"safe_regex": {"regex": JSON_CONTENT_TYPE}},
+                "invert_match": True,
+            },
+        ):
+            route = _refusal(
+                {"safe_regex": {"regex": regex}, "headers": [method, content_type]},
+                "the request body must be JSON: send Content-Type: application/json",
+            )
+            route["direct_response"]["status"] = 415
+            routes.append(route)
+    return routes
 
 
 def path_field_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, Any]]:

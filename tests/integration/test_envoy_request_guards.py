@@ -7,6 +7,7 @@ before issue 18. So these tests hold the edge's own fix, whatever the server doe
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Iterator
 
@@ -17,7 +18,7 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support import wire
 from support.envoy_upstream import FakeInferenceService, rest_client, running_envoy, serve_fake
 from support.h2_streams import RawGrpcConnection, grpc_frame
-from support.http import RestClient, assert_status_json
+from support.http import Reply, RestClient, assert_status_json
 
 from devstack.envoy import LocalEnvoy
 
@@ -172,3 +173,34 @@ def test_other_query_parameters_still_work(api, fake):
     reply = api.get("/v1/invocations/A?view=INVOCATION_VIEW_BASIC")
     assert reply.status == 200, reply.body
     assert fake[0].requests[-1].id == "A"
+
+
+# --- the Content-Type of a REST body -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_a_body_not_declared_json_is_415_json(api, fake, content_type):
+    before = calls(fake)
+    body = b'{"input": {"id": "csrf", "content": "AA=="}}'
+    if content_type is None:  # support.http always declares JSON: a bare request here
+        conn = http.client.HTTPConnection(api.host, api.port, timeout=10)
+        try:
+            conn.request("POST", "/v1/invocations", body=body)
+            response = conn.getresponse()
+            reply = Reply(response.status, dict(response.getheaders()), response.read())
+        finally:
+            conn.close()
+    else:
+        reply = api.call("POST", "/v1/invocations", body, headers={"content-type": content_type})
+    assert_status_json(reply, 415, grpc.StatusCode.INVALID_ARGUMENT)
+    assert calls(fake) == before
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "Application/JSON; charset=utf-8"])
+def test_a_json_body_is_served(api, fake, content_type):
+    body = b'{"input": {"id": "json-ok", "content": "AA=="}}'
+    reply = api.call("POST", "/v1/invocations", body, headers={"content-type": content_type})
+    assert reply.status == 200, reply.body[:300]
