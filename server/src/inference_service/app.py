@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_METADATA_BYTES = 128 * 1024
+"""The request metadata (headers) a server takes: twice Envoy's limit (60 KiB)."""
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
@@ -197,6 +200,11 @@ class Application:
                 # clients' calls on one connection. The cost: headers from Envoy uncompressed,
                 # a few hundred bytes a call on the internal network.
                 ("grpc.http2.hpack_table_size.decoder", 0),
+                # Request metadata up to 128 KiB, above Envoy's 60 KiB header limit: Envoy's
+                # 431 is the answer to headers too large, never grpc-core's 8 KiB default
+                # (RESOURCE_EXHAUSTED listing the header names and sizes, issue 18).
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ],
         )
         renderer = InvocationRenderer(
