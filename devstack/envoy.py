@@ -35,7 +35,12 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from devstack.envoy_guards import content_type_guards, header_guards, path_field_guards
+from devstack.envoy_guards import (
+    content_type_guards,
+    grpc_on_rest_path_guards,
+    header_guards,
+    path_field_guards,
+)
 from devstack.process import (
     ManagedProcess,
     ProcessError,
@@ -423,7 +428,10 @@ def render_config(
             "REQUEST_GUARDS",
             [
                 f"- {_flow(route)}"
-                for route in header_guards() + path_field_guards() + content_type_guards()
+                for route in header_guards()
+                + path_field_guards()
+                + grpc_on_rest_path_guards()
+                + content_type_guards()
             ],
             "no request guards",
         ),

@@ -110,6 +110,26 @@ def _http_paths(service: ServiceDescriptor) -> list[tuple[str, Any]]:
     return [(template, message) for _, template, _, message in _http_rules(service)]
 
 
+def grpc_on_rest_path_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, Any]]:
+    """A native gRPC request (content-type application/grpc) to a REST path -> 404, which a
+    gRPC client reads as UNIMPLEMENTED; before, it went to a server as it was and came back as
+    Envoy's "upstream connect error ... reset" text."""
+    regexes = sorted({_path_regex(template)[0] for template, _ in _http_paths(service)})
+    return [
+        _refusal(
+            {
+                "safe_regex": {"regex": regex},
+                "headers": [
+                    {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                ],
+            },
+            f"no gRPC method at this path: gRPC calls go to /{service.full_name}/<method>",
+            status=404,
+        )
+        for regex in regexes
+    ]
+
+
 # What a JSON body may be declared as: application/json, with parameters (charset=utf-8).
 JSON_CONTENT_TYPE = r"(?i)application/json( *;.*)?"
 
@@ -186,11 +206,11 @@ def path_field_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, An
     return routes
 
 
-def _refusal(match: dict[str, Any], message: str) -> dict[str, Any]:
+def _refusal(match: dict[str, Any], message: str, status: int = 400) -> dict[str, Any]:
     """A route refusing a REST request that ``match`` matches, on its REST path."""
     return {
         "match": match,
-        "direct_response": _refuse(message),
+        "direct_response": {"status": status, "body": {"inline_string": message}},
         # Envoy picks the route on the REST path, before any filter runs; the transcoder would
         # rewrite the path to the gRPC one and pick again. Disabled here, the REST path keeps
         # this route.

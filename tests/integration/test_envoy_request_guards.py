@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import grpc
@@ -204,3 +205,16 @@ def test_a_json_body_is_served(api, fake, content_type):
     body = b'{"input": {"id": "json-ok", "content": "AA=="}}'
     reply = api.call("POST", "/v1/invocations", body, headers={"content-type": content_type})
     assert reply.status == 200, reply.body[:300]
+
+
+# --- native gRPC on REST paths -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/invocations", "/v1/invocations/abc", "/v1/models/x"])
+def test_native_grpc_on_a_rest_path_is_unimplemented_in_our_words(envoy, fake, path):
+    before = calls(fake)
+    with RawGrpcConnection(envoy.listen_host, envoy.listen_port) as client:
+        reply = client.call(path, GET_MESSAGE)
+    assert reply.grpc_status == str(grpc.StatusCode.UNIMPLEMENTED.value[0]), reply
+    assert "no gRPC method at this path" in urllib.parse.unquote(reply.grpc_message or "")
+    assert calls(fake) == before
