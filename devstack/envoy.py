@@ -35,6 +35,12 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from devstack.envoy_guards import (
+    content_type_guards,
+    grpc_on_rest_path_guards,
+    header_guards,
+    path_field_guards,
+)
 from devstack.process import (
     ManagedProcess,
     ProcessError,
@@ -500,6 +506,24 @@ def render_config(
             "AUTH_FILTERS",
             [f"- {_flow(item)}" for item in _auth_filters(settings)] if settings.jwt else [],
             "no authentication (INFERENCE_ENVOY_JWT_JWKS_FILE unset)",
+        ),
+        "REQUEST_GUARDS": _block(
+            template,
+            "REQUEST_GUARDS",
+            [
+                f"- {_flow(route)}"
+                for route in header_guards()
+                + path_field_guards()
+                + grpc_on_rest_path_guards()
+                + content_type_guards()
+            ],
+            "no request guards",
+        ),
+        "INTERNAL_REQUEST_GUARDS": _block(
+            template,
+            "INTERNAL_REQUEST_GUARDS",
+            [f"- {_flow(route)}" for route in header_guards()],
+            "no request guards",
         ),
         "PUBLIC_OPS_ROUTE": _block(
             template,

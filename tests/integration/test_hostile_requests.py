@@ -4,19 +4,24 @@ message, never UNKNOWN, and store nothing; hostile images get their documented s
 
 from __future__ import annotations
 
+import asyncio
 import re
+import urllib.parse
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from inference.v1 import inference_service_pb2 as pb
+from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support import wire
 from support.fakes import RecordingStore
+from support.h2_streams import RawGrpcConnection, grpc_frame
 from support.hostile import corpus
 
 from inference_service.app import Application
 from inference_service.grpc.errors import UNDECODABLE_REQUEST_MESSAGE
+from inference_service.grpc.single_message import MORE_THAN_ONE_MESSAGE, NO_MESSAGE
 from inference_service.settings import Settings
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -119,6 +124,87 @@ async def test_valid_streaming_calls_still_work_through_the_interceptor(channel)
     first = await watch.read()
     assert first.status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
+
+
+# Reserved headers that grpc-core parses, each with a value it refuses and one it takes. Issue 18:
+# the refused value stayed in the connection's HPACK dynamic table with its error, and every later
+# value of that header on the connection (sent with the table's name) failed too: INTERNAL
+# "Error parsing '<name>' metadata". Envoy sends every client's calls on one connection.
+POISONS = {
+    "grpc-timeout": ("abc", "9999876u"),
+    "grpc-encoding": ("br", "gzip"),
+    "grpc-previous-rpc-attempts": ("x", "1"),
+    "grpc-internal-encoding-request": ("zz", "gzip"),
+}
+GET_MODEL = "/inference.v1.InferenceService/GetModel"
+GET_MODEL_MESSAGE = grpc_frame(wire.delimited(1, b"face-detector"))
+
+
+@pytest.mark.parametrize("name", POISONS)
+async def test_a_bad_reserved_header_fails_only_its_own_call(server: Application, name) -> None:
+    bad, good = POISONS[name]
+
+    def calls() -> list[str | None]:
+        with RawGrpcConnection("127.0.0.1", server.port) as connection:
+            statuses = [connection.call(GET_MODEL, GET_MODEL_MESSAGE, [(name, bad)]).grpc_status]
+            for _ in range(3):
+                reply = connection.call(GET_MODEL, GET_MODEL_MESSAGE, [(name, good)])
+                statuses.append(reply.grpc_status)
+            return statuses
+
+    statuses = await asyncio.to_thread(calls)
+    assert statuses[0] == str(grpc.StatusCode.INTERNAL.value[0])  # grpc-core's own answer
+    assert statuses[1:] == ["0", "0", "0"]
+
+
+# A unary call whose request stream ends without one whole message. Before issue 18 grpc.aio
+# never answered these (the call hung until the client gave up).
+INCOMPLETE = {
+    "no-message": b"",
+    "frame-header-cut": b"\x00\x00\x00",
+    "message-cut": b"\x00\x00\x01\x86\xa0\x0a\x01x",  # announces 100,000 bytes, sends 3
+}
+
+
+@pytest.mark.parametrize("body", INCOMPLETE.values(), ids=INCOMPLETE.keys())
+async def test_a_unary_call_without_a_whole_message_is_refused_at_once(
+    server: Application, body: bytes
+) -> None:
+    def call():
+        with RawGrpcConnection("127.0.0.1", server.port) as connection:
+            return connection.call(wire.GET_INVOCATION, body, wait=10)
+
+    reply = await asyncio.to_thread(call)
+    assert reply.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert urllib.parse.unquote(reply.grpc_message or "") == NO_MESSAGE
+    assert reply.seconds < 2
+
+
+async def test_a_unary_call_with_two_messages_is_refused(
+    channel, server: Application, store: RecordingStore, shared_dir: Path
+) -> None:
+    content = (shared_dir / "images" / "face-2.jpg").read_bytes()
+    one = grpc_frame(wire.invoke_request(id=b"two-messages", content=content))
+    claims = len(store.claimed)
+
+    def call():
+        with RawGrpcConnection("127.0.0.1", server.port) as connection:
+            return connection.call(wire.INVOKE, one + one, wait=10)
+
+    reply = await asyncio.to_thread(call)
+    assert reply.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+    assert urllib.parse.unquote(reply.grpc_message or "") == MORE_THAN_ONE_MESSAGE
+    assert len(store.claimed) == claims
+
+
+@pytest.mark.parametrize("view", [-1, 3, 2**31 - 1])
+async def test_an_undefined_view_is_invalid_argument(channel, view: int) -> None:
+    """Proto3 keeps enum numbers it does not know; before issue 18 they acted as FULL."""
+    stub = pb_grpc.InferenceServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.GetInvocation(pb.GetInvocationRequest(id="any", view=view), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"view {view} is not an InvocationView" in (raised.value.details() or "")
 
 
 SOME = (

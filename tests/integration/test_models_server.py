@@ -112,7 +112,9 @@ async def test_list_models(stub, shared_dir: Path, saved_model_dir: Path) -> Non
     assert by_name[ONNX].version == file_sha256(shared_dir / RFB_ONNX)
     assert by_name[SAVEDMODEL].version == tree_sha256(saved_model_dir)
     assert by_name[CUSTOM].version == "v1"
-    assert by_name[ONNX].source == (shared_dir / RFB_ONNX).as_uri()
+    # Kind and file name only: no server folder (issue 18; INFERENCE_EXPOSE_MODEL_SOURCES).
+    assert by_name[ONNX].source == f"file .../{Path(RFB_ONNX).name}"
+    assert not any(str(shared_dir) in m.source or "/tmp" in m.source for m in models)
 
 
 async def test_get_model_by_name_and_alias(stub) -> None:

@@ -196,3 +196,120 @@ def open_idle_streams(
         client.flush()
         clients.append(client)
     return clients
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """``message`` in gRPC's length-prefixed framing (not compressed)."""
+    return struct.pack(">BI", 0, len(message)) + message
+
+
+@dataclasses.dataclass
+class GrpcReply:
+    """What one raw gRPC call got: HTTP status, grpc-status and grpc-message (from the
+    headers or the trailers), the reset code if the stream was reset, and how long it took.
+    ``grpc_status`` is ``None`` when no answer came within the wait."""
+
+    status: str | None = None
+    grpc_status: str | None = None
+    grpc_message: str | None = None
+    reset_code: int | None = None
+    seconds: float = 0.0
+    body: bytes = b""
+
+
+class RawGrpcConnection:
+    """One HTTP/2 connection (prior knowledge) for native gRPC calls built by hand: any
+    header, any body bytes, with or without the end of the stream. Calls run one at a time.
+    The server's SETTINGS are read before the first call, as a gRPC client does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = H2Client(host, port)
+        self.client.flush()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.client.remote_max_streams is None:
+            self._read(0.05)
+
+    def _read(self, timeout: float) -> list[h2.events.Event]:
+        client = self.client
+        ready = selectors.DefaultSelector()
+        ready.register(client.sock, selectors.EVENT_READ)
+        try:
+            if not ready.select(timeout=timeout):
+                return []
+        finally:
+            ready.close()
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            client.closed = True
+            return []
+        events = client.conn.receive_data(data)
+        for event in events:
+            client._record(event)
+        client.flush()
+        return events
+
+    def call(
+        self,
+        path: str,
+        body: bytes,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        end_stream: bool = True,
+        wait: float = 10.0,
+    ) -> GrpcReply:
+        """Send one request (``body`` as given: frame it with ``grpc_frame``) and wait up to
+        ``wait`` seconds for its end."""
+        client = self.client
+        stream_id = client.conn.get_next_available_stream_id()
+        request = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", client.authority),
+            (":path", path),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *headers,
+        ]
+        client.conn.send_headers(stream_id, request, end_stream=not body and end_stream)
+        if body:
+            client.conn.send_data(stream_id, body, end_stream=end_stream)
+        client.flush()
+        reply = GrpcReply()
+        start = time.monotonic()
+        deadline = start + wait
+        done = False
+        while not done and not client.closed and time.monotonic() < deadline:
+            for event in self._read(0.05):
+                if getattr(event, "stream_id", None) != stream_id:
+                    continue
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    fields = dict(event.headers)
+                    reply.status = fields.get(":status", reply.status)
+                    reply.grpc_status = fields.get("grpc-status", reply.grpc_status)
+                    reply.grpc_message = fields.get("grpc-message", reply.grpc_message)
+                elif isinstance(event, h2.events.DataReceived):
+                    reply.body += event.data
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+                elif isinstance(event, h2.events.StreamReset):
+                    reply.reset_code = int(event.error_code)
+                    done = True
+        reply.seconds = time.monotonic() - start
+        if not done:
+            client.conn.reset_stream(stream_id)
+            client.flush()
+        return reply
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> RawGrpcConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

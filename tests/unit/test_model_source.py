@@ -17,7 +17,10 @@ from inference_service.detection.model_source import (
     LocalFileModelSource,
     ModelFetchError,
     default_model_source,
+    public_source,
 )
+from inference_service.models.loader import LoadOptions
+from inference_service.settings import Settings
 
 PAYLOAD = b"not really a model, but bytes all the same\n" * 1000
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -185,3 +188,27 @@ def test_shared_model_matches_the_manifest(shared_dir: Path) -> None:
         sha256="2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866",
     )
     assert source.fetch().endswith("version-RFB-320_without_postprocessing.tflite")
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("/srv/models/face.tflite", "file .../face.tflite"),
+        ("file:///srv/models/rfb.onnx", "file .../rfb.onnx"),
+        ("models/saved/", "file .../saved"),
+        (
+            "https://user:secret@models.example:8443/a/b/m.onnx?sig=xyz",
+            "https://models.example/.../m.onnx",
+        ),
+        ("s3://bucket/team/m.tflite", "s3://bucket/.../m.tflite"),
+        ("", ""),
+    ],
+)
+def test_public_source_shows_the_kind_and_file_name_only(uri: str, shown: str) -> None:
+    assert public_source(uri) == shown
+
+
+def test_load_options_take_the_expose_setting() -> None:
+    assert LoadOptions.from_settings(Settings()).expose_model_sources is False
+    exposed = Settings(expose_model_sources=True)
+    assert LoadOptions.from_settings(exposed).expose_model_sources is True

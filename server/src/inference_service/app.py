@@ -25,6 +25,7 @@ from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
+from inference_service.grpc.single_message import SingleMessageInterceptor
 from inference_service.health import StoreHealthMonitor
 from inference_service.limits import RequestLimits
 from inference_service.listing import PageTokens
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
+
+MAX_METADATA_BYTES = 128 * 1024
+"""The request metadata (headers) a server takes: twice Envoy's limit (60 KiB)."""
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
@@ -194,8 +198,11 @@ class Application:
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
         server = grpc.aio.server(
-            # The request id first: the lines of the others carry it too.
+            # One request message per unary call, first of all (the outermost): the others
+            # still see unary handlers (grpc/single_message.py). Then the request id: the lines
+            # of the others carry it too.
             interceptors=[
+                SingleMessageInterceptor(),
                 *interceptors,
                 RequestIdInterceptor(),
                 MetricsInterceptor(self.metrics),
@@ -206,6 +213,18 @@ class Application:
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),
+                # No HPACK dynamic table for the headers the server receives (SETTINGS_HEADER_
+                # TABLE_SIZE 0): grpc-core keeps a reserved header that failed to parse (e.g.
+                # `grpc-timeout: abc`) in that table with its error, and fails every later
+                # header of the connection that refers to its name (issue 18). Envoy sends all
+                # clients' calls on one connection. The cost: headers from Envoy uncompressed,
+                # a few hundred bytes a call on the internal network.
+                ("grpc.http2.hpack_table_size.decoder", 0),
+                # Request metadata up to 128 KiB, above Envoy's 60 KiB header limit: Envoy's
+                # 431 is the answer to headers too large, never grpc-core's 8 KiB default
+                # (RESOURCE_EXHAUSTED listing the header names and sizes, issue 18).
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ],
         )
         renderer = InvocationRenderer(

@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an instance role)."""
     s3_region: str | None = None
     """Region of the S3 client; unset, boto3's default (``AWS_DEFAULT_REGION``)."""
+    expose_model_sources: bool = False
+    """ListModels and GetModel show where each model was loaded from in full (a path on the
+    server, a URL without credentials or query). Off: only its kind and file name
+    (``file .../face.tflite``, ``https://models.example/.../model.onnx``), so that clients never
+    learn the server's file layout."""
+
     tflite_runtime: Literal["auto", "litert", "tensorflow"] = "auto"
     """Package whose TFLite interpreter runs the model: ``litert`` (ai-edge-litert, ~60 MB
     resident), ``tensorflow`` (tf.lite, ~570 MB resident) or ``auto`` (LiteRT when installed)."""

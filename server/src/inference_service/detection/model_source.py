@@ -372,6 +372,21 @@ def redact_uri(uri: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def public_source(uri: str) -> str:
+    """A source as shown to clients by default: its kind and file name only, never the
+    server's folders or a URL's path (``file .../face.tflite``, ``https://host/.../m.onnx``,
+    ``s3://bucket/.../m.tflite``)."""
+    if not uri:
+        return ""
+    parts = urllib.parse.urlsplit(uri)
+    if not parts.scheme or parts.scheme == "file" or len(parts.scheme) == 1:  # C:\...
+        name = uri.replace("\\", "/").rstrip("/").rpartition("/")[2]
+        return f"file .../{name}" if name else "file"
+    name = parts.path.rstrip("/").rpartition("/")[2]
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}/.../{name}" if name else f"{parts.scheme}://{host}"
+
+
 def model_source_for(
     uri: str,
     *,

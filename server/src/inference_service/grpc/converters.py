@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 from inference.v1 import inference_service_pb2 as pb
 
 from inference_service.domain import Invocation, ModelDescription, ModelInput, ModelOutput, State
+from inference_service.errors import InvalidArgumentError
 
 _STATE_TO_PROTO = {
     State.PENDING: pb.Invocation.STATE_PENDING,
@@ -38,7 +39,13 @@ def model_input_from_proto(message: pb.ModelInput) -> ModelInput:
 
 def wants_content(view: int, *, default: bool = True) -> bool:
     """FULL includes the content, BASIC omits it; UNSPECIFIED means ``default`` (FULL for
-    GetInvocation, BASIC for Invoke: its caller has the content)."""
+    GetInvocation, BASIC for Invoke: its caller has the content). A number that is no
+    InvocationView (proto3 keeps unknown enum numbers) is ``InvalidArgumentError``."""
+    if view not in pb.InvocationView.values():
+        raise InvalidArgumentError(
+            f"view {view} is not an InvocationView: use INVOCATION_VIEW_BASIC (1) or "
+            "INVOCATION_VIEW_FULL (2)"
+        )
     if view == pb.INVOCATION_VIEW_UNSPECIFIED:
         return default
     return view != pb.INVOCATION_VIEW_BASIC

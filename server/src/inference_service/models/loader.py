@@ -16,6 +16,7 @@ from inference_service.detection.model_source import (
     ModelFetchError,
     artifact_sha256,
     model_source_for,
+    public_source,
     redact_uri,
 )
 from inference_service.domain import ModelDescription
@@ -42,6 +43,7 @@ class LoadOptions:
     iou_threshold: float = 0.3
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    expose_model_sources: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoadOptions:
@@ -53,6 +55,7 @@ class LoadOptions:
             iou_threshold=settings.iou_threshold,
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_region=settings.s3_region,
+            expose_model_sources=settings.expose_model_sources,
         )
 
 
@@ -181,7 +184,7 @@ def load_model(
         runtime=str(getattr(detector, "runtime", "") or spec.runtime),
         aliases=spec.aliases,
         load_time=now or dt.datetime.now(dt.UTC),
-        source=shown,
+        source=shown if options.expose_model_sources else public_source(spec.source or ""),
     )
     logger.info(
         "loaded model %s version %s (%s) from %s",
