@@ -60,7 +60,10 @@ class StoreHealthMonitor:
         """One check of the store; reports a change; returns the health after it."""
         started = self._clock()
         try:
-            await asyncio.wait_for(self._store.check(), timeout=self._check_timeout_s)
+            # Not ``wait_for``: on Python 3.11 it can swallow a cancellation that arrives as
+            # the check completes, and the monitor would never stop.
+            async with asyncio.timeout(self._check_timeout_s):
+                await self._store.check()
         except StoreUnavailableError:
             await self._failed(started, "unavailable")
         except TimeoutError:
