@@ -169,4 +169,9 @@ def test_reflection_through_envoys_internal_listener_lists_and_describes_the_ser
         "RenderInvocation": ("inference.v1.RenderInvocationRequest", "google.api.HttpBody"),
         "ListModels": ("inference.v1.ListModelsRequest", "inference.v1.ListModelsResponse"),
         "GetModel": ("inference.v1.GetModelRequest", "inference.v1.GetModelResponse"),
+        "ListInvocations": (
+            "inference.v1.ListInvocationsRequest",
+            "inference.v1.ListInvocationsResponse",
+        ),
+        "DeleteInvocation": ("inference.v1.DeleteInvocationRequest", "google.protobuf.Empty"),
     }
