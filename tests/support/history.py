@@ -360,10 +360,20 @@ def read_servers(targets: Sequence[str], ids: Sequence[str]) -> dict[str, dict[s
 def check(history: History, endpoint: CassandraConfig, servers: Sequence[str]) -> Verdict:
     """Prove the five properties (module docstring) of ``history`` against the store and the
     GetInvocation of every server in ``servers``."""
+    ids = sorted({o.id for o in history.ops if o.id is not None and o.kind == "invoke"})
+    return judge(history, read_store(endpoint, ids), read_servers(servers, ids))
+
+
+def judge(
+    history: History,
+    stored: dict[str, Invocation | None],
+    served: dict[str, dict[str, Any]],
+) -> Verdict:
+    """The checker proper: ``history`` against ``stored`` (id -> the stored invocation, None
+    when absent) and ``served`` (server -> id -> its GetInvocation answer or status name)."""
+    servers = list(served)
     ops = [o for o in history.ops if o.code != "PENDING_CALL"]
     ids = sorted({o.id for o in ops if o.id is not None and o.kind == "invoke"})
-    stored = read_store(endpoint, ids)
-    served = read_servers(servers, ids)
     by_id: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         if op.id is not None:
