@@ -19,6 +19,7 @@ the store's request timeout is 5 s), A's health ``NOT_SERVING`` while it cannot 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import time
@@ -136,10 +137,13 @@ def test_network_faults_under_load_keep_every_promise(
     load = HistoryLoad([net.stack.grpc_target], load_images, clients=4, retry_s=LEASE_S + 60)
     load.start()
     notes: list[str] = []
+    phases: list[tuple[str, float, float, int, bool]] = []
+    rows: list[dict[str, object]] = []
     try:
         load.wait_for(8, timeout=120)
         for number, (name, link, switch_on, unreachable) in enumerate(FAULTS):
             before = load.answered()
+            on_at = load.history.now()
             switch_on(net)
             seen_not_serving = False
             deadline = time.monotonic() + FAULT_S
@@ -166,6 +170,7 @@ def test_network_faults_under_load_keep_every_promise(
                 )
                 time.sleep(0.5)
             recovered = time.monotonic() - healed
+            phases.append((f"{link} {name}", on_at, load.history.now(), during, seen_not_serving))
             notes.append(
                 f"{link} {name}: {during} answered during, NOT_SERVING seen {seen_not_serving},"
                 f" A recovered {recovered:.1f} s after heal"
@@ -173,8 +178,32 @@ def test_network_faults_under_load_keep_every_promise(
         load.wait_for(load.answered() + 4, timeout=60)
     finally:
         history = load.stop()
+    for label, on_at, off_at, during, seen in phases:
+        # every call that overlapped the fault: how many, how many failed, the slowest answer
+        overlapping = [o for o in history.ops if o.start < off_at and o.end > on_at]
+        answered = [o.end - o.start for o in overlapping if o.code in ("OK", "ALREADY_EXISTS")]
+        failed = collections.Counter(
+            o.code for o in overlapping if o.code not in ("OK", "ALREADY_EXISTS", "NOT_FOUND")
+        )
+        notes.append(
+            f"{label}: {len(overlapping)} calls overlapped, slowest answer"
+            f" {max(answered, default=0):.1f} s, failed (retried) {dict(failed)},"
+            f" {during} Invokes answered while on"
+        )
+        rows.append(
+            dict(
+                test=f"network: {label}",
+                load="4 clients via Envoy, history recorded",
+                fault=f"{label} for {FAULT_S:g} s (A NOT_SERVING seen: {seen})",
+                sent=len(overlapping),
+                calls=len(overlapping),
+                failed=sum(failed.values()),
+            )
+        )
     print("\n".join(notes))
     verdict = check(history, cassandra_endpoint, [net.a.address, net.b.address])
+    for row in rows:
+        fault_report.add_row(**row, lost=len(verdict.violations), pending=0)
     slow = [o for o in history.ops if o.code == "OK" and o.end - o.start > ROUTE_TIMEOUT_S]
     counts = history.counts()
     fault_report.add_row(
