@@ -6,7 +6,8 @@ healed:
 
 - A <-> Cassandra: 200 ms latency, 2 s latency, a black hole, resets mid-stream, a trickle
   (2 KB/s), a partition (A cannot reach its store while Envoy still reaches A);
-- Envoy <-> A: 2 s latency, a black hole, resets mid-stream.
+- Envoy <-> A: 2 s latency, a black hole, resets mid-stream;
+- client <-> Envoy (every client connects through a third proxy): resets mid-stream, 2 s latency.
 
 Each fault ends with: the history checker's five properties hold (no acknowledged invocation
 lost, nothing deleted came back, every answer agrees with the store), every Invoke that the
@@ -50,11 +51,29 @@ ROUTE_TIMEOUT_S = 60.0
 
 
 class Net:
-    def __init__(self, stack: LocalStack, to_store: FaultProxy, from_envoy: FaultProxy) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        to_store: FaultProxy,
+        from_envoy: FaultProxy,
+        from_clients: FaultProxy,
+    ) -> None:
         self.stack = stack
         self.to_store = to_store
         self.from_envoy = from_envoy
+        self.from_clients = from_clients
         self.a, self.b = stack.servers
+
+    def proxy(self, link: str) -> FaultProxy:
+        return {
+            "A<->Cassandra": self.to_store,
+            "Envoy<->A": self.from_envoy,
+            "client<->Envoy": self.from_clients,
+        }[link]
+
+    def heal(self) -> None:
+        for proxy in (self.to_store, self.from_envoy, self.from_clients):
+            proxy.heal()
 
 
 @pytest.fixture
@@ -77,11 +96,13 @@ def net(cassandra_endpoint: CassandraConfig, shared_dir: Path, tmp_path: Path) -
         stack_of.callback(from_envoy.stop)
         stack.envoy.upstreams = [("127.0.0.1", from_envoy.port), (b.host, b.port)]
         stack.start()
+        from_clients = FaultProxy(stack.envoy.listen_port).start()
+        stack_of.callback(from_clients.stop)
+        net = Net(stack, to_store, from_envoy, from_clients)
         try:
-            yield Net(stack, to_store, from_envoy)
+            yield net
         finally:
-            to_store.heal()
-            from_envoy.heal()
+            net.heal()
             stack.stop()
             left = [s.pid for s in stack.servers if s.pid and pid_alive(s.pid)]
             assert not left, f"server processes still run: {left}"
@@ -123,6 +144,8 @@ FAULTS: list[Fault] = [
     ("latency 2 s", "Envoy<->A", lambda n: setattr(n.from_envoy, "latency_s", 2.0), False),
     ("black hole", "Envoy<->A", lambda n: setattr(n.from_envoy, "blackhole", True), False),
     ("resets mid-stream", "Envoy<->A", lambda n: n.from_envoy.reset(), False),
+    ("resets mid-stream", "client<->Envoy", lambda n: n.from_clients.reset(), False),
+    ("latency 2 s", "client<->Envoy", lambda n: setattr(n.from_clients, "latency_s", 2.0), False),
 ]
 
 
@@ -134,7 +157,8 @@ def test_network_faults_under_load_keep_every_promise(
 ) -> None:
     """Each fault of FAULTS in turn under a recorded load through Envoy; the checker reads the
     whole history at the end: 0 violations."""
-    load = HistoryLoad([net.stack.grpc_target], load_images, clients=4, retry_s=LEASE_S + 60)
+    clients_target = f"127.0.0.1:{net.from_clients.port}"  # Envoy, through the clients' link
+    load = HistoryLoad([clients_target], load_images, clients=4, retry_s=LEASE_S + 60)
     load.start()
     notes: list[str] = []
     phases: list[tuple[str, float, float, int, bool]] = []
@@ -149,7 +173,7 @@ def test_network_faults_under_load_keep_every_promise(
             deadline = time.monotonic() + FAULT_S
             while time.monotonic() < deadline:
                 if name == "resets mid-stream":
-                    (net.to_store if link == "A<->Cassandra" else net.from_envoy).reset()
+                    net.proxy(link).reset()
                 if health(net.a.address) == "NOT_SERVING":
                     seen_not_serving = True
                 time.sleep(1.0)
@@ -158,8 +182,7 @@ def test_network_faults_under_load_keep_every_promise(
                 assert seen_not_serving, f"{link} {name}: A never reported NOT_SERVING"
                 # Envoy routed around A: the load went on on B
                 assert during > 0, f"{link} {name}: no Invoke answered while A was cut off"
-            net.to_store.heal()
-            net.from_envoy.heal()
+            net.heal()
             healed = time.monotonic()
             while True:
                 state = invoke_directly(net.a.address, load_images[0], f"{load.prefix}-a{number}")
