@@ -10,7 +10,8 @@
    after the first minute (warm-up); Cassandra's heap after a GC where ``nodetool`` reaches the
    node's JMX (else "not measured"); the keyspace's tables on disk (``system_views.disk_usage``).
 
-Pass: no error but the documented busy answer (``UNAVAILABLE`` "server busy, retry later"), RSS slope under 1 MB
+Pass: no error but the documented busy answer (``UNAVAILABLE`` "server busy, retry later"),
+RSS slope under 1 MB
 per 10 min, no growth in file descriptors (slope under 1 per 10 min), Invoke p99 of the last
 five minutes within 20 % of the first five after warm-up (for runs under 11 minutes: the last
 minute against the first after warm-up). Exit status 1 when any fails.
