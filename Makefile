@@ -35,7 +35,7 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults test-docker test-testcontainers docker-images fuzz run bench clean
+.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -45,6 +45,8 @@ help:
 	@echo "make lint     ruff + buf lint"
 	@echo "make fuzz     property-based fuzzing of the gRPC and REST APIs, 10,000 cases a test"
 	@echo "make bench    benchmarks against the local stack"
+	@echo "make faults-long  the fault tests with the long ones (3-node history checker)"
+	@echo "make soak     a long run (SOAK_MINUTES, default 30) with leak and drift figures"
 	@echo "make docker-images  a Docker engine and every image, built here without a registry"
 	@echo "make lock     re-resolve and pin the Python dependencies (server/requirements.lock)"
 
@@ -184,6 +186,17 @@ test-faults: setup
 
 test-docker: setup
 	$(PY) -m pytest tests/docker
+
+# The long fault tests (not in make test): the history checker on a 3-node cluster with node
+# kills, server pauses and kills, and every other fault test beside it.
+faults-long: setup
+	INFERENCE_FAULTS_LONG=1 $(PY) -m pytest tests/faults
+
+# A long run at a fixed share of the Invoke rate with a realistic mix (bench/soak.py): errors by
+# code, p50/p99, server RSS and open files per minute with their slopes, the store's size.
+SOAK_MINUTES ?= 30
+soak: setup
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 # The store contract suite and the server tests against a Cassandra container (testcontainers:
 # the image of `make docker-images` on the host's network, else the official one).

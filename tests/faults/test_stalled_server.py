@@ -12,7 +12,6 @@ caller with an outcome that is not the stored one.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import signal
@@ -28,11 +27,11 @@ import pytest
 from conftest import GRPC_OPTIONS, FaultReport, LoadResult, ReadBack
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from support.history import Answer, History, Op, answer_of, check, content_hash
 from support.stacks import running_stack, stack_settings
 
 from devstack.stack import LocalStack
-from inference_service.domain import Invocation, State
-from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore
+from inference_service.stores.cassandra import CassandraConfig
 
 LEASE_S = 2.0
 """A short claim lease: B takes A's claims over within its pending wait (5 s)."""
@@ -40,52 +39,6 @@ STALLS = 3
 """Pauses of A in one run (each one a chance for the late writes to land)."""
 FIRST_CALL_TIMEOUT_S = 3.0
 """How long a client waits for A before it retries on B."""
-
-Answer = tuple[Any, ...]
-
-
-def answer_of(invocation: pb.Invocation) -> Answer:
-    """What a caller was told, comparable across processes and the store (float32 on the
-    wire: boxes to 0.01 px, scores to 1e-4)."""
-    detections = tuple(
-        (
-            round(d.box.x_min, 2),
-            round(d.box.y_min, 2),
-            round(d.box.x_max, 2),
-            round(d.box.y_max, 2),
-            round(d.score, 4),
-            d.label,
-        )
-        for d in invocation.output.detections
-    )
-    complete_ms = (
-        invocation.complete_time.seconds * 1000 + invocation.complete_time.nanos // 1_000_000
-        if invocation.HasField("complete_time")
-        else None
-    )
-    state = pb.Invocation.State.Name(invocation.state).removeprefix("STATE_")
-    return (state, invocation.model_version, detections, complete_ms)
-
-
-def stored_answer(invocation: Invocation) -> Answer:
-    detections = tuple(
-        (
-            round(d.box.x_min, 2),
-            round(d.box.y_min, 2),
-            round(d.box.x_max, 2),
-            round(d.box.y_max, 2),
-            round(d.score, 4),
-            d.label,
-        )
-        for d in (invocation.output.detections if invocation.output is not None else ())
-    )
-    complete_ms = (
-        int(invocation.complete_time.timestamp() * 1000)
-        if invocation.complete_time is not None
-        else None
-    )
-    state = invocation.state.value if invocation.state is not State.PENDING else "PENDING"
-    return (state, invocation.model.version, detections, complete_ms)
 
 
 @dataclasses.dataclass
@@ -107,6 +60,8 @@ class FailoverLoad:
         self.prefix = f"stall-{uuid.uuid4().hex[:8]}"
         self.result = LoadResult()
         self.acked: dict[str, Acked] = {}
+        self.history = History()
+        """Every call (``support.history``), for the checker."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -159,10 +114,21 @@ class FailoverLoad:
             attempt += 1
             with self._lock:
                 self.result.calls += 1
+            op = self.history.begin(
+                Op(
+                    "invoke",
+                    0,
+                    self.targets[server],
+                    invocation_id,
+                    content_hash(content),
+                    self.history.now(),
+                )
+            )
             try:
                 timeout = FIRST_CALL_TIMEOUT_S if server == 0 else 15.0
                 response = stubs[server].Invoke(request, timeout=timeout)
             except grpc.RpcError as error:
+                self.history.end(op, error.code().name)
                 with self._lock:
                     self.result.errors[error.code().name] += 1
                 if time.monotonic() < give_up:
@@ -171,6 +137,7 @@ class FailoverLoad:
                 with self._lock:
                     self.result.failed += 1
                 return
+            self.history.end(op, "OK", answer_of(response.invocation))
             with self._lock:
                 if attempt > 1:
                     self.result.retried += 1
@@ -182,49 +149,6 @@ class FailoverLoad:
                 else:
                     self.result.failed += 1
             return
-
-
-def compare(
-    acked: dict[str, Acked], endpoint: CassandraConfig, targets: Sequence[str]
-) -> tuple[list[str], list[str]]:
-    """(mismatches, details): ids whose acknowledged answer differs from what is stored or
-    from what any server's GetInvocation returns."""
-
-    async def stored() -> dict[str, Answer | None]:
-        store = await CassandraInvocationStore.connect(endpoint)
-        try:
-            rows = {}
-            for invocation_id in acked:
-                invocation = await store.get(invocation_id, with_content=False)
-                rows[invocation_id] = stored_answer(invocation) if invocation else None
-            return rows
-        finally:
-            await store.close()
-
-    rows = asyncio.run(stored())
-    served: dict[str, dict[str, Answer | str]] = {}
-    for target in targets:
-        with grpc.insecure_channel(target, options=GRPC_OPTIONS) as channel:
-            stub = pb_grpc.InferenceServiceStub(channel)
-            got: dict[str, Answer | str] = {}
-            for invocation_id in acked:
-                request = pb.GetInvocationRequest(id=invocation_id, view=pb.INVOCATION_VIEW_BASIC)
-                try:
-                    got[invocation_id] = answer_of(
-                        stub.GetInvocation(request, timeout=10).invocation
-                    )
-                except grpc.RpcError as error:
-                    got[invocation_id] = error.code().name
-            served[target] = got
-    mismatches, details = [], []
-    for invocation_id, ack in acked.items():
-        seen = {"stored": rows[invocation_id]}
-        seen.update({target: served[target][invocation_id] for target in targets})
-        wrong = {where: value for where, value in seen.items() if value != ack.answer}
-        if wrong:
-            mismatches.append(invocation_id)
-            details.append(f"{invocation_id}: answered by {ack.server} {ack.answer}; {wrong}")
-    return mismatches, details
 
 
 @pytest.fixture
@@ -274,9 +198,10 @@ def test_an_owner_paused_past_its_lease_never_changes_an_acknowledged_answer(
     finally:
         result = load.stop()
     time.sleep(2.0)  # the last late writes of A land
-    mismatches, details = compare(
-        load.acked, cassandra_endpoint, [server_a.address, server_b.address]
-    )
+    # The history checker (support.history): every acknowledged answer is what is stored and
+    # what every server serves; one content per id; nothing lost.
+    verdict = check(load.history, cassandra_endpoint, [server_a.address, server_b.address])
+    mismatches = verdict.violations
     fault_report.add(
         "SIGSTOP an owner past its lease, then SIGCONT",
         "6 clients, A then retry same id on B",
@@ -286,4 +211,4 @@ def test_an_owner_paused_past_its_lease_never_changes_an_acknowledged_answer(
     )
     assert result.retried > 0, "no call was retried on B: A was never caught holding a claim"
     assert result.failed == 0, result.errors
-    assert mismatches == [], "\n".join(details[:20])
+    assert mismatches == [], verdict.report

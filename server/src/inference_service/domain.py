@@ -90,8 +90,15 @@ class Claim:
 
     token: str
     time: dt.datetime
+    age: dt.timedelta | None = dataclasses.field(default=None, compare=False)
+    """How old the claim was when it was read, by the store's own clock (Cassandra: the
+    coordinator's ``now()`` minus the claim's write time, which Paxos sets): when known, the
+    lease is measured with it, and no server's clock matters. None where the store does not
+    tell (the in-memory store: one process, one clock)."""
 
     def expired(self, now: dt.datetime, lease: dt.timedelta) -> bool:
+        if self.age is not None:
+            return self.age >= lease
         return now >= self.time + lease
 
 

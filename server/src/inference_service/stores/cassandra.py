@@ -825,6 +825,7 @@ class CassandraInvocationStore:
             claim = Claim(
                 token=row["claim_id"].hex,
                 time=_utc(claim_time) if claim_time is not None else create_time,
+                age=_claim_age(row),
             )
         return Invocation(
             input=ModelInput(id=row["id"], content=content, metadata=row["metadata"] or {}),
@@ -878,6 +879,10 @@ def _queries(table: str) -> dict[str, str]:
         "id, claim_id, claim_time, content_sha256, content_type, metadata, model_name,"
         f" model_version, create_time, {outcome}"
     )
+    # The claim's age by Cassandra's clocks alone: its write time (a conditional write's is
+    # set by Paxos from the coordinator's clock, never by the client) and the read's
+    # coordinator's now(). The lease never compares two servers' clocks.
+    clock = "WRITETIME(claim_id) AS claim_written, toTimestamp(now()) AS store_now"
     claim = (
         f"INSERT INTO {table}"  # noqa: S608
         " (id, claim_id, claim_time, content_sha256, content_type, metadata,"
@@ -904,8 +909,8 @@ def _queries(table: str) -> dict[str, str]:
         "claim": claim,
         "take_over": take_over,
         "complete": complete,
-        "get_with_content": f"SELECT {columns}, content FROM {table} WHERE id = ?",  # noqa: S608
-        "get_without_content": f"SELECT {columns} FROM {table} WHERE id = ?",  # noqa: S608
+        "get_with_content": f"SELECT {columns}, {clock}, content FROM {table} WHERE id = ?",  # noqa: S608
+        "get_without_content": f"SELECT {columns}, {clock} FROM {table} WHERE id = ?",  # noqa: S608
     }
 
 
@@ -1085,3 +1090,13 @@ def _first_time_at_or_after(position: PageCursor) -> dt.datetime:
 def _utc(value: dt.datetime) -> dt.datetime:
     """The driver returns naive UTC datetimes; the domain uses aware ones."""
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _claim_age(row: Mapping[str, Any]) -> dt.timedelta:
+    """A claim's age by Cassandra's clocks (``claim_written``, ``store_now`` of a read). A row
+    without them (what a conditional write returns) counts as just claimed: its reader reads
+    it again before it may take the claim over, and then learns its age."""
+    written, now = row.get("claim_written"), row.get("store_now")
+    if written is None or now is None:
+        return dt.timedelta(0)
+    return max(dt.timedelta(0), _utc(now) - dt.datetime.fromtimestamp(written / 1e6, dt.UTC))
