@@ -166,7 +166,7 @@ def test_upload_browse_page_filter_look_and_delete(
     base = f"http://{api.host}:{api.port}"
     run = uuid.uuid4().hex[:12]
     files = []
-    for label, source in (("a", "face-13.jpg"), ("b", "face-2.jpg")):
+    for label, source in (("a", "face-2.jpg"), ("b", "face-13.jpg")):
         path = tmp_path / f"{run}-{label}.jpg"
         shutil.copyfile(images_dir / source, path)
         files.append(path)
