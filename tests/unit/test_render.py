@@ -100,7 +100,7 @@ def renderer(stored: Invocation | None) -> InvocationRenderer:
             raise NotFoundError(f"invocation {invocation_id!r} not found")
         return stored
 
-    def decode(content: bytes, max_pixels: int) -> np.ndarray:
+    def decode(content: bytes, max_pixels: int, *, min_size: int | None = None) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
 
     return InvocationRenderer(

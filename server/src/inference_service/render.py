@@ -100,7 +100,7 @@ class InvocationRenderer:
         self,
         *,
         get_invocation: Callable[..., Awaitable[Invocation]],
-        decode: Callable[[bytes, int], np.ndarray],
+        decode: Callable[..., np.ndarray],
         executor: Executor,
         max_image_pixels: int,
         max_dimension: int = DEFAULT_MAX_DIMENSION,
@@ -153,5 +153,6 @@ class InvocationRenderer:
     def _draw(self, content: bytes, output: ModelOutput, limit: int) -> bytes:
         timer = self._metrics.time_stage("render") if self._metrics else contextlib.nullcontext()
         with timer:
-            image = self._decode(content, self._max_pixels)
+            # Decoded no larger than needed: a JPEG at a reduced scale for a small picture.
+            image = self._decode(content, self._max_pixels, min_size=limit)
             return draw_detections(image, output, max_dimension=limit, max_bytes=self._max_bytes)
