@@ -1,12 +1,12 @@
 """``console_gallery_ms``: the web console's gallery in headless Chromium (Debian's chromium and
 chromedriver, through Selenium), on the bench's stack.
 
-Each run is a fresh navigation to ``/console/`` (a new page: no thumbnail in memory; renders
-carry no cache headers, so the browser's HTTP cache holds none either), and the time is the
-page's own: from navigation start (``performance.timeOrigin``) to the ``gallery-page-loaded``
-mark, set once the first page (50 invocations, the default) is listed and every thumbnail
-(RenderInvocation with ``max_dimension=256``) is fetched and decoded. The first run warms the
-browser and is not counted; the key is the median of the others.
+Each run is a fresh navigation to ``/console/`` (a new page: no thumbnail in memory; the page
+fetches with ``cache: "no-store"``, so the browser's HTTP cache holds none either), and the
+time is the page's own: from navigation start (``performance.timeOrigin``) to the
+``gallery-page-loaded`` mark, set once the first page (50 invocations, the default) is listed
+and every thumbnail (RenderInvocation with ``max_dimension=256``) is fetched and decoded. The
+first run warms the browser and is not counted; the key is the median of the others.
 
 Also runnable alone against any stack: ``python -m bench.console http://127.0.0.1:8080``.
 """

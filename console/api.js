@@ -62,7 +62,8 @@ async function errorOf(response) {
 }
 
 async function call(method, path, { body, signal } = {}) {
-  const init = { method, headers: headers(), signal };
+  // no-store: nothing the API answers (images, metadata) is written to the browser's HTTP cache.
+  const init = { method, headers: headers(), signal, cache: "no-store" };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
