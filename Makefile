@@ -35,7 +35,7 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean
+.PHONY: help setup protos openapi clients breaking lock lint test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -49,6 +49,7 @@ help:
 	@echo "make soak     a long run (SOAK_MINUTES, default 30) with leak and drift figures"
 	@echo "make docker-images  a Docker engine and every image, built here without a registry"
 	@echo "make lock     re-resolve and pin the Python dependencies (server/requirements.lock)"
+	@echo "make console-screenshots  regenerate docs/console.png (the web console, from its browser test)"
 
 setup: $(VENV)/.installed node_modules/.installed build/.compose-schema $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) clients
 
@@ -216,6 +217,16 @@ fuzz: setup
 
 run: setup
 	$(PY) -m devstack run
+
+# The README's picture of the web console (docs/console.png): the browser test's screenshot of
+# the detail view (build/console/detail.png, written by tests/e2e/test_console.py), made small.
+console-screenshots: setup
+	$(PY) -m pytest tests/e2e/test_console.py -k upload_browse -p no:cacheprovider
+	$(PY) -c 'from PIL import Image; \
+	  shot = Image.open("build/console/detail.png").convert("RGB"); \
+	  shot = shot.resize((960, round(shot.height * 960 / shot.width)), Image.Resampling.LANCZOS); \
+	  shot.quantize(colors=96, method=Image.Quantize.MEDIANCUT).save("docs/console.png", optimize=True)'
+	@ls -l docs/console.png
 
 # make bench (not part of make test): tools first, idempotently, all bench-only: bench-ghz (ghz's
 # runner, built with Go from bench/ghzload), wrk (Debian), MLServer in build/bench/mlserver-venv.

@@ -128,6 +128,13 @@ TARGETS = (
         at_least=False,
     ),
     Target(
+        "console_gallery_ms",
+        "console_gallery_ms (first page of 50 thumbnails, in the browser)",
+        lambda m: m["console_gallery_ms"],
+        1000.0,
+        at_least=False,
+    ),
+    Target(
         "server_rss_mb",
         "server_rss_mb (largest server process)",
         lambda m: m["server_rss_mb"],

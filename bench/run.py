@@ -15,14 +15,16 @@ time; closed loop; errors counted and flagged):
 5. ListInvocations: REST through Envoy, pages of 50 (the default, BASIC, view), cycling through
    the first pages of the listing of everything the Invoke runs stored (their tokens made by
    walking the listing first);
-6. DeleteInvocation: native gRPC through Envoy, each invocation the runs stored deleted once
+6. the web console: its gallery's first page of 50 thumbnails in headless Chromium
+   (``bench.console``: ``console_gallery_ms``, navigation start to the last thumbnail);
+7. DeleteInvocation: native gRPC through Envoy, each invocation the runs stored deleted once
    (its ids from the listing; a fixed number of calls, not a fixed time: the run ends when the
    ids do), then a sample of them read back (NOT_FOUND);
-7. the servers' peak RSS; the stack stops;
-8. the serving path alone: a second stack (the same servers with the in-memory store, their
+8. the servers' peak RSS; the stack stops;
+9. the serving path alone: a second stack (the same servers with the in-memory store, their
    own Envoy, no Cassandra), its detections checked, Invoke through Envoy at the compare
    concurrency, a sample of the ids read back; it stops;
-9. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
+10. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
 
 Every measurement also records the CPU time of each group of processes (servers, Envoy,
 Cassandra; MLServer's whole tree); CPU time per successful call gives the ``*_cpu_ms_per_*``
@@ -57,7 +59,7 @@ import grpc
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from bench import mlserver, payloads, procstats
+from bench import console, mlserver, payloads, procstats
 from bench.ceiling import measure_ceiling
 from bench.loadgen import Ghz, GrpcCall, LoadResult, RestCall, Wrk
 from bench.report import (
@@ -458,6 +460,8 @@ class BenchRun:
             self._get_phases(stack, groups)
         with self.phase("list"):
             self._list_phases(stack, groups)
+        with self.phase("console"):
+            self._console_phase(stack)
         with self.phase("delete"):
             self._delete_phases(stack, groups)
         self.extra["cassandra_data_mb"] = stack.data_mb()
@@ -705,6 +709,18 @@ class BenchRun:
             groups,
         )
 
+    def _console_phase(self, stack: BenchStack) -> None:
+        """The web console's first gallery page (50 thumbnails) in headless Chromium, on the
+        invocations the Invoke runs stored (bench.console): ``console_gallery_ms``."""
+        try:
+            result = console.gallery_ms(stack.rest_url)
+        except console.ConsoleBenchError as exc:
+            self.warnings.append(f"console: {exc}")
+            return
+        self.extra["console_gallery"] = result
+        if min(result["thumbnails"]) < console.PAGE_SIZE:
+            self.warnings.append(f"console: fewer than {console.PAGE_SIZE} thumbnails: {result}")
+
     def _delete_phases(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
         """DeleteInvocation through Envoy (native gRPC): every stored invocation (ids from the
         listing) deleted once, a warm-up share of them first (the warm-up's part of the time),
@@ -913,6 +929,8 @@ class BenchRun:
             "mlserver_best_config": None,
             "single_image_inprocess_ms": round(self.ceiling.serial_median_ms, 2),
             "server_rss_mb": max(self.extra["server_rss_mb"].values(), default=None),
+            # the web console: navigation start to the last thumbnail of the first page of 50
+            "console_gallery_ms": self.extra.get("console_gallery", {}).get("console_gallery_ms"),
             # CPU per image of each part (cores x 1000 / rate during the measurement)
             "server_cpu_ms_per_invoke": cpu_ms(envoy_cc, "servers"),
             "envoy_cpu_ms_per_invoke": cpu_ms(envoy_cc, "envoy"),

@@ -16,6 +16,7 @@ from devstack.stack import LocalStack, StackSettings
 
 EXAMPLES = """\
 inference-service is up.
+  Web console (open it in a browser):        {rest}/console/
   REST/JSON + gRPC (Envoy, public):          {rest}    native gRPC also on {grpc}
   gRPC with health + reflection (loopback):  {internal}
   gRPC server (direct):                      {server}

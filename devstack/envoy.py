@@ -35,6 +35,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from devstack import console
 from devstack.envoy_guards import (
     content_type_guards,
     grpc_on_rest_path_guards,
@@ -401,6 +402,26 @@ def _operation_scopes_filter(settings: EnvoySettings) -> dict[str, Any] | None:
     }
 
 
+def _console(template: str, settings: EnvoySettings) -> dict[str, Any]:
+    """The web console's placeholders (devstack/console.py)."""
+    auth = [item["name"] for item in _auth_filters(settings)] if settings.jwt else []
+    return {
+        "CONSOLE_ROUTES": _block(
+            template,
+            "CONSOLE_ROUTES",
+            [f"- {_flow(route)}" for route in console.console_routes(auth)],
+            "no console",
+        ),
+        "CONSOLE_REPLY_MAPPERS": _block(
+            template,
+            "CONSOLE_REPLY_MAPPERS",
+            [f"- {_flow(mapper)}" for mapper in console.console_reply_mappers()],
+            "no console",
+        ),
+        "CONSOLE_MAX_FILE_BYTES": console.MAX_FILE_BYTES,
+    }
+
+
 def _public_ops_route() -> dict[str, Any]:
     """Health and reflection on the public listener: streams, so neither buffered nor timed."""
     return {
@@ -525,6 +546,7 @@ def render_config(
             [f"- {_flow(route)}" for route in header_guards()],
             "no request guards",
         ),
+        **_console(template, settings),
         "PUBLIC_OPS_ROUTE": _block(
             template,
             "PUBLIC_OPS_ROUTE",

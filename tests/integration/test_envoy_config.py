@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def test_rendered_config_passes_envoy_validation(tmp_path):
     assert "OK" in output
     assert "Deprecated" not in output, output
     config = proxy.config_path.read_text()
-    assert "${" not in config
+    # Every placeholder is filled (the console's inlined JavaScript has ${...} of its own).
+    placeholders = set(re.findall(r"\$\{([A-Z_]+)\}", proxy.template.read_text()))
+    assert "CONSOLE_ROUTES" in placeholders
+    assert not [name for name in placeholders if f"${{{name}}}" in config]
     assert '"port_value": 50052' in config
 
 
@@ -410,3 +414,31 @@ def test_stop_ends_the_process(fake, tmp_path):
     assert proxy.running_pid() is None
     assert not proxy.pid_file.exists()
     assert not proxy.ready()
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "starts"),
+    [
+        ("/console/", "text/html; charset=utf-8", b"<!doctype html>"),
+        ("/console/index.html", "text/html; charset=utf-8", b"<!doctype html>"),
+        ("/console/app.js", "text/javascript; charset=utf-8", b"// The console"),
+        ("/console/api.js", "text/javascript; charset=utf-8", b"// The REST API"),
+        ("/console/console.css", "text/css; charset=utf-8", b":root"),
+    ],
+)
+def test_the_console_is_served_as_its_files_are(api, path, content_type, starts):
+    reply = api.get(path)
+    assert reply.status == 200
+    assert reply.headers["content-type"] == content_type
+    name = "index.html" if path.endswith("/") else path.rsplit("/", 1)[1]
+    assert reply.body == (REPO / "console" / name).read_bytes()
+    assert reply.body.startswith(starts)
+    assert "script-src 'self'" in reply.headers["content-security-policy"]
+    assert reply.headers["x-content-type-options"] == "nosniff"
+
+
+def test_console_redirects_and_unknown_console_files_are_404_json(api):
+    reply = api.get("/console")
+    assert reply.status == 301 and reply.headers["location"].endswith("/console/")
+    assert_status_json(api.get("/console/nope.js"), 404, grpc.StatusCode.NOT_FOUND)
+    assert_status_json(api.call("POST", "/console/", b"{}"), 404, grpc.StatusCode.NOT_FOUND)

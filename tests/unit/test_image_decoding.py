@@ -540,3 +540,18 @@ def test_signalling_nans_become_zero_without_warnings() -> None:
         warnings.simplefilter("error")
         decoded = decode_image(content, max_pixels=LIMIT)
     np.testing.assert_array_equal(decoded[0, :, 0], [0, 128, 255, 64])
+
+
+def test_min_size_decodes_a_jpeg_at_a_reduced_scale_oriented_and_never_below_it() -> None:
+    picture = Image.new("RGB", (1600, 1200), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    content = encode(picture, "JPEG", exif=exif.tobytes())
+    assert decode_image(content, max_pixels=10**8).shape == (1600, 1200, 3)
+    small = decode_image(content, max_pixels=10**8, min_size=256)
+    assert small.shape == (400, 300, 3)  # 1/4: 1/8 would be under 256 on the short side
+    assert abs(int(small[150, 150, 0]) - 200) < 10
+    # Other formats, and a size over the image's, decode whole.
+    png = encode(picture, "PNG")
+    assert decode_image(png, max_pixels=10**8, min_size=256).shape == (1200, 1600, 3)
+    assert decode_image(content, max_pixels=10**8, min_size=4096).shape == (1600, 1200, 3)

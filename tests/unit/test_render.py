@@ -20,7 +20,7 @@ from inference_service.domain import (
     ModelOutput,
     State,
 )
-from inference_service.errors import FailedPreconditionError, NotFoundError
+from inference_service.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from inference_service.render import BOX_COLOR, InvocationRenderer, draw_detections
 
 GREEN = np.array(BOX_COLOR)
@@ -100,7 +100,7 @@ def renderer(stored: Invocation | None) -> InvocationRenderer:
             raise NotFoundError(f"invocation {invocation_id!r} not found")
         return stored
 
-    def decode(content: bytes, max_pixels: int) -> np.ndarray:
+    def decode(content: bytes, max_pixels: int, *, min_size: int | None = None) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
 
     return InvocationRenderer(
@@ -133,3 +133,25 @@ def test_failed_precondition_maps_to_its_status() -> None:
 
     error = FailedPreconditionError("no result")
     assert status_for(error)[0].name == "FAILED_PRECONDITION"
+
+
+def test_renderer_draws_at_the_requested_size_capped_by_the_servers_limit() -> None:
+    done = invocation(State.SUCCEEDED, output(64, 48, (10, 10, 30, 30)))
+    assert decode_png(asyncio.run(renderer(done).render("a", 32))).shape == (24, 32, 3)
+    # 0 is the server's limit (2048 here: the whole 64 x 48 image, never scaled up)
+    assert decode_png(asyncio.run(renderer(done).render("a", 0))).shape == (48, 64, 3)
+    capped = InvocationRenderer(
+        get_invocation=renderer(done)._get,
+        decode=renderer(done)._decode,
+        executor=ThreadPoolExecutor(1),
+        max_image_pixels=10_000,
+        max_dimension=40,
+    )
+    assert decode_png(asyncio.run(capped.render("a", 4096))).shape == (30, 40, 3)
+
+
+@pytest.mark.parametrize("size", [-1, 1, 15])
+def test_renderer_refuses_a_size_under_16(size: int) -> None:
+    done = invocation(State.SUCCEEDED, output(64, 48, (10, 10, 30, 30)))
+    with pytest.raises(InvalidArgumentError, match="max_dimension"):
+        asyncio.run(renderer(done).render("a", size))

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from inference_service.admission import UnlimitedAdmission
 from inference_service.domain import Invocation, ModelOutput, State
-from inference_service.errors import FailedPreconditionError
+from inference_service.errors import FailedPreconditionError, InvalidArgumentError
 from inference_service.metrics import Metrics
 from inference_service.ports import Admission
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 PNG_CONTENT_TYPE = "image/png"
 DEFAULT_MAX_DIMENSION = 2048
 """Longest side of a rendered image, in pixels; larger images are scaled down (never up)."""
+MIN_DIMENSION = 16
+"""Smallest ``max_dimension`` a request may ask for (0 asks for the server's limit)."""
 BOX_COLOR = (0, 255, 0)
 LABEL_TEXT_COLOR = (0, 0, 0)
 _SHRINK = 0.75  # factor applied while a PNG is over its byte budget
@@ -59,7 +61,13 @@ def draw_detections(
 def _render(picture: Image.Image, output: ModelOutput, limit: int) -> bytes:
     scale = min(1.0, limit / max(picture.width, picture.height))
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-    canvas = picture.resize(size, Image.Resampling.BILINEAR) if scale < 1.0 else picture.copy()
+    # reducing_gap: a large reduction (a thumbnail) first shrinks by whole factors (cheap box
+    # filter), then resamples: much faster than bilinear over the whole image, same look.
+    canvas = (
+        picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
+        if scale < 1.0
+        else picture.copy()
+    )
     # Boxes are in pixels of the oriented original image, whose size the output records.
     sx = canvas.width / (output.image_width or picture.width)
     sy = canvas.height / (output.image_height or picture.height)
@@ -92,7 +100,7 @@ class InvocationRenderer:
         self,
         *,
         get_invocation: Callable[..., Awaitable[Invocation]],
-        decode: Callable[[bytes, int], np.ndarray],
+        decode: Callable[..., np.ndarray],
         executor: Executor,
         max_image_pixels: int,
         max_dimension: int = DEFAULT_MAX_DIMENSION,
@@ -109,8 +117,22 @@ class InvocationRenderer:
         self._max_dimension = max_dimension
         self._max_bytes = max_bytes
 
-    async def render(self, invocation_id: str) -> bytes:
-        """The PNG of a SUCCEEDED invocation; ``FailedPreconditionError`` for another state."""
+    def dimension(self, requested: int = 0) -> int:
+        """The longest side to draw for a request's ``max_dimension``: 0 is the server's limit,
+        a larger value is capped at it; 1 to 15 or negative is ``InvalidArgumentError``."""
+        if requested == 0:
+            return self._max_dimension
+        if requested < MIN_DIMENSION:
+            raise InvalidArgumentError(
+                f"max_dimension must be 0 (the server's limit) or at least {MIN_DIMENSION}, "
+                f"got {requested}"
+            )
+        return min(requested, self._max_dimension)
+
+    async def render(self, invocation_id: str, max_dimension: int = 0) -> bytes:
+        """The PNG of a SUCCEEDED invocation, at most ``max_dimension`` pixels on its longer side
+        (see ``dimension``); ``FailedPreconditionError`` for another state."""
+        limit = self.dimension(max_dimension)
         invocation = await self._get(invocation_id, with_content=True)
         if invocation.state is not State.SUCCEEDED or invocation.output is None:
             raise FailedPreconditionError(
@@ -123,15 +145,14 @@ class InvocationRenderer:
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, self._draw, invocation.input.content, invocation.output
+                self._executor, self._draw, invocation.input.content, invocation.output, limit
             )
         finally:
             admitted.release()
 
-    def _draw(self, content: bytes, output: ModelOutput) -> bytes:
+    def _draw(self, content: bytes, output: ModelOutput, limit: int) -> bytes:
         timer = self._metrics.time_stage("render") if self._metrics else contextlib.nullcontext()
         with timer:
-            image = self._decode(content, self._max_pixels)
-            return draw_detections(
-                image, output, max_dimension=self._max_dimension, max_bytes=self._max_bytes
-            )
+            # Decoded no larger than needed: a JPEG at a reduced scale for a small picture.
+            image = self._decode(content, self._max_pixels, min_size=limit)
+            return draw_detections(image, output, max_dimension=limit, max_bytes=self._max_bytes)

@@ -47,7 +47,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         if self._renderer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rendering is not enabled")
-        png = await self._renderer.render(request.id)
+        png = await self._renderer.render(request.id, request.max_dimension)
         return httpbody_pb2.HttpBody(content_type=PNG_CONTENT_TYPE, data=png)
 
     async def ListModels(  # noqa: N802 - gRPC method name
