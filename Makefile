@@ -64,26 +64,27 @@ build/.compose-schema:
 # Dependencies first; the package itself is installed (editable) again once the
 # stubs exist, so that its import finder maps the generated `inference` package.
 # Every Python dependency comes pinned from the lock (`make lock` writes it).
-$(VENV)/.deps: server/pyproject.toml $(LOCK)
+$(VENV)/.deps: server/pyproject.toml clients/python/pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 	$(PY) -m pip install --quiet -r $(LOCK)
-	$(PY) -m pip install --quiet --no-deps -e server
+	$(PY) -m pip install --quiet --no-deps -e server -e clients/python
 	touch $@
 
-# Resolve the Python dependencies (server/pyproject.toml with its dev extra, under
+# Resolve the Python dependencies (server/pyproject.toml with its dev extra, and the client's
+# clients/python/pyproject.toml, under
 # server/constraints.txt) again and pin them all in server/requirements.lock: the one command to
 # run after changing a dependency (then commit the lock).
 lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
 	rm -f $(LOCK)
-	$(VENV)/bin/uv pip compile server/pyproject.toml --extra dev --constraint server/constraints.txt \
+	$(VENV)/bin/uv pip compile server/pyproject.toml clients/python/pyproject.toml --extra dev --constraint server/constraints.txt \
 	  --python $(PY) --python-platform x86_64-manylinux_2_36 --no-header --quiet \
 	  --output-file $(LOCK)
 
 $(VENV)/.installed: $(VENV)/.deps server/gen/.generated
-	$(PY) -m pip install --quiet --no-deps -e server
+	$(PY) -m pip install --quiet --no-deps -e server -e clients/python
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -160,8 +161,8 @@ server/gen/.generated: $(PROTOS) buf.yaml buf.gen.yaml tools/protoc-gen-grpc_pyt
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check server/src tests devstack docker tools/protoc-gen-grpc_python
-	$(VENV)/bin/ruff format --check server/src tests devstack docker
+	$(VENV)/bin/ruff check server/src clients/python tests devstack docker tools/protoc-gen-grpc_python
+	$(VENV)/bin/ruff format --check server/src clients/python tests devstack docker
 	$(BUF) lint
 
 # Every test; tests/docker (the compose stack) runs last and is skipped without a Docker engine

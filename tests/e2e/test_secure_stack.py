@@ -5,8 +5,13 @@ images, through REST (HTTPS) and native gRPC (TLS). Credentials are made at test
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shutil
 import ssl
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.credentials import (
     AUDIENCE,
+    DELETE_SCOPE,
     ISSUER,
     READ_SCOPE,
     SCOPE,
@@ -27,7 +33,10 @@ from support.http import RestClient, assert_status_json
 from support.stacks import REPO_ROOT, stack_settings
 
 from devstack.stack import LocalStack
+from inference_client import Client
 from inference_service.stores.cassandra import CassandraConfig
+
+CLIENT = Path(sys.executable).with_name("inference-client")
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +147,93 @@ def test_grpc_over_tls_with_a_token(
         with pytest.raises(grpc.RpcError) as raised:
             stub.GetInvocation(get, metadata=metadata, timeout=10)
         assert raised.value.code() == code
+
+
+def test_the_library_over_tls_with_a_token(
+    secure_stack: LocalStack, tls: TlsFiles, issuer: TokenIssuer, id_prefix: str, images_dir
+) -> None:
+    """``inference_client.Client`` with ``ca_file`` and ``token``: invoke (an id chosen by the
+    client), get, render, list models, list and delete invocations."""
+    token = issuer.token(scope=f"{SCOPE} {READ_SCOPE} {DELETE_SCOPE}")
+    content = (images_dir / "face-2.jpg").read_bytes()
+    with Client(secure_stack.grpc_target, ca_file=tls.ca_cert, token=token) as client:
+        invoked = client.invoke(content, metadata={"case": f"{id_prefix}-lib"})
+        assert invoked.state == pb.Invocation.STATE_SUCCEEDED
+        assert uuid.UUID(invoked.id)
+        stored = client.get(invoked.id, full=True)
+        assert stored.input.content == content
+        assert len(stored.output.detections) == len(invoked.output.detections) > 0
+        png = client.render(invoked.id)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert any(model.is_default for model in client.list_models())
+        listed = client.list_invocations(filter=f'metadata.case = "{id_prefix}-lib"', page_size=1)
+        assert [invocation.id for invocation in listed] == [invoked.id]
+        client.delete(invoked.id)
+        with pytest.raises(grpc.RpcError) as raised:
+            client.get(invoked.id)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # Without the token, or without the CA, the same client is refused.
+    with Client(secure_stack.grpc_target, ca_file=tls.ca_cert, retry_for=0) as client:
+        with pytest.raises(grpc.RpcError) as raised:
+            client.get(invoked.id)
+        assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with Client(secure_stack.grpc_target, token=token, retry_for=0, timeout=5) as client:
+        with pytest.raises(grpc.RpcError) as raised:
+            client.get(invoked.id)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # plaintext to a TLS port
+
+
+def cli(stack: LocalStack, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "INFERENCE_TARGET": stack.grpc_target, "COLUMNS": "200", **env}
+    return subprocess.run(
+        [str(CLIENT), *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_cli_over_tls_with_a_token(
+    secure_stack: LocalStack, tls: TlsFiles, issuer: TokenIssuer, id_prefix, images_dir, tmp_path
+) -> None:
+    """``inference-client --ca-file --token``: invoke (with --model and --json), get, render,
+    list, delete against the TLS + JWT listener; refused without the token."""
+    token = issuer.token(scope=f"{SCOPE} {READ_SCOPE} {DELETE_SCOPE}")
+    secure = ("--ca-file", str(tls.ca_cert), "--token", token)
+    shutil.copy(images_dir / "face-1.jpg", tmp_path / "face-1.jpg")
+    prefix = f"{id_prefix}-secure-cli-"
+    invoked = cli(
+        secure_stack,
+        "invoke", "face-1.jpg", "--id-prefix", prefix, "--model", "ultraface-slim-320", "--json",
+        *secure, cwd=tmp_path,
+    )  # fmt: skip
+    assert invoked.returncode == 0, invoked.stdout + invoked.stderr
+    (line,) = invoked.stdout.splitlines()
+    outcome = json.loads(line)
+    assert outcome["id"] == f"{prefix}face-1.jpg"
+    assert outcome["state"] == "SUCCEEDED" and outcome["faces"] > 0
+
+    got = cli(secure_stack, "get", outcome["id"], "--json", *secure, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["invocation"]["model"] == "ultraface-slim-320"
+    rendered = cli(secure_stack, "render", outcome["id"], "-o", "out.png", *secure, cwd=tmp_path)
+    assert rendered.returncode == 0, rendered.stderr
+    assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
+    listed = cli(
+        secure_stack,
+        "list", "--filter", 'metadata.path = "face-1.jpg"', "--json",
+        cwd=tmp_path, INFERENCE_CA_FILE=str(tls.ca_cert), INFERENCE_TOKEN=token,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert outcome["id"] in [json.loads(row)["id"] for row in listed.stdout.splitlines()]
+    models = cli(secure_stack, "list-models", "--json", *secure, cwd=tmp_path)
+    assert models.returncode == 0, models.stderr
+    assert {"ultraface-rfb-320", "ultraface-slim-320"} <= {
+        json.loads(row)["name"] for row in models.stdout.splitlines()
+    }
+
+    refused = cli(secure_stack, "get", outcome["id"], "--ca-file", str(tls.ca_cert), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().startswith("error: UNAUTHENTICATED"), refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    deleted = cli(secure_stack, "delete", outcome["id"], *secure, cwd=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"deleted {outcome['id']}" in deleted.stdout

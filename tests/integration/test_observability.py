@@ -165,3 +165,63 @@ async def test_one_json_line_per_call_without_content_or_metadata(server, stub, 
     text = "\n".join(JsonFormatter().format(record) for record in records)
     assert secret not in text
     assert all("\n" not in JsonFormatter().format(record) for record in records)
+
+
+async def test_model_aware_metrics_admission_gauges_and_process_metrics(server, stub, images_dir):
+    """Per-model requests, failures and latency (labels only from the registry: an alias is
+    counted under its model, an unknown name as ``unknown``), the model's run time by model,
+    every served model in ``inference_model_info``, the work queue and image memory gauges,
+    and ``process_*``."""
+    content = (images_dir / "face-2.jpg").read_bytes()
+    before = scrape(server.metrics_url)
+    slim, default = "ultraface-slim-320", "ultraface-rfb-320"
+    await stub.Invoke(
+        pb.InvokeRequest(input=pb.ModelInput(id="obs-m1", content=content), model=slim)
+    )
+    await stub.Invoke(
+        pb.InvokeRequest(input=pb.ModelInput(id="obs-m2", content=content), model="face-detector")
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Invoke(
+            pb.InvokeRequest(input=pb.ModelInput(id="obs-m3", content=content), model="nope-9")
+        )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="obs-m4", content=b"nope")))
+    after = scrape(server.metrics_url)
+
+    def moved(name: str, model: str) -> float:
+        return value(after, name, model=model) - value(before, name, model=model)
+
+    assert moved("inference_model_requests_total", slim) == 1
+    assert moved("inference_model_requests_total", default) == 2  # the alias, the bad image
+    assert moved("inference_model_requests_total", "unknown") == 1
+    assert moved("inference_model_requests_total", "nope-9") == 0  # never a client's name
+    assert moved("inference_model_request_failures_total", slim) == 0
+    assert moved("inference_model_request_failures_total", default) == 1
+    assert moved("inference_model_request_failures_total", "unknown") == 1
+    assert moved("inference_model_request_duration_seconds_count", slim) == 1
+    assert moved("inference_model_inference_seconds_count", slim) == 1
+    assert moved("inference_model_inference_seconds_count", default) == 1
+    models = {
+        labels["name"]: labels
+        for name, key in after
+        if name == "inference_model_info"
+        for labels in [dict(key)]
+    }
+    assert set(models) == {default, slim}
+    assert models[default]["default"] == "true" and models[slim]["default"] == "false"
+    assert all(models[name]["version"] and models[name]["runtime"] for name in models)
+
+    settings = server.settings
+    assert value(after, "inference_work_queue_capacity_requests") == (
+        settings.workers + settings.work_queue_size
+    )
+    assert value(after, "inference_image_memory_budget_bytes") == (
+        settings.image_memory_budget_bytes
+    )
+    assert value(after, "inference_work_queue_requests") == 0  # nothing in flight now
+    assert value(after, "inference_work_queue_waiting_requests") == 0
+    assert value(after, "inference_image_memory_bytes") == 0
+    assert value(after, "process_resident_memory_bytes") > 0
+    assert value(after, "process_cpu_seconds_total") > 0
+    assert value(after, "process_open_fds") > 0

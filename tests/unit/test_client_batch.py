@@ -10,8 +10,8 @@ import grpc
 import pytest
 from inference.v1 import inference_service_pb2 as pb
 
-from inference_service.client import batch
-from inference_service.client.files import InputFile
+from inference_client import batch
+from inference_client.files import InputFile
 from inference_service.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Which files the client sends, and the ids it gives them (``inference_service.client``)."""
+"""Which files the client sends, and the ids it gives them (``inference_client``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_service.client.files import find_images, input_id
+from inference_client.files import find_images, input_id
 
 VALID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 

@@ -1,5 +1,5 @@
 """How the client follows ``ListInvocations`` pages and deletes ids
-(``inference_service.client.listing``), against a scripted stub: the paging and retry logic
+(``inference_client.listing``), against a scripted stub: the paging and retry logic
 only; tests/e2e/test_client_cli.py runs it against the real stack."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import grpc
 import pytest
 from inference.v1 import inference_service_pb2 as pb
 
-from inference_service.client.listing import RETRIES, delete_all, list_pages
+from inference_client.listing import RETRIES, delete_all, list_pages
 
 
 class Failure(grpc.RpcError):
@@ -30,14 +30,14 @@ class ScriptedStub:
         self.requests: list[pb.ListInvocationsRequest] = []
         self.deleted: list[pb.DeleteInvocationRequest] = []
 
-    def ListInvocations(self, request, timeout):
+    def ListInvocations(self, request, timeout, metadata=()):
         self.requests.append(request)
         answer = self.answers.pop(0)
         if isinstance(answer, Failure):
             raise answer
         return answer
 
-    def DeleteInvocation(self, request, timeout):
+    def DeleteInvocation(self, request, timeout, metadata=()):
         self.deleted.append(request)
         if request.id.startswith("missing"):
             raise Failure(grpc.StatusCode.NOT_FOUND, f"no invocation {request.id}")

@@ -143,6 +143,21 @@ class AdmissionController:
         """Bytes of the memory budget held now."""
         return self._memory.in_use
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a place in the work queue or for memory now."""
+        return self._places.waiting + self._memory.waiting
+
+    @property
+    def max_admitted(self) -> int:
+        """Places in the work queue (workers plus the queue behind them)."""
+        return self._places.capacity
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        """The image memory budget."""
+        return self._memory.capacity
+
     async def admit(self, content: bytes) -> Admitted:
         """Admit a request to decode ``content``: ``ServerBusyError`` when there is no room
         within ``wait_s``; ``InvalidArgumentError`` from ``estimate``, or when the image needs

@@ -183,6 +183,7 @@ class Application:
             max_admitted=settings.workers + settings.work_queue_size,
             wait_s=settings.admission_wait_s,
         )
+        self.metrics.watch_admission(admission)
         self._service = service = InferenceService(
             store=self._store,
             models=self._models,
@@ -296,7 +297,7 @@ class Application:
                 return False
             self._instrument(loaded)
             registry.replace(loaded, default=default)
-            self.metrics.set_model(registry.describe(registry.default).info)
+            self.metrics.set_models(registry.list())
         for model in registry.list():
             logger.info(
                 "reloaded: model %s version %s (%s)%s",
@@ -309,12 +310,12 @@ class Application:
 
     def _instrument(self, models: Iterable[LoadedModel]) -> None:
         """Time every model's runs as the ``model`` stage (each loaded version once); the
-        model info metric names the default model."""
+        model info metric names every served model."""
         for model in models:
             if not isinstance(model.detector, InstrumentedDetector):
                 model.detector = InstrumentedDetector(model.detector, self.metrics)
         if self._models is not None:
-            self.metrics.set_model(self._models.describe(self._models.default).info)
+            self.metrics.set_models(self._models.list())
 
     async def _set_serving(self, serving: bool) -> None:
         """Health of the whole server and of the service: SERVING only while the store

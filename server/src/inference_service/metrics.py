@@ -14,7 +14,19 @@ servers in one process (tests) never share counters. What is measured, and where
 * ``inference_store_errors_total{operation, error}``: failed store calls;
 * ``inference_cache_requests_total{result="hit"|"miss"}``: GetInvocation reads answered by the
   process's cache or by the store (``CacheObserver``);
-* ``inference_model_info{name, version}``: the loaded model (always 1).
+* per model (``model``: a name from the model registry, ``unknown`` for a name it does not
+  serve, so the label set stays bounded): ``inference_model_requests_total``,
+  ``inference_model_request_failures_total`` (a gRPC error, or an invocation that ``FAILED``)
+  and the histogram ``inference_model_request_duration_seconds`` of Invoke calls (fed by the
+  same interceptor), and ``inference_model_inference_seconds``: the model's own run time
+  (``InstrumentedDetector``, the ``model`` stage by model);
+* ``inference_model_info{name, version, runtime, default}``: every served model (1 each);
+* admission control (``watch_admission``): ``inference_work_queue_requests`` (admitted now),
+  ``inference_work_queue_waiting_requests``, ``inference_work_queue_capacity_requests``,
+  ``inference_image_memory_bytes`` (of the budget, held now) and
+  ``inference_image_memory_budget_bytes``;
+* ``process_*`` (CPU seconds, resident memory, open file descriptors, start time) and
+  ``python_info``: prometheus_client's process and platform collectors.
 """
 
 from __future__ import annotations
@@ -22,18 +34,26 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import start_http_server
 
 from inference_service.domain import (
     Invocation,
     InvocationPage,
     InvocationQuery,
+    ModelDescription,
     ModelInfo,
     ModelOutput,
 )
@@ -115,14 +135,98 @@ class Metrics:
             ("result",),
             registry=r,
         )
-        self.model = Info("inference_model", "The model this server runs.", registry=r)
+        self.model = Gauge(
+            "inference_model_info",
+            "Every model this server serves (1 each), by name, version, runtime and whether it "
+            "is the default.",
+            ("name", "version", "runtime", "default"),
+            registry=r,
+        )
+        self.model_requests = Counter(
+            "inference_model_requests_total",
+            "Invoke calls, by model (unknown: a name the registry does not serve).",
+            ("model",),
+            registry=r,
+        )
+        self.model_failures = Counter(
+            "inference_model_request_failures_total",
+            "Invoke calls that failed (a gRPC error, or an invocation that FAILED), by model.",
+            ("model",),
+            registry=r,
+        )
+        self.model_duration = Histogram(
+            "inference_model_request_duration_seconds",
+            "Time from the start of an Invoke call to its status, by model.",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_inference = Histogram(
+            "inference_model_inference_seconds",
+            "Time the model itself ran on one image (the model stage), by model.",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._model_names: dict[str, str] = {}
+        self._default_model = ""
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         for result in ("hit", "miss"):
             self.cache_requests.labels(result)
         self.tracer: Any = None
         """An OpenTelemetry tracer when tracing is on: each stage is then a span too."""
 
-    def set_model(self, info: ModelInfo) -> None:
-        self.model.info({"name": info.name, "version": info.version})
+    def set_models(self, models: Iterable[ModelDescription]) -> None:
+        """The served models (the registry's ``list()``): ``inference_model_info`` reports each,
+        and their names and aliases are the only values of the ``model`` labels."""
+        models = list(models)
+        names: dict[str, str] = {}
+        for model in models:
+            names[model.info.name] = model.info.name
+            for alias in model.aliases:
+                names.setdefault(alias, model.info.name)
+        self._model_names = names
+        self._default_model = next((m.info.name for m in models if m.is_default), "")
+        self.model.clear()
+        for model in models:
+            self.model.labels(
+                model.info.name,
+                model.info.version,
+                model.runtime,
+                "true" if model.is_default else "false",
+            ).set(1)
+
+    def model_label(self, name: str) -> str:
+        """The ``model`` label for a model name a call gave or an invocation carries: the
+        registry's name for it (empty: the default model), else ``unknown``."""
+        if not name:
+            return self._default_model or "unknown"
+        return self._model_names.get(name, "unknown")
+
+    def watch_admission(self, admission: Any) -> None:
+        """Gauges of the work queue and the image memory budget of ``admission`` (an
+        ``AdmissionController``), read at each scrape."""
+        r = self.registry
+        gauges = (
+            ("inference_work_queue_requests", "Requests admitted to the work queue now.",
+             lambda: admission.admitted),
+            ("inference_work_queue_waiting_requests",
+             "Requests waiting for a place in the work queue or for image memory now.",
+             lambda: admission.waiting),
+            ("inference_work_queue_capacity_requests",
+             "Places in the work queue (workers plus the queue behind them); a request that "
+             "finds none within INFERENCE_ADMISSION_WAIT_S is answered busy.",
+             lambda: admission.max_admitted),
+            ("inference_image_memory_bytes",
+             "Bytes of the image memory budget held by admitted requests now.",
+             lambda: admission.memory_in_use),
+            ("inference_image_memory_budget_bytes",
+             "The image memory budget (INFERENCE_IMAGE_MEMORY_BUDGET_BYTES).",
+             lambda: admission.memory_budget_bytes),
+        )  # fmt: skip
+        for name, documentation, read in gauges:
+            Gauge(name, documentation, registry=r).set_function(read)
 
     @contextmanager
     def time_stage(self, stage: str, *, trace: bool = True) -> Iterator[None]:
@@ -157,15 +261,20 @@ class InstrumentedDetector:
     def __init__(self, inner: Detector, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
-        metrics.set_model(inner.info)
+        # The registry's name of the model (from the model configuration): a bounded label.
+        self._inference = metrics.model_inference.labels(inner.info.name)
 
     @property
     def info(self) -> ModelInfo:
         return self._inner.info
 
     def detect(self, image: np.ndarray) -> ModelOutput:
-        with self._metrics.time_stage("model"):
-            return self._inner.detect(image)
+        start = time.perf_counter()
+        try:
+            with self._metrics.time_stage("model"):
+                return self._inner.detect(image)
+        finally:
+            self._inference.observe(time.perf_counter() - start)
 
     def close(self) -> None:
         self._inner.close()

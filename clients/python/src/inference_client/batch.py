@@ -23,7 +23,7 @@ import grpc
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from inference_service.client.files import InputFile, input_id
+from inference_client.files import InputFile, input_id
 
 RETRY_BUDGET_S = 150.0
 """How long one file's Invoke is retried: more than the server's claim lease (60 s by default,
@@ -81,6 +81,8 @@ async def invoke_one(
     *,
     retry_budget_s: float = RETRY_BUDGET_S,
     first_backoff_s: float = FIRST_BACKOFF_S,
+    model: str = "",
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Outcome:
     try:
         content = await asyncio.to_thread(item.path.read_bytes)
@@ -91,6 +93,7 @@ async def invoke_one(
         stored = await stub.GetInvocation(
             pb.GetInvocationRequest(id=invocation_id, view=pb.INVOCATION_VIEW_BASIC),
             timeout=deadline_s,
+            metadata=metadata,
         )
         invocation = stored.invocation
         if invocation.content_sha256 != sha256:
@@ -105,14 +108,15 @@ async def invoke_one(
         if error.code() != grpc.StatusCode.NOT_FOUND:
             return Outcome(file=item, id=invocation_id, error=_error(error))
     request = pb.InvokeRequest(
-        input=pb.ModelInput(id=invocation_id, content=content, metadata={"path": item.relative})
+        input=pb.ModelInput(id=invocation_id, content=content, metadata={"path": item.relative}),
+        model=model,
     )
     loop = asyncio.get_running_loop()
     give_up = loop.time() + retry_budget_s
     delay = first_backoff_s
     while True:
         try:
-            response = await stub.Invoke(request, timeout=deadline_s)
+            response = await stub.Invoke(request, timeout=deadline_s, metadata=metadata)
             return _outcome(item, response.invocation, resumed=False)
         except grpc.aio.AioRpcError as error:
             if error.code() not in RETRIED_CODES or loop.time() + delay > give_up:
@@ -129,6 +133,8 @@ async def invoke_all(
     concurrency: int = 4,
     deadline_s: float = 60.0,
     retry_budget_s: float = RETRY_BUDGET_S,
+    model: str = "",
+    metadata: Sequence[tuple[str, str]] = (),
     on_done: Callable[[Outcome], None] = lambda outcome: None,
 ) -> list[Outcome]:
     """Outcomes in the order of ``files``; ``on_done`` is called as each finishes."""
@@ -143,6 +149,8 @@ async def invoke_all(
                 input_id(item.relative, id_prefix),
                 deadline_s,
                 retry_budget_s=retry_budget_s,
+                model=model,
+                metadata=metadata,
             )
         on_done(outcome)
         return outcome

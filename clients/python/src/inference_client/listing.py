@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from inference.v1 import inference_service_pb2 as pb
@@ -25,11 +25,12 @@ def _page(
     request: pb.ListInvocationsRequest,
     deadline_s: float,
     sleep: Callable[[float], None],
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> pb.ListInvocationsResponse:
     backoff = FIRST_BACKOFF_S
     for attempt in range(RETRIES + 1):
         try:
-            return stub.ListInvocations(request, timeout=deadline_s)
+            return stub.ListInvocations(request, timeout=deadline_s, metadata=metadata)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == RETRIES:
                 raise
@@ -46,6 +47,7 @@ def list_pages(
     view: int = pb.INVOCATION_VIEW_BASIC,
     deadline_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Iterator[pb.ListInvocationsResponse]:
     """Every page of the listing, first to last (``UNAVAILABLE`` retried with backoff)."""
     token = ""
@@ -53,7 +55,7 @@ def list_pages(
         request = pb.ListInvocationsRequest(
             page_size=page_size, page_token=token, filter=filter_text, view=view
         )
-        page = _page(stub, request, deadline_s, sleep)
+        page = _page(stub, request, deadline_s, sleep, metadata)
         yield page
         token = page.next_page_token
         if not token:
@@ -79,13 +81,14 @@ def delete_all(
     *,
     allow_missing: bool = False,
     deadline_s: float = 30.0,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> Iterator[Deletion]:
     """Delete each id once (in the order given, repeats dropped); a failure does not stop the
     others. Not retried: a retry of a delete that did land would answer NOT_FOUND."""
     for invocation_id in dict.fromkeys(ids):
         request = pb.DeleteInvocationRequest(id=invocation_id, allow_missing=allow_missing)
         try:
-            stub.DeleteInvocation(request, timeout=deadline_s)
+            stub.DeleteInvocation(request, timeout=deadline_s, metadata=metadata)
         except grpc.RpcError as error:
             yield Deletion(invocation_id, f"{error.code().name}: {error.details()}")
         else:

@@ -1,16 +1,21 @@
 """``inference-client``: invoke the service on files and folders; read, render, list and delete
 invocations.
 
-Talks native gRPC to ``--target`` (Envoy's listener by default, ``INFERENCE_TARGET``). Progress
-goes to stderr, results to stdout; the exit status is 1 when any input failed (their reasons
-are listed), 2 for usage errors.
+Built on ``inference_client.Client``. Talks native gRPC to ``--target`` (Envoy's listener by
+default, ``INFERENCE_TARGET``), over TLS with ``--ca-file`` (or ``--tls``), with a bearer token
+(``--token``, ``INFERENCE_TOKEN``) when the listener checks JWTs. Progress goes to stderr,
+results to stdout; the exit status is 1 when any input failed (their reasons are listed), 2 for
+usage errors (a bad option, a missing file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +23,6 @@ import grpc
 import typer
 from google.protobuf import json_format
 from inference.v1 import inference_service_pb2 as pb
-from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,17 +37,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from inference_service.client.batch import RETRY_BUDGET_S, Outcome, invoke_all
-from inference_service.client.files import find_images
-from inference_service.client.listing import delete_all, list_pages
-
-DEFAULT_TARGET = "127.0.0.1:8080"
-# Larger than any message the service sends or takes (about 9.1 MiB by default).
-MESSAGE_LIMIT = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MESSAGE_LIMIT),
-    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-]
+from inference_client.batch import RETRY_BUDGET_S, Outcome, invoke_all
+from inference_client.client import DEFAULT_TARGET, Client
+from inference_client.files import find_images
 
 app = typer.Typer(
     name="inference-client",
@@ -64,6 +60,63 @@ Target = Annotated[
     ),
 ]
 Timeout = Annotated[float, typer.Option(help="Deadline of each call, in seconds.", min=0.1)]
+CaFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        envvar="INFERENCE_CA_FILE",
+        help="PEM file of the CA that signed the listener's certificate: connect with TLS.",
+        dir_okay=False,
+    ),
+]
+Tls = Annotated[
+    bool,
+    typer.Option(
+        "--tls", envvar="INFERENCE_TLS", help="Connect with TLS, trusting the system's CAs."
+    ),
+]
+Token = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="INFERENCE_TOKEN",
+        help="Bearer token (JWT) sent with every call, for a listener that checks them.",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"inference-client {importlib.metadata.version('inference-client')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Client of inference.v1.InferenceService (native gRPC, through Envoy by default)."""
+
+
+@contextmanager
+def _client(
+    target: str, ca_file: Path | None, tls: bool, token: str, timeout: float
+) -> Iterator[Client]:
+    """The library's client; a CA file that cannot be read is a usage error (exit 2)."""
+    try:
+        client = Client(target, ca_file=ca_file, tls=tls, token=token or None, timeout=timeout)
+    except OSError as exc:
+        err.print(f"[red]error[/red]: cannot read --ca-file {ca_file}: {exc.strerror or exc}")
+        raise typer.Exit(2) from None
+    with client:
+        yield client
 
 
 class RateColumn(ProgressColumn):
@@ -75,6 +128,7 @@ class RateColumn(ProgressColumn):
 
 
 def _fail(error: grpc.RpcError) -> typer.Exit:
+    """One line naming the status and the server's message; exit status 1."""
     err.print(f"[red]error[/red]: {error.code().name}: {error.details()}", highlight=False)
     return typer.Exit(1)
 
@@ -105,6 +159,16 @@ def invoke(
         typer.Argument(help="Image files, and folders searched recursively for images."),
     ],
     target: Target = DEFAULT_TARGET,
+    ca_file: CaFile = None,
+    tls: Tls = False,
+    token: Token = "",
+    model: Annotated[
+        str, typer.Option(help="The model to run (`list-models`); the default model if empty.")
+    ] = "",
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object a line per file instead of the table."),
+    ] = False,
     concurrency: Annotated[int, typer.Option(help="Files in flight at once.", min=1)] = 4,
     id_prefix: Annotated[
         str, typer.Option(help="Put before every id derived from a file's relative path.")
@@ -141,8 +205,8 @@ def invoke(
         console=err,
     )
 
-    async def run() -> list[Outcome]:
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    async def run(client: Client) -> list[Outcome]:
+        async with client.aio_channel() as channel:
             with progress:
                 task = progress.add_task("invoking", total=len(files))
                 return await invoke_all(
@@ -152,12 +216,29 @@ def invoke(
                     concurrency=concurrency,
                     deadline_s=timeout,
                     retry_budget_s=retry_for,
+                    model=model,
+                    metadata=client.metadata,
                     on_done=lambda _: progress.advance(task),
                 )
 
-    outcomes = asyncio.run(run())
-    out.print(summary_table(outcomes))
+    with _client(target, ca_file, tls, token, timeout) as client:
+        outcomes = asyncio.run(run(client))
     failed = [outcome for outcome in outcomes if not outcome.ok]
+    if as_json:
+        for outcome in outcomes:
+            document = {
+                "file": str(outcome.file.path),
+                "id": outcome.id,
+                "state": outcome.state,
+                "faces": outcome.faces,
+                "resumed": outcome.resumed,
+                "error": outcome.error,
+            }
+            sys.stdout.write(json.dumps(document) + "\n")
+        if failed:
+            raise typer.Exit(1)
+        return
+    out.print(summary_table(outcomes))
     resumed = sum(outcome.resumed for outcome in outcomes)
     faces = sum(outcome.faces or 0 for outcome in outcomes)
     out.print(
@@ -176,6 +257,9 @@ def invoke(
 def get(
     invocation_id: Annotated[str, typer.Argument(metavar="ID", help="The input id.")],
     target: Target = DEFAULT_TARGET,
+    ca_file: CaFile = None,
+    tls: Tls = False,
+    token: Token = "",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the API's JSON (as REST returns it).")
     ] = False,
@@ -183,21 +267,19 @@ def get(
     timeout: Timeout = 30.0,
 ) -> None:
     """Show a stored invocation: a table, or the API's JSON."""
-    view = pb.INVOCATION_VIEW_FULL if full else pb.INVOCATION_VIEW_BASIC
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    with _client(target, ca_file, tls, token, timeout) as client:
         try:
-            response = pb_grpc.InferenceServiceStub(channel).GetInvocation(
-                pb.GetInvocationRequest(id=invocation_id, view=view), timeout=timeout
-            )
+            invocation = client.get(invocation_id, full=full)
         except grpc.RpcError as error:
             raise _fail(error) from None
     if as_json:
         document = json_format.MessageToDict(
-            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            pb.GetInvocationResponse(invocation=invocation),
+            preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True,
         )
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return
-    invocation = response.invocation
     fields = Table(show_header=False, box=None)
     fields.add_column(style="bold")
     fields.add_column()
@@ -233,18 +315,58 @@ def render(
     invocation_id: Annotated[str, typer.Argument(metavar="ID", help="The input id.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")],
     target: Target = DEFAULT_TARGET,
+    ca_file: CaFile = None,
+    tls: Tls = False,
+    token: Token = "",
     timeout: Timeout = 60.0,
 ) -> None:
     """Write the stored image with its boxes and scores drawn, as a PNG."""
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    if not output.parent.is_dir():
+        err.print(f"[red]error[/red]: cannot write {output}: no folder {output.parent}")
+        raise typer.Exit(2)
+    with _client(target, ca_file, tls, token, timeout) as client:
         try:
-            body = pb_grpc.InferenceServiceStub(channel).RenderInvocation(
-                pb.RenderInvocationRequest(id=invocation_id), timeout=timeout
-            )
+            data = client.render(invocation_id)
         except grpc.RpcError as error:
             raise _fail(error) from None
-    output.write_bytes(body.data)
-    err.print(f"wrote {output} ({body.content_type}, {len(body.data)} bytes)", highlight=False)
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        err.print(f"[red]error[/red]: cannot write {output}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    err.print(f"wrote {output} (image/png, {len(data)} bytes)", highlight=False)
+
+
+@app.command("list-models")
+def list_models(
+    target: Target = DEFAULT_TARGET,
+    ca_file: CaFile = None,
+    tls: Tls = False,
+    token: Token = "",
+    as_json: AsJson = False,
+    timeout: Timeout = 30.0,
+) -> None:
+    """The models the service serves (the names `invoke --model` takes), the default first."""
+    with _client(target, ca_file, tls, token, timeout) as client:
+        try:
+            models = client.list_models()
+        except grpc.RpcError as error:
+            raise _fail(error) from None
+    if as_json:
+        for model in models:
+            document = json_format.MessageToDict(model, preserving_proto_field_name=True)
+            sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
+        return
+    table = Table("name", "version", "runtime", "default", "ready")
+    for model in models:
+        table.add_row(
+            model.name,
+            model.version[:12],
+            model.runtime,
+            "yes" if model.is_default else "",
+            "yes" if model.ready else "no",
+        )
+    out.print(table)
 
 
 def _state_name(invocation: pb.Invocation) -> str:
@@ -285,6 +407,9 @@ def listing_table(invocations: list[pb.Invocation]) -> Table:
 @app.command("list")
 def list_invocations(
     target: Target = DEFAULT_TARGET,
+    ca_file: CaFile = None,
+    tls: Tls = False,
+    token: Token = "",
     filter_text: Annotated[
         str,
         typer.Option(
@@ -310,12 +435,9 @@ def list_invocations(
     content). A page that fails with UNAVAILABLE is asked for again."""
     count = 0
     rows: list[pb.Invocation] = []
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
+    with _client(target, ca_file, tls, token, timeout) as client:
         try:
-            for page in list_pages(
-                stub, filter_text=filter_text, page_size=page_size, deadline_s=timeout
-            ):
+            for page in client.list_pages(filter=filter_text, page_size=page_size):
                 count += len(page.invocations)
                 if as_json:
                     for invocation in page.invocations:
@@ -339,6 +461,9 @@ def delete(
         list[str], typer.Argument(metavar="ID...", help="The ids of the invocations to erase.")
     ],
     target: Target = DEFAULT_TARGET,
+    ca_file: CaFile = None,
+    tls: Tls = False,
+    token: Token = "",
     allow_missing: Annotated[
         bool, typer.Option(help="An id with no invocation is not an error.")
     ] = False,
@@ -347,9 +472,8 @@ def delete(
     """Erase invocations (input, content and result) by id. Exit status 1 when any delete
     failed (each failure is listed)."""
     failed = 0
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
-        for deletion in delete_all(stub, ids, allow_missing=allow_missing, deadline_s=timeout):
+    with _client(target, ca_file, tls, token, timeout) as client:
+        for deletion in client.delete_many(ids, allow_missing=allow_missing):
             if deletion.ok:
                 out.print(f"deleted {deletion.id}", highlight=False)
             else:
