@@ -35,10 +35,13 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from devstack import envoy_json
 from devstack.envoy_guards import (
     content_type_guards,
     grpc_on_rest_path_guards,
     header_guards,
+    method_guards,
+    not_found_route,
     path_field_guards,
 )
 from devstack.process import (
@@ -516,6 +519,7 @@ def render_config(
                 + path_field_guards()
                 + grpc_on_rest_path_guards()
                 + content_type_guards()
+                + method_guards()
             ],
             "no request guards",
         ),
@@ -524,6 +528,13 @@ def render_config(
             "INTERNAL_REQUEST_GUARDS",
             [f"- {_flow(route)}" for route in header_guards()],
             "no request guards",
+        ),
+        "STRICT_JSON_FILTER": _block(
+            template, "STRICT_JSON_FILTER", [f"- {_flow(envoy_json.filter_config())}"], ""
+        ),
+        "STRICT_JSON_INVOKE": _flow(envoy_json.route_config("inference.v1.InvokeRequest")),
+        "NOT_FOUND_ROUTE": _block(
+            template, "NOT_FOUND_ROUTE", [f"- {_flow(not_found_route())}"], "no fallback"
         ),
         "PUBLIC_OPS_ROUTE": _block(
             template,
