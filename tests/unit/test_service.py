@@ -169,6 +169,7 @@ async def test_same_id_same_content_returns_stored_without_running_model(
     again = await service.invoke(ModelInput("dup", PNG, {"a": "other metadata is ignored"}))
     assert again == first
     assert detector.calls == 1
+    assert (first.replayed, again.replayed) == (False, True)
 
 
 async def test_same_id_different_content_is_already_exists_and_keeps_data(

@@ -167,9 +167,9 @@ class InferenceService:
         version that ran.
 
         Idempotent per id: the same id with the same content returns the stored
-        invocation without running the model (whichever model it asks for: the id is bound to
-        the model that first ran it, which the invocation names); with other content it raises
-        ``AlreadyExistsError``. Invalid input raises before anything is stored.
+        invocation (``replayed`` set) without running the model (whichever model it asks for:
+        the id is bound to the model that first ran it, which the invocation names); with other
+        content it raises ``AlreadyExistsError``. Invalid input raises before anything is stored.
         """
         lease = self._models.acquire(model)
         try:
@@ -473,7 +473,7 @@ class InferenceService:
         # yet when the claim was read, and need not be read back.
         content = pending.input.content
         return dataclasses.replace(
-            existing, input=dataclasses.replace(existing.input, content=content)
+            existing, input=dataclasses.replace(existing.input, content=content), replayed=True
         )
 
     async def _take_over(
