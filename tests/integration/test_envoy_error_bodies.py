@@ -274,3 +274,41 @@ def test_health_watch_on_the_public_listener_is_answered_at_once(envoy):
                 pass
         assert time.monotonic() - started < PROMPT_S
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- operations on the public listener (issue 21 item 7) --------------------------------------
+
+
+def test_healthz_is_200_while_a_server_is_healthy(api, fake):
+    before = calls(fake)
+    deadline = time.monotonic() + 10
+    while (reply := api.get("/healthz")).status != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first health checks of the cluster
+    assert reply.status == 200, reply.body[:300]
+    assert reply.json() == {"code": 0, "message": "serving", "details": []}
+    assert calls(fake) == before
+
+
+def test_healthz_is_503_json_without_a_healthy_server(tmp_path):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead_port = unused.getsockname()[1]
+    for proxy in running_envoy(tmp_path, [dead_port]):
+        time.sleep(2.5)  # two failed health checks
+        body = assert_status_json(
+            rest_client(proxy).get("/healthz"), 503, grpc.StatusCode.UNAVAILABLE
+        )
+        assert body["message"] == "not serving"
+
+
+def test_the_access_log_shows_the_clients_method_and_path(api, envoy):
+    """Before, a REST call was logged as the transcoded POST /inference.v1.../..."""
+    assert api.call("DELETE", "/v1/invocations/logged-id-1").status == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = envoy.log_file.read_text()
+        if "logged-id-1" in log:
+            break
+        time.sleep(0.2)
+    lines = [line for line in log.splitlines() if "logged-id-1" in line]
+    assert lines and '"DELETE /v1/invocations/logged-id-1 HTTP/1.1"' in lines[0], lines
