@@ -35,11 +35,13 @@ from typing import Annotated, Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from devstack import console
+from devstack import console, envoy_json
 from devstack.envoy_guards import (
     content_type_guards,
     grpc_on_rest_path_guards,
     header_guards,
+    method_guards,
+    not_found_route,
     path_field_guards,
 )
 from devstack.process import (
@@ -537,6 +539,7 @@ def render_config(
                 + path_field_guards()
                 + grpc_on_rest_path_guards()
                 + content_type_guards()
+                + method_guards()
             ],
             "no request guards",
         ),
@@ -547,6 +550,13 @@ def render_config(
             "no request guards",
         ),
         **_console(template, settings),
+        "STRICT_JSON_FILTER": _block(
+            template, "STRICT_JSON_FILTER", [f"- {_flow(envoy_json.filter_config())}"], ""
+        ),
+        "STRICT_JSON_INVOKE": _flow(envoy_json.route_config("inference.v1.InvokeRequest")),
+        "NOT_FOUND_ROUTE": _block(
+            template, "NOT_FOUND_ROUTE", [f"- {_flow(not_found_route())}"], "no fallback"
+        ),
         "PUBLIC_OPS_ROUTE": _block(
             template,
             "PUBLIC_OPS_ROUTE",

@@ -206,6 +206,61 @@ def path_field_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, An
     return routes
 
 
+def method_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, Any]]:
+    """For every REST path of ``service``: a method no HTTP rule of that path declares -> 405,
+    with an ``Allow`` header listing those it does (before, 404 "no such path" or the
+    transcoder's 400). The longest paths first, so ``{id}:render`` (GET only) is checked before
+    ``{id}`` (GET, DELETE)."""
+    verbs: dict[str, set[str]] = {}
+    for verb, template, _, _ in _http_rules(service):
+        verbs.setdefault(_path_regex(template)[0], set()).add(verb)
+    routes: list[dict[str, Any]] = []
+    for regex in sorted(verbs, key=len, reverse=True):
+        allowed = sorted(verbs[regex])
+        route = _refusal(
+            {
+                "safe_regex": {"regex": regex},
+                "headers": [
+                    {
+                        "name": ":method",
+                        "string_match": {"safe_regex": {"regex": "|".join(allowed)}},
+                        "invert_match": True,
+                    }
+                ],
+            },
+            f"method not allowed on this path; allowed: {', '.join(allowed)}",
+            status=405,
+        )
+        route["response_headers_to_add"] = [
+            {
+                "header": {"key": "allow", "value": ", ".join(allowed)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        routes.append(route)
+    return routes
+
+
+def not_found_route() -> dict[str, Any]:
+    """The public listener's last route: any other path -> 404 at once (NOT_FOUND as JSON,
+    UNIMPLEMENTED for gRPC). Not buffered: before issue 21, a streaming call (reflection,
+    health Watch, an unknown bidi method) was held by the buffer filter until the client
+    half-closed, i.e. until the stream idle timeout (90 s), before Envoy found no route."""
+    route = _refusal(
+        {"prefix": "/"},
+        "no such path: this listener serves inference.v1.InferenceService and its REST routes",
+        status=404,
+    )
+    route["typed_per_filter_config"]["envoy.filters.http.buffer"] = BUFFER_DISABLED
+    return route
+
+
+BUFFER_DISABLED = {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+    "disabled": True,
+}
+
+
 def _refusal(match: dict[str, Any], message: str, status: int = 400) -> dict[str, Any]:
     """A route refusing a REST request that ``match`` matches, on its REST path."""
     return {

@@ -202,5 +202,9 @@ def test_invoke_is_idempotent_over_rest(api: RestClient, id_prefix: str, images_
     first = api.post_json("/v1/invocations", body)
     second = api.post_json("/v1/invocations", body)
     assert (first.status, second.status) == (200, 200), (first.body[:300], second.body[:300])
-    assert second.json() == first.json()
+    assert second.json()["invocation"] == first.json()["invocation"]
+    # The retry is marked (issue 21 item 4): in the body and as a response header.
+    assert (first.json()["replayed"], second.json()["replayed"]) == (False, True)
+    assert second.headers.get("inference-replayed") == "true"
+    assert "inference-replayed" not in first.headers
     assert len(first.json()["invocation"]["output"]["detections"]) == 1

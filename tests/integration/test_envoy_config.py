@@ -193,10 +193,10 @@ def test_rest_delete_invocation_maps_path_and_query(api, fake):
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
-def test_other_methods_on_invocations_are_404_json(api, method):
-    assert_status_json(
-        api.call(method, "/v1/invocations/img-1", b"{}"), 404, grpc.StatusCode.NOT_FOUND
-    )
+def test_other_methods_on_invocations_are_405_json(api, method):
+    reply = api.call(method, "/v1/invocations/img-1", b"{}")
+    assert_status_json(reply, 405, grpc.StatusCode.UNIMPLEMENTED)
+    assert reply.headers["allow"] == "DELETE, GET"
 
 
 @pytest.mark.parametrize("path", ["/v2/invocations", "/", "/ready", "/stats", "/v1/invocation"])

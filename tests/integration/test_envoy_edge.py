@@ -106,22 +106,40 @@ def test_only_the_api_is_routed_on_the_public_listener(envoy, method):
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("DELETE", "/v1/invocations"),
-        ("PUT", "/v1/invocations"),
-        ("POST", "/v1/invocations/abc"),
-        ("PATCH", "/v1/invocations/abc"),
-        ("DELETE", "/v1/invocations/abc:render"),
         ("DELETE", "/v1/invocations/abc/more"),
         ("GET", "/v1/invocations/abc/more"),
-        ("POST", "/v1/models"),
-        ("DELETE", "/v1/models/abc"),
         ("GET", "/v1/models/abc/more"),
         ("GET", "/grpc.health.v1.Health/Check"),
+        ("GET", "/v2/invocations"),
     ],
 )
 def test_only_the_rest_routes_of_the_api_are_routed(api, fake, method, path):
     before = calls(fake)
     assert_status_json(api.call(method, path), 404, grpc.StatusCode.NOT_FOUND)
+    assert calls(fake) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/invocations", "GET, POST"),
+        ("PUT", "/v1/invocations", "GET, POST"),
+        ("POST", "/v1/invocations/abc", "DELETE, GET"),
+        ("PATCH", "/v1/invocations/abc", "DELETE, GET"),
+        ("PUT", "/v1/invocations/abc", "DELETE, GET"),
+        ("DELETE", "/v1/invocations/abc:render", "GET"),
+        ("POST", "/v1/models", "GET"),
+        ("DELETE", "/v1/models/abc", "GET"),
+        ("OPTIONS", "/v1/models/abc", "GET"),
+    ],
+)
+def test_an_undeclared_method_on_a_declared_path_is_405(api, fake, method, path, allowed):
+    """Issue 18: before, 404 (or the transcoder's 400) for a path that exists."""
+    before = calls(fake)
+    reply = api.call(method, path)
+    body = assert_status_json(reply, 405, grpc.StatusCode.UNIMPLEMENTED)
+    assert reply.headers.get("allow") == allowed
+    assert allowed in body["message"]
     assert calls(fake) == before
 
 

@@ -126,9 +126,15 @@ async def test_invoke_returns_the_content_only_with_the_full_view(stub, shared_d
 async def test_idempotent_and_already_exists(stub, shared_dir):
     first = (shared_dir / "images" / "face-2.jpg").read_bytes()
     other = (shared_dir / "images" / "face-3.jpg").read_bytes()
-    a = await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=first)))
-    b = await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=first)))
-    assert a == b
+    first_call = stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=first)))
+    a = await first_call
+    again = stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=first)))
+    b = await again
+    assert a.invocation == b.invocation
+    # The retry is marked replayed, in the message and in the initial metadata (issue 21).
+    assert (a.replayed, b.replayed) == (False, True)
+    assert ("inference-replayed", "true") not in tuple(await first_call.initial_metadata())
+    assert ("inference-replayed", "true") in tuple(await again.initial_metadata())
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Invoke(pb.InvokeRequest(input=pb.ModelInput(id="same-id", content=other)))
     assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS

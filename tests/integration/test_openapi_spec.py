@@ -43,19 +43,23 @@ def test_spec_documents_routes_errors_and_names() -> None:
         "/v1/models",
         "/v1/models/{name}",
     }
-    assert set(paths["/v1/models"]["get"]["responses"]) == {"200", "503"}
-    assert set(paths["/v1/models/{name}"]["get"]["responses"]) == {"200", "404", "503"}
+    # Every operation: the edge's answers (issue 21 item 8).
+    edge = {"401", "403", "408", "503", "504"}
+    assert set(paths["/v1/models"]["get"]["responses"]) == {"200"} | edge
+    assert set(paths["/v1/models/{name}"]["get"]["responses"]) == {"200", "404"} | edge
     invoke = paths["/v1/invocations"]["post"]
-    assert set(invoke["responses"]) == {"200", "400", "404", "409", "413", "500", "503"}
+    assert set(invoke["responses"]) == {"200", "400", "404", "409", "413", "500"} | edge
     for path, method in (("/v1/invocations/{id}", "get"), ("/v1/invocations/{id}:render", "get")):
         operation = paths[path][method]
-        assert set(operation["responses"]) == {"200", "400", "404", "503"}
+        assert set(operation["responses"]) == {"200", "400", "404"} | edge
         (id_param,) = [p for p in operation["parameters"] if p["name"] == "id"]
         assert id_param["pattern"] == "^[A-Za-z0-9._~-]{1,128}$"
     for operation in (invoke, paths["/v1/invocations/{id}"]["get"]):
         for code, response in operation["responses"].items():
             if code != "200":
                 assert response["schema"] == {"$ref": "#/definitions/rpcStatus"}
+    bearer = spec["securityDefinitions"]["BearerJWT"]
+    assert (bearer["type"], bearer["in"], bearer["name"]) == ("apiKey", "header", "Authorization")
     status = spec["definitions"]["rpcStatus"]["properties"]
     assert set(status) == {"code", "message", "details"}
     render = paths["/v1/invocations/{id}:render"]["get"]

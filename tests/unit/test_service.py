@@ -116,6 +116,18 @@ def test_invalid_ids(bad: str) -> None:
         validate_id(bad)
 
 
+@pytest.mark.parametrize("bad", [".", ".."])
+def test_dot_ids_are_invalid(bad: str) -> None:
+    """They match the pattern but no REST path can address them (normalized away)."""
+    with pytest.raises(InvalidArgumentError, match="cannot be used in a REST path"):
+        validate_id(bad)
+
+
+@pytest.mark.parametrize("good", ["...", ".a", "a.", "..a"])
+def test_ids_with_dots_are_valid(good: str) -> None:
+    validate_id(good)
+
+
 def test_sniff_content_type() -> None:
     assert sniff_content_type(PNG) == "image/png"
     assert sniff_content_type(JPEG) == "image/jpeg"
@@ -157,6 +169,7 @@ async def test_same_id_same_content_returns_stored_without_running_model(
     again = await service.invoke(ModelInput("dup", PNG, {"a": "other metadata is ignored"}))
     assert again == first
     assert detector.calls == 1
+    assert (first.replayed, again.replayed) == (False, True)
 
 
 async def test_same_id_different_content_is_already_exists_and_keeps_data(

@@ -122,6 +122,9 @@ class Invocation:
     error: str = ""
     claim: Claim | None = dataclasses.field(default=None, compare=False)
     """Bookkeeping of the store, not part of what the invocation is (ignored by ``==``)."""
+    replayed: bool = dataclasses.field(default=False, compare=False)
+    """Set on the answer of an Invoke that did not run the model: the outcome stored by an
+    earlier call of the same id and content (a retry). Never stored (ignored by ``==``)."""
 
     @property
     def id(self) -> str:

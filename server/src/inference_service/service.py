@@ -84,11 +84,17 @@ def sniff_content_type(content: bytes) -> str:
 
 def validate_id(invocation_id: str) -> None:
     """Raise ``InvalidArgumentError`` unless the id is 1-128 chars of ``[A-Za-z0-9._~-]``
-    (``MAX_ID_CHARS``)."""
+    (``MAX_ID_CHARS``) other than ``.`` and ``..``."""
     if not ID_PATTERN.fullmatch(invocation_id):
         shown = invocation_id if len(invocation_id) <= 64 else invocation_id[:64] + "..."
         raise InvalidArgumentError(
             f"id {shown!r} is invalid: it must be 1 to {MAX_ID_CHARS} characters of [A-Za-z0-9._~-]"
+        )
+    if invocation_id in (".", ".."):
+        # Valid characters, but a REST path cannot address them: /v1/invocations/.. is
+        # normalized away before routing.
+        raise InvalidArgumentError(
+            f"id {invocation_id!r} is invalid: '.' and '..' cannot be used in a REST path"
         )
 
 
@@ -161,9 +167,9 @@ class InferenceService:
         version that ran.
 
         Idempotent per id: the same id with the same content returns the stored
-        invocation without running the model (whichever model it asks for: the id is bound to
-        the model that first ran it, which the invocation names); with other content it raises
-        ``AlreadyExistsError``. Invalid input raises before anything is stored.
+        invocation (``replayed`` set) without running the model (whichever model it asks for:
+        the id is bound to the model that first ran it, which the invocation names); with other
+        content it raises ``AlreadyExistsError``. Invalid input raises before anything is stored.
         """
         lease = self._models.acquire(model)
         try:
@@ -467,7 +473,7 @@ class InferenceService:
         # yet when the claim was read, and need not be read back.
         content = pending.input.content
         return dataclasses.replace(
-            existing, input=dataclasses.replace(existing.input, content=content)
+            existing, input=dataclasses.replace(existing.input, content=content), replayed=True
         )
 
     async def _take_over(

@@ -13,6 +13,10 @@ from inference_service.grpc.request_id import current_request_id
 from inference_service.render import PNG_CONTENT_TYPE, InvocationRenderer
 from inference_service.service import InferenceService
 
+# Initial metadata of an Invoke answered with a stored invocation (a retry): a response header
+# through REST too.
+REPLAYED_HEADER = "inference-replayed"
+
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """``inference.v1.InferenceService`` over an ``InferenceService``; errors are
@@ -30,9 +34,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         invocation = await self._service.invoke(
             converters.model_input_from_proto(request.input), request.model
         )
+        if invocation.replayed:
+            # Also as a header: REST clients get it as an HTTP response header.
+            await context.send_initial_metadata(((REPLAYED_HEADER, "true"),))
         if not converters.wants_content(request.view, default=False):
             invocation = invocation.without_content()
-        return pb.InvokeResponse(invocation=converters.invocation_to_proto(invocation))
+        return pb.InvokeResponse(
+            invocation=converters.invocation_to_proto(invocation), replayed=invocation.replayed
+        )
 
     async def GetInvocation(  # noqa: N802 - gRPC method name
         self, request: pb.GetInvocationRequest, context: grpc.aio.ServicerContext
