@@ -129,8 +129,10 @@ _SERIAL_PROFILE = "serial"
 #: Native protocol v5 error "CAS write outcome unknown" (Cassandra 4.0+); the driver has no
 #: class for it and raises a plain ``ErrorMessage`` carrying the code.
 CAS_WRITE_UNKNOWN = 0x1700
-#: Any id works for the health check's read; this one is not a valid input id.
-_HEALTH_CHECK_ID = "/health-check"
+#: The row of the list-index state table that the health check writes (it expires by itself).
+_HEALTH_CHECK_KEY = "health-check"
+#: How long the health check's row outlives the last server that wrote it.
+_HEALTH_CHECK_TTL_S = 60
 
 #: Driver errors that mean the store cannot answer now (down, overloaded or too slow).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -261,6 +263,7 @@ class CassandraInvocationStore:
         self._index_older = self._prepare(queries["index_older"], idempotent=True)
         self._index_state = self._prepare(queries["index_state"], idempotent=True)
         self._index_floor = self._prepare(queries["index_floor"], idempotent=True)
+        self._health_write = self._prepare(queries["health_write"], idempotent=True)
         state = session.execute(self._index_state, (INDEX_STATE_KEY,)).one()
         bucket_s = state["bucket_s"] if state is not None and state["bucket_s"] else None
         if bucket_s is not None and bucket_s != config.list_bucket_s:
@@ -582,9 +585,14 @@ class CassandraInvocationStore:
                 buckets_left -= 1
 
     async def check(self) -> None:
-        # A read at the configured consistency: it needs as many replicas as real calls do.
+        # A write at the configured consistency: it needs as many replicas as real calls do,
+        # and, unlike a read, no particular one of them. A read's coordinator asks the replicas
+        # it picks; one that was killed and is not yet convicted by the failure detectors
+        # (20-40 s) holds the read until the speculative retry or the read timeout, longer than
+        # the health check waits, so one dead node of three made every server NOT_SERVING. A
+        # write goes to every replica and is answered by the first quorum, as Invoke's are.
         try:
-            await self._execute(self._get_without_content, (_HEALTH_CHECK_ID,))
+            await self._execute(self._health_write, (_utcnow(), _HEALTH_CHECK_KEY))
         except Exception as exc:
             if not _transient(exc):
                 raise
@@ -868,6 +876,10 @@ def _index_queries(keyspace: str) -> dict[str, str]:
         ),
         "index_state": (
             f"SELECT bucket_s, floor FROM {keyspace}.{INDEX_STATE_TABLE} WHERE name = ?"  # noqa: S608
+        ),
+        "health_write": (
+            f"UPDATE {keyspace}.{INDEX_STATE_TABLE} USING TTL {_HEALTH_CHECK_TTL_S}"  # noqa: S608
+            " SET floor = ? WHERE name = ?"
         ),
     }
 
