@@ -120,7 +120,9 @@ async def test_invoke_returns_the_content_only_with_the_full_view(stub, shared_d
     assert basic.invocation.content_sha256 == hashlib.sha256(content).hexdigest()
     assert full.invocation.input.content == content
     full.invocation.input.content = b""
-    assert full == basic == explicit
+    assert full.invocation == basic.invocation == explicit.invocation
+    # The first call ran the model; the two after it answered the stored invocation.
+    assert (basic.replayed, explicit.replayed, full.replayed) == (False, True, True)
 
 
 async def test_idempotent_and_already_exists(stub, shared_dir):
