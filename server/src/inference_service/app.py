@@ -38,7 +38,7 @@ from inference_service.metrics import (
 )
 from inference_service.models.config import load_models_config
 from inference_service.models.loader import LoadOptions, load_model, load_models
-from inference_service.models.registry import LoadedModel, ModelRegistry
+from inference_service.models.registry import LoadedModel, LoadedModelRegistry
 from inference_service.ports import Detector, InvocationStore
 from inference_service.render import InvocationRenderer
 from inference_service.service import InferenceService
@@ -58,12 +58,12 @@ MAX_METADATA_BYTES = 128 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-def build_models(settings: Settings) -> ModelRegistry:
+def build_models(settings: Settings) -> LoadedModelRegistry:
     """Load every configured model (``models_file``, else the built-in ones). Blocking; all or
     nothing: raises ``ModelConfigError`` or ``ModelLoadError`` with a message naming the model."""
     config = load_models_config(settings)
     loaded = load_models(config, LoadOptions.from_settings(settings))
-    return ModelRegistry(loaded, default=config.default_name)
+    return LoadedModelRegistry(loaded, default=config.default_name)
 
 
 def build_detector(settings: Settings) -> Detector:
@@ -119,13 +119,13 @@ class Application:
         store: InvocationStore | None = None,
         detector: Detector | None = None,
         tracer_provider: TracerProvider | None = None,
-        models: ModelRegistry | None = None,
+        models: LoadedModelRegistry | None = None,
     ) -> None:
         self.settings = settings
         self._tracer_provider = tracer_provider
         self._store = store
         if models is None and detector is not None:
-            models = ModelRegistry.single(detector)
+            models = LoadedModelRegistry.single(detector)
         self._models = models
         self._reload_lock = asyncio.Lock()
         self._executor: Executor | None = None
@@ -265,7 +265,7 @@ class Application:
         logger.info("serving %s on %s:%d", SERVICE_NAME, settings.host, self.port)
 
     @property
-    def models(self) -> ModelRegistry | None:
+    def models(self) -> LoadedModelRegistry | None:
         """The served models (``None`` before ``start``)."""
         return self._models
 
