@@ -27,7 +27,8 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from inference_service.app import Application
 from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.settings import Settings
-from inference_service.stores.cassandra import CAS_WRITE_UNKNOWN, CassandraInvocationStore
+from inference_service.stores.cassandra import CassandraInvocationStore
+from inference_service.stores.cassandra.retry import CAS_WRITE_UNKNOWN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
