@@ -55,7 +55,7 @@ T = TypeVar("T")
 SERIAL_PROFILE = "serial"
 
 
-def connect(config: CassandraConfig, make: Callable[[Cluster, Session], T]) -> T:
+def connect_with_schema(config: CassandraConfig, make: Callable[[Cluster, Session], T]) -> T:
     """Connect (blocking); create the schema when asked, else check it is in place; warn about
     a replication that cannot lose a node; then ``make`` the store of the session. Any failure
     shuts the cluster down; an unreachable cluster (or rejected credentials) raises

@@ -32,7 +32,8 @@ Design:
   nothing after it; then the entry is deleted with the delete's time as write timestamp, which
   beats an entry written late by such an Invoke (stamped with its earlier claim time).
 * Only prepared statements (``cql``). Every statement runs through ``_execute`` (``bridge``:
-  the event loop is never blocked); connecting runs in a worker thread (``cluster.connect``).
+  the event loop is never blocked); connecting runs in a worker thread
+  (``cluster.connect_with_schema``).
 * Every driver error that means "unreachable, overloaded or timed out" becomes
   ``StoreUnavailableError`` (``retry``).
 
@@ -66,7 +67,7 @@ from inference_service.domain import (
 from inference_service.errors import InvocationGoneError, StoreUnavailableError
 from inference_service.stores.cassandra import cql
 from inference_service.stores.cassandra.bridge import execute
-from inference_service.stores.cassandra.cluster import SERIAL_PROFILE, connect
+from inference_service.stores.cassandra.cluster import SERIAL_PROFILE, connect_with_schema
 from inference_service.stores.cassandra.config import CassandraConfig
 from inference_service.stores.cassandra.cql import HEALTH_CHECK_KEY
 from inference_service.stores.cassandra.retry import (
@@ -156,7 +157,7 @@ class CassandraInvocationStore:
 
     @classmethod
     def _connect_blocking(cls, config: CassandraConfig) -> CassandraInvocationStore:
-        return connect(config, lambda cluster, session: cls(cluster, session, config))
+        return connect_with_schema(config, lambda cluster, session: cls(cluster, session, config))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._cluster.shutdown)
