@@ -169,7 +169,7 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
-    from inference_service.stores.cassandra import migrate
+    from inference_service.stores.cassandra.maintenance import migrate
 
     await migrate(settings)
 
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "backfill-index":
-            from inference_service.stores import cassandra_maintenance as maintenance
+            from inference_service.stores.cassandra import maintenance
 
             asyncio.run(
                 maintenance.backfill_index(
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "purge":
             import shlex
 
-            from inference_service.stores import cassandra_maintenance as maintenance
+            from inference_service.stores.cassandra import maintenance
 
             maintenance.purge(
                 settings.cassandra_keyspace,

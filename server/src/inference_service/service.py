@@ -138,9 +138,9 @@ class InferenceService:
         if models is None:
             if detector is None:
                 raise TypeError("InferenceService needs models or a detector")
-            from inference_service.models.registry import ModelRegistry as Registry
+            from inference_service.models.registry import LoadedModelRegistry
 
-            models = Registry.single(detector)
+            models = LoadedModelRegistry.single(detector)
         self._store = store
         self._models = models
         self._decode = decode
