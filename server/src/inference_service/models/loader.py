@@ -11,17 +11,17 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from inference_service.detection.model_source import (
+from inference_service.artifacts import artifact_sha256
+from inference_service.domain import ModelDescription
+from inference_service.models.config import ModelsConfig, ModelSpec
+from inference_service.models.registry import LoadedModel
+from inference_service.models.source import (
     ArchiveModelSource,
     ModelFetchError,
-    artifact_sha256,
     model_source_for,
     public_source,
     redact_uri,
 )
-from inference_service.domain import ModelDescription
-from inference_service.models.config import ModelsConfig, ModelSpec
-from inference_service.models.registry import LoadedModel
 from inference_service.ports import Detector
 from inference_service.settings import Settings
 
