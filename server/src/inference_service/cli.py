@@ -177,7 +177,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 def _export_savedmodel(args: argparse.Namespace) -> None:
-    from inference_service.detection.keras_rfb import archive_folder, export_saved_model
+    from inference_service.export.keras_rfb import archive_folder, export_saved_model
 
     out = export_saved_model(args.checkpoint, args.out)
     print(out)

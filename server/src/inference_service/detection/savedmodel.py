@@ -1,5 +1,5 @@
 """``SavedModelFaceDetector``: an Ultra-Light face detector as a TensorFlow SavedModel, run by
-TensorFlow (e.g. the RFB-320 that ``inference_service.detection.keras_rfb`` exports from the
+TensorFlow (e.g. the RFB-320 that ``inference_service.export.keras_rfb`` exports from the
 upstream checkpoint).
 
 The SavedModel's ``serving_default`` signature (or its only one) takes one NHWC float32 input
