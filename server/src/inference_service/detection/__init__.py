@@ -1,6 +1,6 @@
 """The face detectors: what every Ultra-Light detector shares (``base``: input checks,
 ``preprocessing``, box ``postprocessing``) and one module per runtime (``tflite``, ``onnx``,
-``savedmodel``, and ``custom`` for a detector class of the operator's own). Images are decoded
+``savedmodel``, and ``python`` for a detector of your own in Python). Images are decoded
 in ``inference_service.images``; model artifacts are fetched and loaded in
 ``inference_service.models``."""
 

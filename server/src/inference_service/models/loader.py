@@ -98,10 +98,10 @@ def make_detector(spec: ModelSpec, artifact: Artifact, options: LoadOptions) -> 
     iou = spec.iou_threshold or options.iou_threshold
     path = artifact.path
     if spec.runtime == "python":
-        from inference_service.detection.custom import CustomDetector
+        from inference_service.detection.python import PythonDetector
 
         assert spec.detector is not None
-        return CustomDetector.create(
+        return PythonDetector.create(
             spec.detector, path, spec.options, name=spec.name, version=artifact.version
         )
     assert path is not None
