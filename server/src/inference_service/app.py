@@ -20,13 +20,13 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.admission import AdmissionController
-from inference_service.detection.image import PillowImageDecoder
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.grpc.single_message import SingleMessageInterceptor
 from inference_service.health import StoreHealthMonitor
+from inference_service.images.decoder import PillowImageDecoder
 from inference_service.limits import RequestLimits
 from inference_service.listing import PageTokens
 from inference_service.metrics import (

@@ -1,7 +1,9 @@
-"""The ``inference-service`` command: ``serve``, ``migrate``, ``backfill-index``, ``purge``.
+"""The ``inference-service`` command: ``serve``, ``migrate``, ``backfill-index``, ``purge``
+and ``export-savedmodel``.
 
-The only place that reads the environment (through ``Settings``) and
-configures logging.
+The server's only reader of the environment (through ``Settings``) and the only place that
+configures logging. (The client CLI, ``clients/python``, is another program: it reads
+``INFERENCE_TARGET``.)
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ async def _migrate(settings: Settings) -> None:
 
 
 def _export_savedmodel(args: argparse.Namespace) -> None:
-    from inference_service.detection.keras_rfb import archive_folder, export_saved_model
+    from inference_service.export.keras_rfb import archive_folder, export_saved_model
 
     out = export_saved_model(args.checkpoint, args.out)
     print(out)
