@@ -63,7 +63,7 @@ def test_spec_documents_routes_errors_and_names() -> None:
     status = spec["definitions"]["rpcStatus"]["properties"]
     assert set(status) == {"code", "message", "details"}
     render = paths["/v1/invocations/{id}:render"]["get"]
-    assert render["produces"][0] == "image/png"
+    assert render["produces"][:2] == ["image/png", "image/jpeg"]  # format=RENDER_FORMAT_JPEG
     assert render["responses"]["200"]["schema"] == {"type": "string", "format": "binary"}
     # Proto field names, as Envoy prints them (preserve_proto_field_names).
     invocation = spec["definitions"]["v1Invocation"]["properties"]
