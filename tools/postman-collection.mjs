@@ -3,10 +3,12 @@
 //   node tools/postman-collection.mjs [SPEC] [OUT]
 //
 // What the converter alone gets wrong, and what this script does about it:
-// - Path variables get random values faked from the id pattern (a different one per request,
-//   and a third one for the collection variable `id` that `{id}:render` becomes), so Invoke,
-//   Get, render and Delete each name another invocation: every `:id` is `{{id}}` here, and the
-//   Invoke body's `input.id` too, so that the requests work on one invocation.
+// - The `:id` path variables get a value faked from the id pattern, the Invoke body another one
+//   (and `content: "<string>"`: 400), so Invoke and the reads name different invocations, and
+//   setting the collection variable `id` changes only the render: every `:id` is `{{id}}` here,
+//   the Invoke body's `input.id` too, and the body is the spec's example.
+// - Optional query parameters are enabled with placeholders (`max_dimension=<integer>`,
+//   `allow_missing=<boolean>`: 400): they are disabled here.
 // - `{id}:render` is not a path variable of its own in Postman (`:id:render` would be read as a
 //   variable named `id:render`): its URL is written as `{{baseUrl}}/v1/invocations/{{id}}:render`
 //   with no path variables.
@@ -16,7 +18,6 @@
 //   read, render, list, models, and DeleteInvocation last), the summaries kept as descriptions.
 // - Random ids of the collection, items and responses are dropped (Postman makes its own on
 //   import), so that the output is the same each time.
-// Optional query parameters stay in each request, disabled.
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Converter from "openapi-to-postmanv2";
