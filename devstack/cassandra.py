@@ -93,10 +93,8 @@ _JAVA17_MODULE_OPTIONS = (
 # General server options (upstream conf/jvm-server.options), less the ones that slow a dev start
 # (-XX:+AlwaysPreTouch) or do not apply to a small heap.
 _SERVER_OPTIONS = (
-    "-XX:+UseG1GC",
     "-XX:+ParallelRefProcEnabled",
     "-XX:MaxTenuringThreshold=1",
-    "-XX:MaxGCPauseMillis=300",
     "-Xss256k",
     "-ea",
     "-da:net.openhft...",
@@ -106,6 +104,17 @@ _SERVER_OPTIONS = (
     "-XX:+PerfDisableSharedMem",
     "-Djava.net.preferIPv4Stack=true",
 )
+
+GC_OPTIONS: dict[str, tuple[str, ...]] = {
+    "g1": ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300"),
+    "serial": ("-XX:+UseSerialGC",),
+    "parallel": ("-XX:+UseParallelGC",),
+    "shenandoah": ("-XX:+UseShenandoahGC",),
+    "zgc": ("-XX:+UseZGC",),
+}
+"""The JVM's garbage collector, by name (``LocalCassandra(gc=...)``). G1 is upstream's choice
+and the default here; the others were measured for the node's CPU per Invoke
+(docs/performance.md, round four: ``bench/cassandra_cost.py``)."""
 
 # Dev-only start-up and shut-down shortcuts; each is safe for a lone node.
 _FAST_DEV_OPTIONS = (
@@ -384,6 +393,8 @@ class LocalCassandra:
         client_tls: ClientTls | None = None,
         timer_slack_ns: int | None = TIMER_SLACK_NS,
         jmx_port: int | None = None,
+        gc: str = "g1",
+        extra_yaml: str = "",
     ) -> None:
         """
         Args:
@@ -412,7 +423,12 @@ class LocalCassandra:
                 fewer wake-ups of idle pool workers); ``None`` or 0 leaves the system's.
             jmx_port: serve JMX on this loopback port (no authentication: loopback only), so
                 that ``nodetool`` (``nodetool_command``) can manage the node; ``None``: no JMX.
+            gc: the garbage collector, a key of ``GC_OPTIONS`` (default ``g1``).
+            extra_yaml: lines appended to ``cassandra.yaml`` (settings the generated file does
+                not set; for measurements such as ``bench/cassandra_cost.py``).
         """
+        if gc not in GC_OPTIONS:
+            raise ValueError(f"gc {gc!r}: choose from {sorted(GC_OPTIONS)}")
         self.root = (root or default_root()).resolve()
         self.host = host
         self.native_port = native_port
@@ -432,6 +448,8 @@ class LocalCassandra:
         self.client_tls = client_tls
         self.timer_slack_ns = timer_slack_ns
         self.jmx_port = jmx_port
+        self.gc = gc
+        self.extra_yaml = extra_yaml
         self._process: ManagedProcess | None = None
 
     @property
@@ -537,6 +555,7 @@ class LocalCassandra:
                 cluster_settings=_CLUSTER_SETTINGS if self.in_cluster else "",
                 security=self._security_yaml(),
             )
+            + (f"\n# extra settings\n{self.extra_yaml.strip()}\n" if self.extra_yaml else "")
         )
         (self.conf_dir / "logback.xml").write_text(_LOGBACK_XML.format(logs=self.logs_dir))
 
@@ -574,6 +593,7 @@ class LocalCassandra:
         options = [
             f"-Xms{self.min_heap}",
             f"-Xmx{self.max_heap}",
+            *GC_OPTIONS[self.gc],
             *_SERVER_OPTIONS,
             *_JAVA17_MODULE_OPTIONS,
             *_FAST_DEV_OPTIONS,
