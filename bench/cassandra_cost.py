@@ -10,7 +10,9 @@ Invokes of fresh ids at ``--concurrency`` (the images of the shared mix, round-r
 warm-up; around the measured Invokes, the CPU time of the node's JVM (``/proc/<pid>/stat``, all
 threads) and of its garbage-collector threads alone (``/proc/<pid>/task/*``, by thread name),
 the machine's busy cores (``/proc/stat``) and the rate. Before its first block each node gets
-one warm-up block (JIT, memtables), unrecorded. The result: per variant the median CPU ms per
+``--warmup-invokes`` unrecorded Invokes (2,500: a new node's CPU per Invoke falls by half over
+its first few thousand, as C2 compiles the write path; the baseline node keeps running, and
+stays warm, across the comparisons of a run). The result: per variant the median CPU ms per
 Invoke of A's and B's blocks and the median of B/A per adjacent pair.
 
 Variants (``--variant``, repeatable; the baseline is implicit): ``offheap_objects``,
@@ -187,6 +189,15 @@ def truncate(port: int) -> None:
         cluster.shutdown()
 
 
+def warm(node, name: str, images: list[bytes], args: argparse.Namespace) -> None:
+    """Unrecorded Invokes until the node's JIT has settled (``--warmup-invokes``)."""
+    started = time.monotonic()
+    result = asyncio.run(
+        block(node.native_port, node.pid(), name, images, args.warmup_invokes, args.c)
+    )
+    print(f"warmed {name} in {time.monotonic() - started:.0f}s: {result}", flush=True)
+
+
 def compare(args: argparse.Namespace, variant: str, base, images, out) -> dict[str, Any]:
     spec = VARIANTS[variant]
     other = None
@@ -198,10 +209,10 @@ def compare(args: argparse.Namespace, variant: str, base, images, out) -> dict[s
         other.start(timeout=180)
     nodes = {"A": (base, "base"), "B": (other or base, variant)}
     try:
+        if other is not None:  # the JIT (C2) of a new node: thousands of Invokes
+            warm(other, variant, images, args)
         for node, _ in nodes.values():
             truncate(node.native_port)
-        for node, name in nodes.values():  # one unrecorded warm-up block each
-            asyncio.run(block(node.native_port, node.pid(), name, images, args.invokes, args.c))
         rows: list[dict[str, Any]] = []
         for r in range(args.rounds):
             order = ("A", "B") if r % 2 == 0 else ("B", "A")
@@ -250,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs per variant")
     parser.add_argument("--invokes", type=int, default=400, help="Invokes per block")
     parser.add_argument("-c", type=int, default=8, help="Invokes in flight")
+    parser.add_argument(
+        "--warmup-invokes",
+        type=int,
+        default=2500,
+        help="unrecorded Invokes on each new node first (C2 JIT: the CPU per Invoke of a new "
+        "node falls by half over its first ~2,500)",
+    )
     parser.add_argument("--port-base", type=int, default=19342)
     parser.add_argument("--root", type=Path, default=Path("build/cassandra-cost"))
     parser.add_argument("--images-dir", type=Path, default=Path("/work/shared/images"))
@@ -265,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(base_root / "commitlog", ignore_errors=True)
     base = make_node(base_root, args.port_base, {})
     base.start(timeout=180)
+    warm(base, "base", images, args)
     summaries = []
     try:
         with open(args.root / "results.jsonl", "a") as out:
