@@ -10,10 +10,12 @@ Invokes of fresh ids at ``--concurrency`` (the images of the shared mix, round-r
 warm-up; around the measured Invokes, the CPU time of the node's JVM (``/proc/<pid>/stat``, all
 threads) and of its garbage-collector threads alone (``/proc/<pid>/task/*``, by thread name),
 the machine's busy cores (``/proc/stat``) and the rate. Before its first block each node gets
-``--warmup-invokes`` unrecorded Invokes (2,500: a new node's CPU per Invoke falls by half over
-its first few thousand, as C2 compiles the write path; the baseline node keeps running, and
-stays warm, across the comparisons of a run). The result: per variant the median CPU ms per
-Invoke of A's and B's blocks and the median of B/A per adjacent pair.
+``--warmup-invokes`` unrecorded Invokes (a new node's CPU per Invoke falls by half over its
+first few thousand, and keeps falling slowly for ~10,000, as C2 compiles the write path), and
+every comparison starts a new baseline node beside its variant, so both sides have the same
+history (a baseline kept warm across comparisons made every new variant look 20-60 % worse).
+The result: per variant the median CPU ms per Invoke of A's and B's blocks and the median of
+B/A per adjacent pair.
 
 Variants (``--variant``, repeatable; the baseline is implicit): ``offheap_objects``,
 ``offheap_buffers`` (``memtable_allocation_type``), ``serial``, ``parallel``, ``shenandoah``,
@@ -264,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warmup-invokes",
         type=int,
-        default=2500,
+        default=3000,
         help="unrecorded Invokes on each new node first (C2 JIT: the CPU per Invoke of a new "
         "node falls by half over its first ~2,500)",
     )
@@ -278,19 +280,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     images = [p.read_bytes() for p in sorted(args.images_dir.glob("face-*.jpg"))]
     args.root.mkdir(parents=True, exist_ok=True)
-    base_root = args.root / "base"
-    shutil.rmtree(base_root / "data", ignore_errors=True)
-    shutil.rmtree(base_root / "commitlog", ignore_errors=True)
-    base = make_node(base_root, args.port_base, {})
-    base.start(timeout=180)
-    warm(base, "base", images, args)
     summaries = []
-    try:
-        with open(args.root / "results.jsonl", "a") as out:
-            for variant in args.variant:
+    with open(args.root / "results.jsonl", "a") as out:
+        for variant in args.variant:
+            # a new baseline node for each comparison: both sides start empty and cold and get
+            # the same warm-up (a node's CPU per Invoke keeps falling for ~10,000 Invokes)
+            base_root = args.root / "base"
+            shutil.rmtree(base_root / "data", ignore_errors=True)
+            shutil.rmtree(base_root / "commitlog", ignore_errors=True)
+            base = make_node(base_root, args.port_base, {})
+            base.start(timeout=180)
+            try:
+                warm(base, "base", images, args)
                 summaries.append(compare(args, variant, base, images, out))
-    finally:
-        base.stop()
+            finally:
+                base.stop()
     for s in summaries:
         print(
             f"{s['variant']:>16}: Cassandra CPU ms/Invoke A {s['A_cpu_ms']} B {s['B_cpu_ms']} "
