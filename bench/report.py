@@ -209,8 +209,9 @@ def measurement_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         flag = "  <-- ERRORS" if r.get("errors") else ""
+        c = r["concurrency"] or "-"  # open loop: a rate, not a concurrency
         lines.append(
-            f"{name:<34} {r['concurrency']:>3} {_fmt(r['rate']):>9} {_fmt(r['p50_ms']):>8} "
+            f"{name:<34} {c:>3} {_fmt(r['rate']):>9} {_fmt(r['p50_ms']):>8} "
             f"{_fmt(r['p95_ms']):>8} {_fmt(r['p99_ms']):>8} {r['errors']:>7} "
             f"{_fmt(r.get('client_cpu_cores')):>6} {_fmt(r.get('other_cpu_cores')):>6}{flag}"
         )

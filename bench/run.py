@@ -91,6 +91,9 @@ DELETE_MIN_IDS = 200
 """Fewer stored invocations than this to delete in the measurement is a problem of the run."""
 OTHER_CPU_WARNING = 0.25
 """Cores used by processes outside the bench during a measurement above which it is flagged."""
+OPEN_LOOP_LAG_WARNING_MS = 5.0
+"""An open-loop sender this far behind its schedule at worst is flagged (latencies are from
+each call's due time, so its own delay counts in them)."""
 OPEN_LOOP_SHARE = 0.5
 """The open-loop Invoke runs at this share of the best closed-loop Invoke rate through Envoy."""
 SPLIT_KEYS = (
@@ -405,6 +408,12 @@ class BenchRun:
                 "not idle, so this measurement is noisy"
             )
         self.results[name] = summary
+        lag = result.max_send_lag_ms
+        if lag is not None and lag > OPEN_LOOP_LAG_WARNING_MS:
+            self.warnings.append(
+                f"{name}: the load generator fell {lag:.1f} ms behind its schedule at worst: "
+                "those latencies include its own delay (a busy machine)"
+            )
         if result.errors or warm.errors:
             self.problems.append(
                 f"{name}: {result.errors} errors ({warm.errors} in warm-up): "
