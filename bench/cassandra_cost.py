@@ -17,7 +17,8 @@ history (a baseline kept warm across comparisons made every new variant look 20-
 The result: per variant the median CPU ms per Invoke of A's and B's blocks and the median of
 B/A per adjacent pair.
 
-Variants (``--variant``, repeatable; the baseline is implicit): ``offheap_objects``,
+Variants (``--variant``, repeatable; the baseline is implicit): ``heap_buffers`` (upstream's
+default, the baseline's before round four), ``offheap_objects`` (the baseline's since),
 ``offheap_buffers`` (``memtable_allocation_type``), ``serial``, ``parallel``, ``shenandoah``,
 ``zgc`` (the GC), ``heap2g``, ``heap512m`` (``-Xmx`` with G1), ``commitlog_lz4``
 (``commitlog_compression``), ``flush_big`` (``memtable_heap_space``/``memtable_offheap_space``
@@ -54,6 +55,7 @@ GC_THREAD = re.compile(r"GC Thread|G1 |Shenandoah|^Z[A-Z]|ZWorker|VM Thread|Conc
 """Names (``/proc/<pid>/task/<tid>/comm``) of the JVM's collector threads."""
 
 VARIANTS: dict[str, dict[str, Any]] = {
+    "heap_buffers": {"yaml": "memtable_allocation_type: heap_buffers"},
     "offheap_objects": {"yaml": "memtable_allocation_type: offheap_objects"},
     "offheap_buffers": {"yaml": "memtable_allocation_type: offheap_buffers"},
     "serial": {"gc": "serial"},

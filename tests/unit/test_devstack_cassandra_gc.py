@@ -47,13 +47,26 @@ def test_an_unknown_collector_is_refused(tmp_path: Path) -> None:
         _node(tmp_path, gc="cms")
 
 
-def test_extra_yaml_is_appended_to_the_generated_config(tmp_path: Path) -> None:
-    node = _node(tmp_path, extra_yaml="memtable_allocation_type: offheap_objects")
+def test_memtables_are_off_heap(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    node.write_config()
+
+    lines = (node.conf_dir / "cassandra.yaml").read_text().splitlines()
+    assert "memtable_allocation_type: offheap_objects" in lines
+
+
+def test_extra_yaml_is_appended_and_overrides_a_generated_setting(tmp_path: Path) -> None:
+    node = _node(
+        tmp_path, extra_yaml="memtable_allocation_type: heap_buffers\nmemtable_flush_writers: 1"
+    )
     node.write_config()
 
     text = (node.conf_dir / "cassandra.yaml").read_text()
-    assert text.rstrip().endswith("memtable_allocation_type: offheap_objects")
+    assert text.rstrip().endswith(
+        "memtable_allocation_type: heap_buffers\nmemtable_flush_writers: 1"
+    )
     assert text.count("memtable_allocation_type") == 1
+    assert "commitlog_sync: periodic" in text
 
 
 def test_no_extra_yaml_leaves_the_config_as_it_was(tmp_path: Path) -> None:
