@@ -244,7 +244,8 @@ console-screenshots: setup
 # runner, built with Go from bench/ghzload), wrk (Debian), MLServer in build/bench/mlserver-venv.
 # Then bench/run.py (`$(PY) -m bench --help`; pass options with BENCH_ARGS='...').
 bench: setup
-	test build/bench/bin/bench-ghz -nt bench/ghzload/main.go -a build/bench/bin/bench-ghz -nt bench/ghzload/go.sum \
+	test build/bench/bin/bench-ghz -nt bench/ghzload/main.go -a build/bench/bin/bench-ghz -nt bench/ghzload/openloop.go \
+	  -a build/bench/bin/bench-ghz -nt bench/ghzload/go.sum \
 	  || (cd bench/ghzload && go build -trimpath -o ../../build/bench/bin/bench-ghz .)
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	test build/bench/mlserver-venv/.installed -nt bench/requirements-mlserver.txt \

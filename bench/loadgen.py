@@ -47,6 +47,11 @@ class LoadResult:
     mean_ms: float
     max_ms: float
     client_cpu_s: float
+    p999_ms: float = math.nan
+    offered_rate: float | None = None
+    """Open loop: the requests a second sent on schedule (None: closed loop)."""
+    max_send_lag_ms: float | None = None
+    """Open loop: how far the sender fell behind its schedule at worst."""
 
     @property
     def rate(self) -> float:
@@ -60,8 +65,8 @@ class LoadResult:
         data["client_cpu_cores"] = (
             round(self.client_cpu_s / self.duration_s, 3) if self.duration_s else None
         )
-        for key in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "duration_s"):
-            data[key] = round(data[key], 3)
+        for key in ("p50_ms", "p95_ms", "p99_ms", "p999_ms", "mean_ms", "max_ms", "duration_s"):
+            data[key] = None if math.isnan(data[key]) else round(data[key], 3)
         return data
 
 
@@ -76,9 +81,21 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 # --- child processes ----------------------------------------------------------------------
 
 
-def _start(argv: Sequence[str], *, log_file: Path, env: dict[str, str] | None = None) -> int:
-    """Start ``argv`` in its own session, output to ``log_file``; return its PID."""
+def _start(
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    cpus: frozenset[int] | None = None,
+) -> int:
+    """Start ``argv`` in its own session, output to ``log_file``, on ``cpus`` only when given
+    (Linux); return its PID."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     with open(log_file, "wb") as log:
         process = subprocess.Popen(
             list(argv),
@@ -87,6 +104,7 @@ def _start(argv: Sequence[str], *, log_file: Path, env: dict[str, str] | None = 
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=pin if cpus else None,
         )
     return process.pid
 
@@ -145,6 +163,8 @@ class Ghz:
         self.binary = binary
         self.work_dir = work_dir
         self.cpus = cpus
+        self.affinity: frozenset[int] | None = None
+        """CPUs the load generator runs on (None: any)."""
 
     def run(
         self,
@@ -188,7 +208,9 @@ class Ghz:
                     f"-unique-id-field={call.unique_id_field}",
                     f"-id-prefix={id_prefix}{index}-",
                 ]
-            pids.append(_start(argv, log_file=self.work_dir / f"{name}-{index}.log"))
+            pids.append(
+                _start(argv, log_file=self.work_dir / f"{name}-{index}.log", cpus=self.affinity)
+            )
             outputs.append(out)
         codes, cpu = _wait_all(pids, timeout=timeout_s or duration_s + 60)
         for code, out in zip(codes, outputs, strict=True):
@@ -197,6 +219,57 @@ class Ghz:
                 raise RuntimeError(f"bench-ghz failed (status {code}): {log.read_text()[-2000:]}")
         parts = [json.loads(out.read_text()) for out in outputs]
         return self._merge(name, targets, concurrency, parts, cpu)
+
+    def run_rate(
+        self,
+        name: str,
+        targets: Sequence[str],
+        *,
+        rate: float,
+        duration_s: float,
+        call: GrpcCall | None = None,
+        http_paths: Path | None = None,
+        id_prefix: str = "bench-",
+    ) -> LoadResult:
+        """Open loop (``bench-ghz -rate``): ``rate`` requests a second in all, on a fixed
+        schedule, split evenly between ``targets`` (gRPC ``host:port`` with ``call``, or base
+        URLs with ``http_paths``, GETs); latency from each request's due time."""
+        outputs, pids = [], []
+        for index, target in enumerate(targets):
+            out = self.work_dir / f"{name}-{index}.json"
+            out.unlink(missing_ok=True)
+            argv = [
+                str(self.binary),
+                f"-rate={rate / len(targets)}",
+                f"-z={duration_s}s",
+                f"-cpus={self.cpus}",
+                f"-out={out}",
+            ]
+            if http_paths is not None:
+                argv += [f"-http-base={target}", f"-http-paths={http_paths}"]
+            elif call is not None:
+                argv += [f"-target={target}", f"-call={call.method}", f"-messages={call.messages}"]
+                if call.unique_id_field:
+                    argv += [
+                        f"-unique-id-field={call.unique_id_field}",
+                        f"-id-prefix={id_prefix}{index}-",
+                    ]
+            else:
+                raise ValueError("run_rate needs a gRPC call or HTTP paths")
+            pids.append(
+                _start(argv, log_file=self.work_dir / f"{name}-{index}.log", cpus=self.affinity)
+            )
+            outputs.append(out)
+        codes, cpu = _wait_all(pids, timeout=duration_s + 90)
+        for code, out in zip(codes, outputs, strict=True):
+            if code != 0 or not out.is_file():
+                log = out.with_suffix(".log")
+                raise RuntimeError(f"bench-ghz failed (status {code}): {log.read_text()[-2000:]}")
+        parts = [json.loads(out.read_text()) for out in outputs]
+        result = self._merge(name, targets, 0, parts, cpu)
+        result.offered_rate = rate
+        result.max_send_lag_ms = max(part["max_send_lag_us"] for part in parts) / 1000
+        return result
 
     @staticmethod
     def _merge(
@@ -223,6 +296,7 @@ class Ghz:
             mean_ms=sum(latencies) / len(latencies) if latencies else math.nan,
             max_ms=latencies[-1] if latencies else math.nan,
             client_cpu_s=cpu,
+            p999_ms=percentile(latencies, 0.999),
         )
 
 

@@ -63,7 +63,8 @@ def render(report: Mapping[str, Any]) -> str:
     for name, m in report["measurements"].items():
         cores = ", ".join(f"{k} {v:.2f}" for k, v in m["server_cpu_cores"].items())
         lines.append(
-            f"| {name} | {m['concurrency']} | {_num(m['rate'])} | {_num(m['p50_ms'], 2)} "
+            f"| {name} | {m['concurrency'] or 'open loop'} | {_num(m['rate'])} "
+            f"| {_num(m['p50_ms'], 2)} "
             f"| {_num(m['p95_ms'], 2)} | {_num(m['p99_ms'], 2)} | {m['errors']} | {cores} "
             f"| {_num(m['client_cpu_cores'], 2)} |"
         )

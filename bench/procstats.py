@@ -124,3 +124,28 @@ class CpuMeter:
         """CPU seconds per group since ``start``."""
         after = self._sample()
         return {name: round(after[name] - self._before.get(name, 0.0), 3) for name in after}
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on, in order (``sched_getaffinity``; Linux)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def pin(pids: Iterable[int], cpus: Iterable[int]) -> int:
+    """Let every thread of ``pids`` run only on ``cpus`` (``taskset -a -p``); threads they start
+    later inherit it from their creator. Returns how many threads were pinned (threads that end
+    meanwhile are skipped)."""
+    cpu_set = set(cpus)
+    pinned = 0
+    for pid in pids:
+        try:
+            tasks = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                os.sched_setaffinity(tid, cpu_set)
+                pinned += 1
+            except OSError:  # the thread ended meanwhile
+                continue
+    return pinned

@@ -9,9 +9,11 @@ time; closed loop; errors counted and flagged):
 2. the ceiling: the server's pipeline in-process with the same layout (``bench.ceiling``), and
    the serial single-image time;
 3. Invoke: a stack warm-up (JIT of Cassandra and Envoy), then through Envoy with native gRPC at
-   each concurrency; directly to the server(s); via REST/JSON through Envoy; then a sample of
-   the ids each run wrote is read back;
-4. GetInvocation: gRPC directly to the server(s) and REST through Envoy, per view;
+   each concurrency; directly to the server(s); via REST/JSON through Envoy; open loop through
+   Envoy at half the best closed-loop rate; the production-shaped split (Cassandra pinned to
+   one CPU, servers and Envoy to another); then a sample of the ids each run wrote is read back;
+4. GetInvocation: gRPC directly to the server(s) and REST through Envoy, per view; then open
+   loop at a fixed rate (``--get-rate``), both;
 5. ListInvocations: REST through Envoy, pages of 50 (the default, BASIC, view), cycling through
    the first pages of the listing of everything the Invoke runs stored (their tokens made by
    walking the listing first);
@@ -24,7 +26,8 @@ time; closed loop; errors counted and flagged):
 9. the serving path alone: a second stack (the same servers with the in-memory store, their
    own Envoy, no Cassandra), its detections checked, Invoke through Envoy at the compare
    concurrency, a sample of the ids read back; it stops;
-10. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine.
+10. the peer: MLServer with each ``parallel_workers`` setting, alone on the machine, and each
+   setting again with all its processes pinned to one CPU.
 
 Every measurement also records the CPU time of each group of processes (servers, Envoy,
 Cassandra; MLServer's whole tree); CPU time per successful call gives the ``*_cpu_ms_per_*``
@@ -88,6 +91,18 @@ DELETE_MIN_IDS = 200
 """Fewer stored invocations than this to delete in the measurement is a problem of the run."""
 OTHER_CPU_WARNING = 0.25
 """Cores used by processes outside the bench during a measurement above which it is flagged."""
+OPEN_LOOP_LAG_WARNING_MS = 5.0
+"""An open-loop sender this far behind its schedule at worst is flagged (latencies are from
+each call's due time, so its own delay counts in them)."""
+OPEN_LOOP_SHARE = 0.5
+"""The open-loop Invoke runs at this share of the best closed-loop Invoke rate through Envoy."""
+SPLIT_KEYS = (
+    "invoke_split_grpc_envoy_c16_img_s",
+    "split_server_cpu_ms_per_invoke",
+    "split_cassandra_cpu_ms_per_invoke",
+    "mlserver_1cpu_best_c16_img_s",
+    "mlserver_1cpu_best_cpu_ms_per_infer",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +128,8 @@ class Options:
     cassandra_full_jit: bool
     ghz: Path
     wrk: str
+    get_rate: float
+    split: bool
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -181,6 +198,18 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
     parser.add_argument("--ghz", type=Path, default=Path("build/bench/bin/bench-ghz"))
     parser.add_argument("--wrk", default="wrk")
     parser.add_argument(
+        "--get-rate",
+        type=float,
+        default=500.0,
+        help="open-loop GetInvocation rate, requests/s (REST through Envoy, gRPC direct)",
+    )
+    parser.add_argument(
+        "--no-split",
+        action="store_true",
+        help="skip the pinned layouts (Cassandra on one CPU, servers and Envoy on another; "
+        "MLServer on one CPU); they need Linux and two CPUs",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="smoke test: 3 s measurements, 1 s warm-up"
     )
     args = parser.parse_args(argv)
@@ -209,6 +238,8 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
         cassandra_full_jit=not args.cassandra_c1_only,
         ghz=args.ghz.resolve(),
         wrk=args.wrk,
+        get_rate=args.get_rate,
+        split=not args.no_split,
     )
 
 
@@ -298,8 +329,40 @@ class BenchRun:
         self.envoy_concurrency: int | None = None
         self.ghz = Ghz(options.ghz, self.work_dir)
         self.wrk = Wrk(options.wrk, self.work_dir)
+        self.split_cpus = self._split_cpus()
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _split_cpus(self) -> tuple[int, int] | None:
+        """(ours, the other) for the pinned layouts: the first two CPUs this process may use;
+        None when they are off or the machine cannot pin (not Linux, one CPU)."""
+        if not self.options.split:
+            return None
+        try:
+            cpus = procstats.usable_cpus()
+        except (AttributeError, OSError):
+            cpus = []
+        return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+    @contextlib.contextmanager
+    def pinned(
+        self, ours: Sequence[int], other: Sequence[int], *, client_on_other: bool = True
+    ) -> Iterator[None]:
+        """Pin every thread of ``ours`` to the first split CPU and of ``other`` to the second
+        (and the load generator there too), for the time of the block; then let them all run
+        anywhere again."""
+        assert self.split_cpus is not None
+        mine, theirs = self.split_cpus
+        everything = procstats.usable_cpus()
+        procstats.pin(ours, {mine})
+        procstats.pin(other, {theirs})
+        if client_on_other:
+            self.ghz.affinity = frozenset({theirs})
+        try:
+            yield
+        finally:
+            self.ghz.affinity = None
+            procstats.pin([*ours, *other], everything)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -345,6 +408,12 @@ class BenchRun:
                 "not idle, so this measurement is noisy"
             )
         self.results[name] = summary
+        lag = result.max_send_lag_ms
+        if lag is not None and lag > OPEN_LOOP_LAG_WARNING_MS:
+            self.warnings.append(
+                f"{name}: the load generator fell {lag:.1f} ms behind its schedule at worst: "
+                "those latencies include its own delay (a busy machine)"
+            )
         if result.errors or warm.errors:
             self.problems.append(
                 f"{name}: {result.errors} errors ({warm.errors} in warm-up): "
@@ -570,6 +639,51 @@ class BenchRun:
 
         self.measure(f"invoke_rest_envoy_c{cc}", rest_run, groups)
 
+        # Open loop through Envoy at half the best closed-loop rate: latency without queueing
+        # at saturation (and without coordinated omission: from each call's due time).
+        best = max(
+            (self.results[f"invoke_grpc_envoy_c{c}"]["rate"] for c in self.options.concurrencies),
+            default=0.0,
+        )
+        rate = round(best * OPEN_LOOP_SHARE, 1)
+        self.extra["invoke_open_loop_rate"] = rate
+        if rate > 0:
+
+            def open_run(name: str, duration: float) -> LoadResult:
+                prefix = f"{self.tag}-{name}-"
+                self.invoke_prefixes[name] = prefix
+                return self.ghz.run_rate(
+                    name,
+                    [stack.envoy_target],
+                    rate=rate,
+                    duration_s=duration,
+                    call=self.invoke_call,
+                    id_prefix=prefix,
+                )
+
+            self.measure("invoke_grpc_envoy_halfmax", open_run, groups)
+        self._split_phase(stack, groups)
+
+    def _split_phase(self, stack: BenchStack, groups: Mapping[str, Sequence[int]]) -> None:
+        """The production shape: Cassandra alone on one CPU, the servers and Envoy on the
+        other (the load generator beside Cassandra), Invoke through Envoy at the compare
+        concurrency; the same stack, pinned for this measurement only."""
+        if self.split_cpus is None:
+            self.warnings.append("split layout skipped (--no-split, not Linux or one CPU)")
+            return
+        cc = self.options.compare_concurrency
+        ours = [*groups["servers"], *groups["envoy"]]
+        with self.pinned(ours, groups["cassandra"]):
+            self.measure(
+                f"invoke_split_grpc_envoy_c{cc}",
+                self._grpc_invoke([stack.envoy_target], cc, self.invoke_prefixes),
+                groups,
+            )
+        self.extra["split_cpus"] = {
+            "servers_envoy": self.split_cpus[0],
+            "cassandra_and_client": self.split_cpus[1],
+        }
+
     def _persistence_check(
         self, targets: Sequence[str], prefixes: Mapping[str, str], check: str
     ) -> None:
@@ -661,6 +775,33 @@ class BenchRun:
                 groups,
             )
             self.extra.setdefault("get_views", {})[view] = suffix or "(headline)"
+            if suffix:
+                continue
+            # Open loop at a fixed rate, the headline view: latency at a load the stack
+            # carries, not at saturation (where Little's law sets it).
+            tag = f"rate{self.options.get_rate:g}"
+            self.measure(
+                f"get_rest_envoy_{tag}",
+                lambda name, duration, paths=paths: self.ghz.run_rate(
+                    name,
+                    [stack.rest_url],
+                    rate=self.options.get_rate,
+                    duration_s=duration,
+                    http_paths=paths,
+                ),
+                groups,
+            )
+            self.measure(
+                f"get_grpc_direct_{tag}",
+                lambda name, duration, call=call: self.ghz.run_rate(
+                    name,
+                    stack.server_targets,
+                    rate=self.options.get_rate,
+                    duration_s=duration,
+                    call=call,
+                ),
+                groups,
+            )
 
     # --- list and delete ---------------------------------------------------------------
 
@@ -875,10 +1016,22 @@ class BenchRun:
             c16 = self.measure(f"mlserver_pw{workers}_c{cc}", run_at(cc), groups)
             c1 = self.measure(f"mlserver_pw{workers}_c1", run_at(1), groups)
             c16_summary = self.results[f"mlserver_pw{workers}_c{cc}"]
+            pinned: dict[str, Any] = {}
+            if self.split_cpus is not None:
+                # the same peer, every process on one CPU (the load generator on the other)
+                with self.pinned(peer.refresh_tree(), []):
+                    one = self.measure(f"mlserver_pw{workers}_1cpu_c{cc}", run_at(cc), groups)
+                summary = self.results[f"mlserver_pw{workers}_1cpu_c{cc}"]
+                pinned = {
+                    f"1cpu_c{cc}_img_s": round(one.rate, 1),
+                    f"1cpu_c{cc}_errors": one.errors,
+                    f"1cpu_c{cc}_cpu_ms_per_infer": summary["cpu_ms_per_call"]["mlserver"],
+                }
             rss = peer.peak_rss_mb()
         finally:
             peer.stop()
         return {
+            **pinned,
             "parallel_workers": workers,
             f"c{cc}_img_s": round(c16.rate, 1),
             f"c{cc}_errors": c16.errors,
@@ -912,6 +1065,8 @@ class BenchRun:
             return r[name]["cpu_ms_per_call"].get(group) if name in r else None
 
         envoy_cc, memory_cc = f"invoke_grpc_envoy_c{cc}", f"invoke_memory_grpc_envoy_c{cc}"
+        split_cc = f"invoke_split_grpc_envoy_c{cc}"
+        get_tag = f"rate{self.options.get_rate:g}"
 
         metrics: dict[str, Any] = {
             "ceiling_img_s": round(self.ceiling.img_s, 1),
@@ -946,7 +1101,26 @@ class BenchRun:
             "memory_server_rss_mb": max(
                 self.extra.get("memory_store_server_rss_mb", {}).values(), default=None
             ),
+            # the production shape: Cassandra on one CPU, servers + Envoy on the other
+            "invoke_split_grpc_envoy_c16_img_s": rate(split_cc),
+            "invoke_split_grpc_envoy_c16_p50_ms": lat(split_cc, "p50_ms"),
+            "invoke_split_grpc_envoy_c16_p99_ms": lat(split_cc, "p99_ms"),
+            "split_server_cpu_ms_per_invoke": cpu_ms(split_cc, "servers"),
+            "split_envoy_cpu_ms_per_invoke": cpu_ms(split_cc, "envoy"),
+            "split_cassandra_cpu_ms_per_invoke": cpu_ms(split_cc, "cassandra"),
+            "mlserver_1cpu_best_c16_img_s": None,
+            "mlserver_1cpu_best_config": None,
+            "mlserver_1cpu_best_cpu_ms_per_infer": None,
+            # open loop (fixed offered rate, latency from each call's due time)
+            "invoke_grpc_envoy_halfmax_rate": self.extra.get("invoke_open_loop_rate"),
         }
+        for name in (
+            "invoke_grpc_envoy_halfmax",
+            f"get_rest_envoy_{get_tag}",
+            f"get_grpc_direct_{get_tag}",
+        ):
+            for key in ("p50_ms", "p99_ms", "p999_ms"):
+                metrics[f"{name}_{key}"] = lat(name, key)
         for c in self.options.concurrencies:
             name = f"invoke_grpc_envoy_c{c}"
             metrics[f"{name}_img_s"] = rate(name)
@@ -979,7 +1153,19 @@ class BenchRun:
             metrics["mlserver_best_c1_p50_ms"] = best["c1_p50_ms"]
             metrics["mlserver_best_rss_mb_total"] = best["peak_rss_mb_total"]
             metrics["mlserver_best_cpu_ms_per_infer"] = best[f"c{cc}_cpu_ms_per_infer"]
+        pinned = {
+            k: v
+            for k, v in configs.items()
+            if f"1cpu_c{cc}_img_s" in v and not v[f"1cpu_c{cc}_errors"]
+        }
+        if pinned:
+            best = max(pinned.values(), key=lambda v: v[f"1cpu_c{cc}_img_s"])
+            metrics["mlserver_1cpu_best_c16_img_s"] = best[f"1cpu_c{cc}_img_s"]
+            metrics["mlserver_1cpu_best_config"] = f"parallel_workers={best['parallel_workers']}"
+            metrics["mlserver_1cpu_best_cpu_ms_per_infer"] = best[f"1cpu_c{cc}_cpu_ms_per_infer"]
         for workers, values in configs.items():
+            if f"1cpu_c{cc}_img_s" in values:
+                metrics[f"mlserver_pw{workers}_1cpu_c16_img_s"] = values[f"1cpu_c{cc}_img_s"]
             metrics[f"mlserver_pw{workers}_c16_img_s"] = values[f"c{cc}_img_s"]
             metrics[f"mlserver_pw{workers}_c16_cpu_ms_per_infer"] = values[
                 f"c{cc}_cpu_ms_per_infer"
@@ -994,6 +1180,7 @@ class BenchRun:
             "model_threads": s.model_threads,
             "tflite_runtime": getattr(s, "tflite_runtime", None),
             "envoy_concurrency": self.envoy_concurrency,
+            "split_cpus": list(self.split_cpus) if self.split_cpus else None,
             "cassandra_jit": "full (C2)" if self.options.cassandra_full_jit else "C1 only",
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
@@ -1011,6 +1198,7 @@ class BenchRun:
             for key in REQUIRED_KEYS
             if metrics.get(key) is None
             and not (self.options.skip_mlserver and key.startswith("mlserver_"))
+            and not (self.split_cpus is None and key in SPLIT_KEYS)
         ]
         if missing:
             self.problems.append(f"report keys without a value: {missing}")

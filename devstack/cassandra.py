@@ -93,10 +93,8 @@ _JAVA17_MODULE_OPTIONS = (
 # General server options (upstream conf/jvm-server.options), less the ones that slow a dev start
 # (-XX:+AlwaysPreTouch) or do not apply to a small heap.
 _SERVER_OPTIONS = (
-    "-XX:+UseG1GC",
     "-XX:+ParallelRefProcEnabled",
     "-XX:MaxTenuringThreshold=1",
-    "-XX:MaxGCPauseMillis=300",
     "-Xss256k",
     "-ea",
     "-da:net.openhft...",
@@ -106,6 +104,17 @@ _SERVER_OPTIONS = (
     "-XX:+PerfDisableSharedMem",
     "-Djava.net.preferIPv4Stack=true",
 )
+
+GC_OPTIONS: dict[str, tuple[str, ...]] = {
+    "g1": ("-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300"),
+    "serial": ("-XX:+UseSerialGC",),
+    "parallel": ("-XX:+UseParallelGC",),
+    "shenandoah": ("-XX:+UseShenandoahGC",),
+    "zgc": ("-XX:+UseZGC",),
+}
+"""The JVM's garbage collector, by name (``LocalCassandra(gc=...)``). G1 is upstream's choice
+and the default here; the others were measured for the node's CPU per Invoke
+(docs/performance.md, round four: ``bench/cassandra_cost.py``)."""
 
 # Dev-only start-up and shut-down shortcuts; each is safe for a lone node.
 _FAST_DEV_OPTIONS = (
@@ -214,6 +223,11 @@ storage_compatibility_mode: NONE
 paxos_variant: v2
 auto_snapshot: false
 snapshot_before_compaction: false
+# Memtable cells (the 100-500 KB images above all) live off the JVM heap: the collector's
+# threads spent 0.42 ms per Invoke with the default heap_buffers and 0.05 ms with this
+# (docs/performance.md, round four). Durability is the commit log's, unchanged; the node's
+# memory outside the heap grows by up to memtable_offheap_space (a quarter of the heap).
+memtable_allocation_type: offheap_objects
 hinted_handoff_enabled: {hinted_handoff}
 concurrent_compactors: 1
 {cluster_settings}"""
@@ -355,6 +369,18 @@ def _quote_java_arg(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _with_extra_yaml(text: str, extra: str) -> str:
+    """``text`` with ``extra`` appended; a top-level one-line setting of ``text`` that ``extra``
+    sets again is dropped (YAML keys must be unique)."""
+    keys = {
+        line.partition(":")[0]
+        for line in extra.splitlines()
+        if line and not line[0].isspace() and not line.startswith("#") and ":" in line
+    }
+    kept = [line for line in text.splitlines() if line.partition(":")[0] not in keys]
+    return "\n".join(kept) + f"\n\n# extra settings\n{extra.strip()}\n"
+
+
 class LocalCassandra:
     """One local Cassandra node under ``root``: resolve, configure, start, check and stop it.
 
@@ -384,6 +410,8 @@ class LocalCassandra:
         client_tls: ClientTls | None = None,
         timer_slack_ns: int | None = TIMER_SLACK_NS,
         jmx_port: int | None = None,
+        gc: str = "g1",
+        extra_yaml: str = "",
     ) -> None:
         """
         Args:
@@ -412,7 +440,12 @@ class LocalCassandra:
                 fewer wake-ups of idle pool workers); ``None`` or 0 leaves the system's.
             jmx_port: serve JMX on this loopback port (no authentication: loopback only), so
                 that ``nodetool`` (``nodetool_command``) can manage the node; ``None``: no JMX.
+            gc: the garbage collector, a key of ``GC_OPTIONS`` (default ``g1``).
+            extra_yaml: lines appended to ``cassandra.yaml`` (settings the generated file does
+                not set; for measurements such as ``bench/cassandra_cost.py``).
         """
+        if gc not in GC_OPTIONS:
+            raise ValueError(f"gc {gc!r}: choose from {sorted(GC_OPTIONS)}")
         self.root = (root or default_root()).resolve()
         self.host = host
         self.native_port = native_port
@@ -432,6 +465,8 @@ class LocalCassandra:
         self.client_tls = client_tls
         self.timer_slack_ns = timer_slack_ns
         self.jmx_port = jmx_port
+        self.gc = gc
+        self.extra_yaml = extra_yaml
         self._process: ManagedProcess | None = None
 
     @property
@@ -525,19 +560,20 @@ class LocalCassandra:
         """(Re)write ``cassandra.yaml`` and ``logback.xml`` and create the data folders."""
         for name in ("conf", "data", "commitlog", "saved_caches", "hints", "cdc_raw", "logs"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        (self.conf_dir / "cassandra.yaml").write_text(
-            _CASSANDRA_YAML.format(
-                host=self.host,
-                root=self.root,
-                native_port=self.native_port,
-                storage_port=self.storage_port,
-                seeds=",".join(self.seeds),
-                initial_token=self.initial_token,
-                hinted_handoff=str(self.hinted_handoff).lower(),
-                cluster_settings=_CLUSTER_SETTINGS if self.in_cluster else "",
-                security=self._security_yaml(),
-            )
+        text = _CASSANDRA_YAML.format(
+            host=self.host,
+            root=self.root,
+            native_port=self.native_port,
+            storage_port=self.storage_port,
+            seeds=",".join(self.seeds),
+            initial_token=self.initial_token,
+            hinted_handoff=str(self.hinted_handoff).lower(),
+            cluster_settings=_CLUSTER_SETTINGS if self.in_cluster else "",
+            security=self._security_yaml(),
         )
+        if self.extra_yaml:
+            text = _with_extra_yaml(text, self.extra_yaml)
+        (self.conf_dir / "cassandra.yaml").write_text(text)
         (self.conf_dir / "logback.xml").write_text(_LOGBACK_XML.format(logs=self.logs_dir))
 
     def _security_yaml(self) -> str:
@@ -574,6 +610,7 @@ class LocalCassandra:
         options = [
             f"-Xms{self.min_heap}",
             f"-Xmx{self.max_heap}",
+            *GC_OPTIONS[self.gc],
             *_SERVER_OPTIONS,
             *_JAVA17_MODULE_OPTIONS,
             *_FAST_DEV_OPTIONS,

@@ -15,6 +15,9 @@
 //
 // The status of every call is still checked; latency is to the end of the response.
 //
+// With -rate it runs open loop instead (openloop.go): a fixed schedule of requests, native gRPC
+// or HTTP/1.1 GETs, latency measured from each request's due time (no coordinated omission).
+//
 // Output (to -out, JSON): request counts, status codes, a few error messages, the run time and
 // the latency of every successful call in microseconds, for bench/run.py to merge and summarize.
 package main
@@ -161,6 +164,10 @@ func run() error {
 	idPrefix := flag.String("id-prefix", "bench-", "prefix of the unique ids (then the request number)")
 	out := flag.String("out", "", "where to write the JSON result (default stdout)")
 	cpuProfile := flag.String("cpuprofile", "", "write a Go CPU profile of the run here")
+	rate := flag.Float64("rate", 0, "open loop: send this many requests a second for -z, latency from each request's due time (see openloop.go)")
+	maxInFlight := flag.Int("max-in-flight", 2000, "open loop: most requests outstanding at once")
+	httpBase := flag.String("http-base", "", "open loop: HTTP/1.1 GETs to this base URL (instead of gRPC)")
+	httpPaths := flag.String("http-paths", "", "open loop: file of paths to GET round-robin")
 	flag.Parse()
 	if *cpuProfile != "" {
 		file, err := os.Create(*cpuProfile)
@@ -172,6 +179,10 @@ func run() error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *rate > 0 {
+		return runOpenLoop(openLoopConfig{rate: *rate, duration: *duration, timeout: *timeout, inFlightLimit: *maxInFlight},
+			*httpBase, *httpPaths, *target, *call, *messagesFile, *uniqueID, *idPrefix, *out)
 	}
 	if *target == "" || *call == "" || *protoset == "" || *messagesFile == "" {
 		return errors.New("-target, -call, -protoset and -messages are required")
@@ -255,6 +266,34 @@ func run() error {
 		return err
 	}
 	return os.WriteFile(*out, encoded, 0o644)
+}
+
+func runOpenLoop(cfg openLoopConfig, httpBase, httpPaths, target, call, messagesFile, uniqueID, idPrefix, out string) error {
+	if httpBase != "" {
+		res, err := httpOpenLoop(cfg, httpBase, httpPaths)
+		if err != nil {
+			return err
+		}
+		return writeJSON(out, res)
+	}
+	if target == "" || call == "" || messagesFile == "" {
+		return errors.New("-rate: -target, -call and -messages (or -http-base and -http-paths) are required")
+	}
+	messages, err := readMessages(messagesFile)
+	if err != nil {
+		return err
+	}
+	var path []protowire.Number
+	if uniqueID != "" {
+		if path, err = parsePath(uniqueID); err != nil {
+			return err
+		}
+	}
+	res, err := grpcOpenLoop(cfg, target, call, messages, path, idPrefix)
+	if err != nil {
+		return err
+	}
+	return writeJSON(out, res)
 }
 
 func main() {
