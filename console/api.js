@@ -99,13 +99,16 @@ export async function listModels() {
   return (await (await call("GET", "/v1/models")).json()).models || [];
 }
 
-export function renderUrl(id, maxDimension = 0) {
-  return `/v1/invocations/${enc(id)}:render${query({ max_dimension: maxDimension || "" })}`;
+/** The render's URL; `format` "jpeg" asks for a JPEG (thumbnails: smaller, cheaper to draw). */
+export function renderUrl(id, maxDimension = 0, format = "") {
+  const params = { max_dimension: maxDimension || "" };
+  if (format === "jpeg") params.format = "RENDER_FORMAT_JPEG";
+  return `/v1/invocations/${enc(id)}:render${query(params)}`;
 }
 
 /** The render as a blob (fetched with the token: an <img src> could not send it). */
-export async function render(id, maxDimension = 0, signal) {
-  return (await call("GET", renderUrl(id, maxDimension), { signal })).blob();
+export async function render(id, maxDimension = 0, signal, format = "") {
+  return (await call("GET", renderUrl(id, maxDimension, format), { signal })).blob();
 }
 
 /** Invoke with upload progress (XMLHttpRequest: fetch reports none): onProgress(sent, total). */

@@ -95,7 +95,7 @@ function readFilters() {
 async function thumbnail(invocation, img, signal) {
   let url = thumbnails.get(invocation.id);
   if (!url) {
-    const blob = await api.render(invocation.id, THUMBNAIL_PX, signal);
+    const blob = await api.render(invocation.id, THUMBNAIL_PX, signal, "jpeg");
     url = URL.createObjectURL(blob);
     thumbnails.set(invocation.id, url);
   }

@@ -61,6 +61,39 @@ def test_render_is_a_png_of_the_image_with_its_boxes(api: RestClient, images_dir
     assert_boxes_drawn(picture, output)
 
 
+def test_a_jpeg_thumbnail_is_small_and_has_its_boxes(api: RestClient, images_dir, id_prefix):
+    invocation_id = f"{id_prefix}-render-jpeg"
+    invocation = invoke(api, invocation_id, (images_dir / "face-2.jpg").read_bytes())
+    png = api.get(f"/v1/invocations/{invocation_id}:render?max_dimension=256")
+    assert png.status == 200 and png.headers["content-type"] == "image/png"
+
+    reply = api.get(
+        f"/v1/invocations/{invocation_id}:render?max_dimension=256&format=RENDER_FORMAT_JPEG"
+    )
+    assert reply.status == 200, reply.body[:300]
+    assert reply.headers["content-type"] == "image/jpeg"
+    assert reply.body.startswith(b"\xff\xd8\xff")
+    assert len(reply.body) * 2 < len(png.body)
+    picture = np.asarray(Image.open(io.BytesIO(reply.body)).convert("RGB"))
+    assert max(picture.shape[:2]) == 256
+    # The same picture as the PNG's, but for the JPEG's loss.
+    lossless = np.asarray(Image.open(io.BytesIO(png.body)).convert("RGB"))
+    assert picture.shape == lossless.shape
+    assert np.abs(picture.astype(int) - lossless.astype(int)).mean() < 8
+    # An explicit PNG is the default's picture.
+    explicit = api.get(
+        f"/v1/invocations/{invocation_id}:render?max_dimension=256&format=RENDER_FORMAT_PNG"
+    )
+    assert explicit.status == 200 and explicit.body == png.body
+    assert invocation["output"]["detections"]
+
+
+@pytest.mark.parametrize("value", ["7", "-1", "RENDER_FORMAT_GIF", "jpeg"])
+def test_an_unknown_render_format_is_a_400(api: RestClient, id_prefix, value: str):
+    reply = api.get(f"/v1/invocations/{id_prefix}-any:render?format={value}")
+    assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)
+
+
 def test_render_errors_are_json(api: RestClient, id_prefix):
     missing = api.get(f"/v1/invocations/{id_prefix}-no-such:render")
     assert_status_json(missing, 404, grpc.StatusCode.NOT_FOUND)

@@ -155,3 +155,26 @@ def test_renderer_refuses_a_size_under_16(size: int) -> None:
     done = invocation(State.SUCCEEDED, output(64, 48, (10, 10, 30, 30)))
     with pytest.raises(InvalidArgumentError, match="max_dimension"):
         asyncio.run(renderer(done).render("a", size))
+
+
+def test_a_jpeg_render_has_the_boxes_and_is_smaller_than_the_png() -> None:
+    rng = np.random.default_rng(7)
+    noisy = rng.integers(60, 120, size=(600, 800, 3), dtype=np.uint8)
+    boxes = output(800, 600, (200, 240, 400, 520))
+    png = draw_detections(noisy, boxes)
+    jpeg = draw_detections(noisy, boxes, image_format="JPEG")
+    assert jpeg.startswith(b"\xff\xd8\xff")
+    assert len(jpeg) * 2 < len(png)
+    picture = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    assert picture.shape == (600, 800, 3)
+    # The middle of the left and right edges (2 px lines) is still the box colour, or near it.
+    for x in (200, 400):
+        near = picture[380, x - 1 : x + 2].astype(int)
+        assert (np.abs(near - GREEN).max(axis=1) <= 80).any(), (x, near)
+
+
+def test_the_renderer_draws_the_format_asked_for() -> None:
+    done = invocation(State.SUCCEEDED, output(64, 48, (10, 10, 30, 30)))
+    jpeg = asyncio.run(renderer(done).render("a", 0, "JPEG"))
+    assert jpeg.startswith(b"\xff\xd8\xff")
+    assert asyncio.run(renderer(done).render("a")).startswith(b"\x89PNG")

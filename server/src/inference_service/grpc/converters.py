@@ -51,6 +51,17 @@ def wants_content(view: int, *, default: bool = True) -> bool:
     return view != pb.INVOCATION_VIEW_BASIC
 
 
+def render_format(value: int) -> str:
+    """The image format (``"PNG"`` or ``"JPEG"``) of a RenderFormat; UNSPECIFIED is PNG. A number
+    that is no RenderFormat is ``InvalidArgumentError``."""
+    if value not in pb.RenderFormat.values():
+        raise InvalidArgumentError(
+            f"format {value} is not a RenderFormat: use RENDER_FORMAT_PNG (1) or "
+            "RENDER_FORMAT_JPEG (2)"
+        )
+    return "JPEG" if value == pb.RENDER_FORMAT_JPEG else "PNG"
+
+
 def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)

@@ -10,7 +10,7 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.grpc import converters
 from inference_service.grpc.request_id import current_request_id
-from inference_service.render import PNG_CONTENT_TYPE, InvocationRenderer
+from inference_service.render import CONTENT_TYPES, InvocationRenderer
 from inference_service.service import InferenceService
 
 # Initial metadata of an Invoke answered with a stored invocation (a retry): a response header
@@ -56,8 +56,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         if self._renderer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rendering is not enabled")
-        png = await self._renderer.render(request.id, request.max_dimension)
-        return httpbody_pb2.HttpBody(content_type=PNG_CONTENT_TYPE, data=png)
+        image_format = converters.render_format(request.format)
+        picture = await self._renderer.render(request.id, request.max_dimension, image_format)
+        return httpbody_pb2.HttpBody(content_type=CONTENT_TYPES[image_format], data=picture)
 
     async def ListModels(  # noqa: N802 - gRPC method name
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
