@@ -39,7 +39,7 @@ export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
-	@echo "make test     set up and run every test (unit, integration, e2e)"
+	@echo "make test     set up and run every test (unit, integration, e2e, faults, fuzz, docker)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
 	@echo "make docs     regenerate docs/settings.md (the settings reference) from the settings classes"

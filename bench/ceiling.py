@@ -68,7 +68,7 @@ class _Pipeline:
     def __init__(self, images_dir: Path, names: Sequence[str]) -> None:
         from bench.payloads import load_mix
         from inference_service.app import build_detector
-        from inference_service.detection.image import decode_image
+        from inference_service.images.decoder import decode_image
         from inference_service.settings import Settings
 
         self.settings = Settings()  # the worker's entry point: INFERENCE_* as the servers get

@@ -21,7 +21,7 @@ from bench.payloads import MixImage
 from devstack.cassandra import LocalCassandra
 from devstack.process import port_open
 from devstack.stack import LocalStack, StackSettings
-from inference_service.stores.cassandra_schema import INDEX_TABLE, TABLE
+from inference_service.stores.cassandra.schema import INDEX_TABLE, TABLE
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from devstack.cassandra import LocalCassandra, LocalCassandraCluster
-from devstack.envoy import EnvoySettings, LocalEnvoy
+from devstack.envoy import LocalEnvoy
 from devstack.server import LocalServer
+from inference_service.edge.config import EnvoySettings
 from inference_service.limits import RequestLimits
 from inference_service.settings import Settings
 

@@ -39,8 +39,8 @@ def _classes() -> list[tuple[str, type[BaseSettings], str]]:
     """(section title, class, what it configures): the server's, the edge's, the dev stack's."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from devstack.envoy import EnvoySettings
     from devstack.stack import StackSettings
+    from inference_service.edge.config import EnvoySettings
     from inference_service.settings import Settings
 
     return [
@@ -48,9 +48,9 @@ def _classes() -> list[tuple[str, type[BaseSettings], str]]:
         (
             "Envoy: the edge",
             EnvoySettings,
-            "what the Envoy config renderer reads (`make run`, the tests, compose's"
-            " `envoy-config`); the body limits follow the server's `INFERENCE_MAX_CONTENT_BYTES`"
-            " and `INFERENCE_MAX_METADATA_ENTRIES`",
+            "what the Envoy config renderer reads (`python -m inference_service.edge render`:"
+            " `make run`, the tests, compose's `envoy-config`); the body limits follow the"
+            " server's `INFERENCE_MAX_CONTENT_BYTES` and `INFERENCE_MAX_METADATA_ENTRIES`",
         ),
         (
             "The local stack",

@@ -26,8 +26,8 @@ from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import get_model_uri
 
-from inference_service.detection.image import decode_image
 from inference_service.detection.tflite import TFLiteFaceDetector
+from inference_service.images.decoder import decode_image
 
 logger = logging.getLogger(__name__)
 

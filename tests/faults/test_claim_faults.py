@@ -27,7 +27,8 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from inference_service.app import Application
 from inference_service.domain import Claim, Invocation, ModelInfo, ModelInput, ModelOutput, State
 from inference_service.settings import Settings
-from inference_service.stores.cassandra import CAS_WRITE_UNKNOWN, CassandraInvocationStore
+from inference_service.stores.cassandra import CassandraInvocationStore
+from inference_service.stores.cassandra.retry import CAS_WRITE_UNKNOWN
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -47,7 +48,7 @@ class FaultyCassandraStore(CassandraInvocationStore):
         self.faults.setdefault(statement, []).append(fault)
 
     def _name(self, statement: object) -> str:
-        for name in ("claim", "take_over", "complete"):
+        for name in ("claim", "take_over", "complete", "delete"):
             if getattr(self, f"_{name}") is statement:
                 return name
         return "read"
@@ -304,6 +305,43 @@ def slow_answer(seconds: float) -> Fault:
         return rows
 
     return fault
+
+
+@pytest.mark.parametrize(
+    "lost_answer",
+    [cas_unknown, lambda: OperationTimedOut(errors={"127.0.0.1": "timed out"})],
+    ids=["cas-write-unknown", "client-timeout"],
+)
+async def test_an_applied_delete_whose_answer_was_lost_knows_it_deleted(
+    store: FaultyCassandraStore, lost_answer
+) -> None:
+    invocation = pending()
+    assert await store.claim(invocation) is None
+
+    async def applied_then_lost(real: Real) -> list[Any]:
+        await real()
+        raise lost_answer()
+
+    store.inject("delete", applied_then_lost)
+    store.executed.clear()
+    assert await store.delete(invocation.id) is True
+    assert store.executed[:3] == ["read", "delete", "read"]  # the serial read settled it
+    assert await store.get(invocation.id) is None
+
+
+async def test_an_uncertain_delete_that_was_not_applied_deleted_nothing(
+    store: FaultyCassandraStore,
+) -> None:
+    invocation = pending()
+    assert await store.claim(invocation) is None
+
+    async def never_applied(real: Real) -> list[Any]:
+        raise cas_unknown()
+
+    store.inject("delete", never_applied)
+    assert await store.delete(invocation.id) is False  # the row is still there: not deleted
+    stored = await store.get(invocation.id)
+    assert stored is not None and stored.claim == invocation.claim
 
 
 @pytest.mark.parametrize("statement", ["claim", "complete"])

@@ -11,8 +11,7 @@ import uuid
 import pytest
 
 from inference_service.domain import InvocationFilter, InvocationQuery
-from inference_service.stores import cassandra_maintenance as maintenance
-from inference_service.stores.cassandra import CassandraInvocationStore
+from inference_service.stores.cassandra import CassandraInvocationStore, maintenance
 
 
 class StopError(Exception):

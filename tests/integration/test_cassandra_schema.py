@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from inference_service.stores.cassandra import CassandraInvocationStore, build_cluster
-from inference_service.stores.cassandra_schema import COLUMNS, SchemaError, table_columns
+from inference_service.stores.cassandra.schema import COLUMNS, SchemaError, table_columns
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

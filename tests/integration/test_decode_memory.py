@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from inference_service.detection.image import inspect_image
+from inference_service.images.decoder import inspect_image
 
 W, H = 4000, 2500  # 10 megapixels: the buffers that matter dwarf the allocator's noise
 
 MEASURE = """
 import gc, json, re, sys
 from pathlib import Path
-from inference_service.detection.image import decode_image
+from inference_service.images.decoder import decode_image
 
 def status(field):
     text = Path("/proc/self/status").read_text()

@@ -16,10 +16,10 @@ import pytest
 from support.model_fixtures import RFB_ONNX, RFB_ONNX_RAW, RFB_SHA256, RFB_TFLITE, SLIM_TFLITE
 from support.reference import MIN_IOU, iou, mismatches
 
-from inference_service.detection.image import decode_image
-from inference_service.detection.model_source import file_sha256, tree_sha256
+from inference_service.artifacts import file_sha256, tree_sha256
 from inference_service.domain import Detection, ModelOutput
 from inference_service.errors import ModelNotReadyError
+from inference_service.images.decoder import decode_image
 from inference_service.models.config import ModelSpec
 from inference_service.models.loader import LoadOptions, load_model
 from inference_service.models.registry import LoadedModel

@@ -30,8 +30,9 @@ from support.credentials import (
 from support.envoy_upstream import FakeInferenceService, rest_client, running_envoy, serve_fake
 from support.http import RestClient, assert_status_json
 
-from devstack.envoy import EnvoySettings, LocalEnvoy, render_config
-from devstack.envoy import main as envoy_main
+from devstack.envoy import LocalEnvoy
+from inference_service.edge.__main__ import main as envoy_main
+from inference_service.edge.config import EnvoySettings, render_config
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,9 @@ from support.envoy_upstream import (
 )
 from support.http import RestClient, assert_status_json
 
-from devstack.envoy import EnvoyError, LocalEnvoy, render_config
+from devstack.envoy import LocalEnvoy
 from devstack.process import free_port
+from inference_service.edge.config import EnvoyError, render_config
 from inference_service.limits import RequestLimits
 
 

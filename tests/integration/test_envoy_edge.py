@@ -32,7 +32,8 @@ from support.envoy_upstream import (
 from support.h2_streams import open_idle_streams, pump
 from support.http import RestClient, assert_status_json
 
-from devstack.envoy import EnvoySettings, LocalEnvoy
+from devstack.envoy import LocalEnvoy
+from inference_service.edge.config import EnvoySettings
 
 HEADERS_TIMEOUT_S = 1.0
 REQUEST_TIMEOUT_S = 2.0

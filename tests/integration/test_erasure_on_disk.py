@@ -16,8 +16,11 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from devstack.cassandra import LocalCassandra
 from inference_service.app import Application
 from inference_service.settings import Settings
-from inference_service.stores import cassandra_maintenance as maintenance
-from inference_service.stores.cassandra import CassandraConfig, CassandraInvocationStore
+from inference_service.stores.cassandra import (
+    CassandraConfig,
+    CassandraInvocationStore,
+    maintenance,
+)
 
 DIRECTORIES = ("data", "commitlog", "hints", "saved_caches")
 

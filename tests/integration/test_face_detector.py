@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from support.reference import MIN_IOU, mismatches
 
-from inference_service.detection.image import decode_image
 from inference_service.detection.tflite import TFLiteFaceDetector, load_interpreter_class
 from inference_service.domain import Detection, ModelOutput
 from inference_service.errors import ModelNotReadyError
+from inference_service.images.decoder import decode_image
 
 MODEL_SHA256 = "2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866"
 MAX_PIXELS = 40_000_000

@@ -17,8 +17,8 @@ from support import custom_detector
 from support.model_fixtures import RFB_SHA256, RFB_TFLITE, S3Server
 
 from devstack.process import free_port
-from inference_service.detection.keras_rfb import archive_folder
-from inference_service.detection.model_source import file_sha256, tree_sha256
+from inference_service.artifacts import file_sha256, tree_sha256
+from inference_service.export.keras_rfb import archive_folder
 from inference_service.models.config import ModelsConfig, ModelSpec
 from inference_service.models.loader import LoadOptions, ModelLoadError, fetch_artifact, load_models
 

@@ -31,7 +31,7 @@ from support.reference import assert_matches_reference
 
 from devstack.process import free_port, port_open
 from inference_service.app import Application
-from inference_service.detection.model_source import file_sha256, tree_sha256
+from inference_service.artifacts import file_sha256, tree_sha256
 from inference_service.models.config import ModelConfigError
 from inference_service.models.loader import ModelLoadError
 from inference_service.settings import Settings
@@ -173,7 +173,10 @@ async def test_an_id_is_bound_to_the_model_that_first_ran_it(stub, shared_dir: P
     first = await stub.Invoke(pb.InvokeRequest(input=model_input, model=SLIM))
     again = await stub.Invoke(pb.InvokeRequest(input=model_input, model=RFB))
     assert first.invocation.model == again.invocation.model == SLIM
-    assert again.invocation == first.invocation and (first.replayed, again.replayed) == (False, True)
+    assert again.invocation == first.invocation and (first.replayed, again.replayed) == (
+        False,
+        True,
+    )
     other = pb.ModelInput(id="bound", content=(shared_dir / "images" / "face-2.jpg").read_bytes())
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Invoke(pb.InvokeRequest(input=other, model=SLIM))

@@ -599,7 +599,7 @@ async def test_pages_are_stable_while_new_invocations_arrive(
 async def test_a_page_of_a_filter_that_matches_nothing_is_bounded(cassandra_endpoint) -> None:
     """Cassandra only: over a day of 60-second buckets (1440), a filter that matches nothing
     reads ``MAX_BUCKETS_PER_PAGE`` buckets per page and returns an empty page that goes on."""
-    from inference_service.stores import cassandra as cassandra_module
+    from inference_service.stores.cassandra import store as cassandra_module
 
     config = dataclasses.replace(
         cassandra_endpoint,

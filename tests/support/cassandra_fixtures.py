@@ -41,7 +41,7 @@ from devstack.docker import CASSANDRA_IMAGE, image_exists, wait_for_image_build
 from devstack.process import free_port
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraConfig, build_cluster
-from inference_service.stores.cassandra_schema import create_schema
+from inference_service.stores.cassandra.schema import create_schema
 
 START_TIMEOUT_S = 180.0
 CLUSTER_NODES = 3

@@ -25,8 +25,9 @@ from grpc_reflection.v1alpha import reflection
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
-from devstack.envoy import EnvoySettings, LocalEnvoy
+from devstack.envoy import LocalEnvoy
 from devstack.process import free_port
+from inference_service.edge.config import EnvoySettings
 from inference_service.limits import (
     MAX_METADATA_KEY_BYTES,
     MAX_METADATA_VALUE_BYTES,

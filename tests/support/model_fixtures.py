@@ -53,7 +53,7 @@ S3_CREDENTIALS = {
 @pytest.fixture(scope="session")
 def saved_model_dir(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The RFB-320 SavedModel exported from the upstream checkpoint (once per session)."""
-    from inference_service.detection.keras_rfb import export_saved_model
+    from inference_service.export.keras_rfb import export_saved_model
 
     out = tmp_path_factory.mktemp("savedmodel") / "rfb-320"
     return export_saved_model(shared_dir / RFB_CHECKPOINT, out)

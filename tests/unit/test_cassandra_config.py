@@ -10,7 +10,7 @@ from cassandra.policies import ExponentialReconnectionPolicy
 
 from inference_service.settings import Settings
 from inference_service.stores.cassandra import CassandraConfig, build_cluster
-from inference_service.stores.cassandra_schema import (
+from inference_service.stores.cassandra.schema import (
     COLUMNS,
     replication_map,
     replication_warnings,

@@ -129,7 +129,7 @@ def test_envoy_is_the_tested_version_and_only_envoy_publishes_a_port(compose):
 
 def test_envoy_config_is_rendered_for_the_compose_network(compose):
     render = " ".join(compose["services"]["envoy-config"]["command"])
-    assert "python -m devstack.envoy render" in render
+    assert "python -m inference_service.edge render" in render
     assert "--upstream server:50051" in render
     assert "--listen-host 0.0.0.0" in render
     # The internal listener (health, reflection) is not published: only the public port is.
@@ -153,10 +153,11 @@ def test_dockerfile_generates_stubs_and_serves_the_service_alone():
     assert "--descriptor_set_out=protos/descriptor.binpb" in dockerfile
     assert 'CMD ["inference-service", "serve"]' in dockerfile
     assert re.search(r"^USER inference$", dockerfile, flags=re.MULTILINE)
-    # The dev stack goes only into the envoy-config target, after the server stage ends.
-    server_stage = dockerfile.split("AS server\n")[1].split("\nFROM ")[0]
-    assert "devstack" not in server_stage
-    assert "COPY devstack/" in dockerfile.split("AS envoy-config\n")[1]
+    # The dev stack is in no image: the renderer ships in the server package.
+    assert "devstack" not in dockerfile
+    envoy_config = dockerfile.split("AS envoy-config\n")[1].split("\nFROM ")[0]
+    assert "COPY envoy/envoy.yaml /app/envoy/envoy.yaml" in envoy_config
+    assert "COPY console/ /app/console/" in envoy_config
 
 
 @pytest.mark.parametrize(

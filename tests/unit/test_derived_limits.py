@@ -19,7 +19,7 @@ import yaml
 from google.protobuf import json_format
 from inference.v1 import inference_service_pb2 as pb
 
-from devstack.envoy import EnvoyError, render_config
+from inference_service.edge.config import EnvoyError, render_config
 from inference_service.limits import (
     MAX_DETECTIONS,
     MAX_ID_CHARS,
@@ -217,9 +217,9 @@ def test_render_refuses_limits_envoy_cannot_hold() -> None:
 
 
 def test_render_command_takes_the_limits_from_the_servers_settings(monkeypatch, tmp_path) -> None:
-    """`python -m devstack.envoy render` (compose.yaml's `envoy-config`) reads
+    """`python -m inference_service.edge render` (compose.yaml's `envoy-config`) reads
     INFERENCE_MAX_CONTENT_BYTES and INFERENCE_MAX_METADATA_ENTRIES as the server does."""
-    from devstack.envoy import main
+    from inference_service.edge.__main__ import main
 
     monkeypatch.setenv("INFERENCE_MAX_CONTENT_BYTES", str(20 * MiB))
     monkeypatch.setenv("INFERENCE_MAX_METADATA_ENTRIES", "3")

@@ -12,9 +12,9 @@ from support.fakes import FakeDetector, RecordingStore
 from support.hostile import HostileCase, corpus
 
 from inference_service.admission import AdmissionController
-from inference_service.detection.image import PillowImageDecoder
 from inference_service.domain import ModelInput, State
 from inference_service.errors import InferenceError
+from inference_service.images.decoder import PillowImageDecoder
 from inference_service.service import InferenceService, RequestLimits
 from inference_service.settings import Settings
 

@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from inference_service.detection import image as image_module
-from inference_service.detection.image import (
-    SUPPORTED_FORMATS,
-    TILE_OVERHEAD_BYTES,
-    _count_jpeg_scans,
-    decode_image,
-    inspect_image,
-)
 from inference_service.errors import InvalidArgumentError
+from inference_service.images import memory as memory_module
+from inference_service.images import rgb as rgb_module
+from inference_service.images.decoder import decode_image, inspect_image
+from inference_service.images.formats import SUPPORTED_FORMATS
+from inference_service.images.memory import _count_jpeg_scans
+from inference_service.images.rgb import TILE_OVERHEAD_BYTES
 
 LIMIT = 40_000_000
 
@@ -405,7 +403,7 @@ def test_the_marker_search_skips_stuffing_restarts_and_fill_bytes() -> None:
     for _ in range(200):
         data = rng.choice(alphabet, size=int(rng.integers(0, 40))).tobytes()
         for start in range(len(data) + 1):
-            assert image_module._next_jpeg_marker(data, start) == _next_marker_reference(
+            assert memory_module._next_jpeg_marker(data, start) == _next_marker_reference(
                 data, start
             ), (data.hex(), start)
 
@@ -501,7 +499,7 @@ def mode_samples(rgb: np.ndarray) -> dict[str, bytes]:
 def test_tiled_conversion_matches_the_whole_image(
     rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch, tile_pixels: int
 ) -> None:
-    monkeypatch.setattr(image_module, "TILE_PIXELS", tile_pixels)
+    monkeypatch.setattr(rgb_module, "TILE_PIXELS", tile_pixels)
     for name, content in mode_samples(rgb).items():
         expected = reference_decode(content)
         np.testing.assert_array_equal(decode_image(content, max_pixels=LIMIT), expected, name)
@@ -512,7 +510,7 @@ def test_tiled_conversion_matches_the_whole_image(
 def test_orientation_matches_pillow_for_every_mode(
     rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch, orientation: int, mode: str
 ) -> None:
-    monkeypatch.setattr(image_module, "TILE_PIXELS", 100)  # many tiles
+    monkeypatch.setattr(rgb_module, "TILE_PIXELS", 100)  # many tiles
     stored = Image.fromarray(rgb).convert(mode)
     exif = stored.getexif()
     exif[0x0112] = orientation
@@ -526,7 +524,7 @@ def test_a_header_that_cannot_be_sized_is_refused(monkeypatch: pytest.MonkeyPatc
     def broken(image: Image.Image, content: bytes) -> int:
         raise TypeError("tile width is a string")
 
-    monkeypatch.setattr(image_module, "_scratch_bytes", broken)
+    monkeypatch.setattr(memory_module, "_scratch_bytes", broken)
     content = tiff_header_only(10, 10)
     with pytest.raises(InvalidArgumentError, match=r"decodable image \(corrupt TIFF header\)$"):
         inspect_image(content, max_pixels=LIMIT)

@@ -1,5 +1,5 @@
-"""ModelRegistry: names and aliases, the default, leases, and replacing models without closing
-one a call still holds."""
+"""LoadedModelRegistry: names and aliases, the default, leases, and replacing models without
+closing one a call still holds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from inference_service.domain import ModelDescription, ModelInfo, ModelOutput
 from inference_service.errors import NotFoundError
-from inference_service.models.registry import LoadedModel, ModelRegistry
+from inference_service.models.registry import LoadedModel, LoadedModelRegistry
 
 
 class Detector:
@@ -29,14 +29,14 @@ def loaded(name: str, version: str = "v1", aliases: tuple[str, ...] = ()) -> Loa
 
 
 @pytest.fixture
-def registry() -> ModelRegistry:
-    return ModelRegistry(
+def registry() -> LoadedModelRegistry:
+    return LoadedModelRegistry(
         [loaded("zeta"), loaded("alpha", aliases=("face-detector", "a")), loaded("mid")],
         default="alpha",
     )
 
 
-def test_names_aliases_and_the_default(registry: ModelRegistry) -> None:
+def test_names_aliases_and_the_default(registry: LoadedModelRegistry) -> None:
     for name in ("", "alpha", "a", "face-detector"):
         lease = registry.acquire(name)
         assert lease.detector.info.name == "alpha"
@@ -47,7 +47,7 @@ def test_names_aliases_and_the_default(registry: ModelRegistry) -> None:
     assert registry.describe("a").info.name == "alpha"
 
 
-def test_list_puts_the_default_first_then_sorts(registry: ModelRegistry) -> None:
+def test_list_puts_the_default_first_then_sorts(registry: LoadedModelRegistry) -> None:
     listed = registry.list()
     assert [m.info.name for m in listed] == ["alpha", "mid", "zeta"]
     assert [m.is_default for m in listed] == [True, False, False]
@@ -56,13 +56,13 @@ def test_list_puts_the_default_first_then_sorts(registry: ModelRegistry) -> None
 
 def test_names_and_aliases_are_unique() -> None:
     with pytest.raises(ValueError, match="used twice"):
-        ModelRegistry([loaded("a"), loaded("b", aliases=("a",))], default="a")
+        LoadedModelRegistry([loaded("a"), loaded("b", aliases=("a",))], default="a")
     with pytest.raises(ValueError, match="default model 'c'"):
-        ModelRegistry([loaded("a")], default="c")
+        LoadedModelRegistry([loaded("a")], default="c")
 
 
 def test_replace_closes_an_old_version_only_when_its_last_call_is_done(
-    registry: ModelRegistry,
+    registry: LoadedModelRegistry,
 ) -> None:
     old = registry.loaded()["alpha"]
     mid = registry.loaded()["mid"]
@@ -85,14 +85,14 @@ def test_replace_closes_an_old_version_only_when_its_last_call_is_done(
     assert not new.detector.closed
 
 
-def test_a_removed_model_nobody_holds_is_closed_at_once(registry: ModelRegistry) -> None:
+def test_a_removed_model_nobody_holds_is_closed_at_once(registry: LoadedModelRegistry) -> None:
     mid = registry.loaded()["mid"]
     registry.replace([registry.loaded()["alpha"]], default="alpha")
     assert mid.detector.closed
     assert not registry.loaded()["alpha"].detector.closed  # kept as it was
 
 
-def test_close_retires_everything(registry: ModelRegistry) -> None:
+def test_close_retires_everything(registry: LoadedModelRegistry) -> None:
     lease = registry.acquire("zeta")
     registry.close()
     assert registry.loaded()["alpha"].detector.closed
@@ -103,6 +103,6 @@ def test_close_retires_everything(registry: ModelRegistry) -> None:
 
 def test_single() -> None:
     detector = Detector("face-detector", "v-test")
-    registry = ModelRegistry.single(detector)
+    registry = LoadedModelRegistry.single(detector)
     assert registry.acquire("").detector is detector
     assert registry.list()[0].is_default

@@ -11,16 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from inference_service.detection.model_source import (
-    SHARED_MODEL_FILE,
+from inference_service.models.loader import LoadOptions
+from inference_service.models.source import (
     HttpModelSource,
     LocalFileModelSource,
     ModelFetchError,
-    default_model_source,
     public_source,
 )
-from inference_service.models.loader import LoadOptions
-from inference_service.settings import Settings
+from inference_service.settings import DEFAULT_MODEL_FILE, Settings
 
 PAYLOAD = b"not really a model, but bytes all the same\n" * 1000
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -142,49 +140,9 @@ def test_local_file(tmp_path: Path) -> None:
         LocalFileModelSource(tmp_path / "absent.tflite").fetch()
 
 
-def test_default_prefers_an_explicit_path(tmp_path: Path) -> None:
-    source = default_model_source(
-        model_path=tmp_path / "mine.tflite",
-        shared_dir=tmp_path,
-        model_url="https://example.invalid/m.tflite",
-        model_sha256=PAYLOAD_SHA256,
-        cache_dir=tmp_path / "cache",
-    )
-    assert isinstance(source, LocalFileModelSource)
-    with pytest.raises(ModelFetchError, match=r"mine\.tflite does not exist"):
-        source.fetch()
-
-
-def test_default_uses_the_shared_copy(tmp_path: Path) -> None:
-    shared_copy = tmp_path / SHARED_MODEL_FILE
-    shared_copy.parent.mkdir(parents=True)
-    shared_copy.write_bytes(PAYLOAD)
-    source = default_model_source(
-        model_path=None,
-        shared_dir=tmp_path,
-        model_url="https://example.invalid/m.tflite",
-        model_sha256=WRONG_SHA256,
-        cache_dir=tmp_path / "cache",
-    )
-    assert source.fetch() == str(shared_copy)
-
-
-def test_default_downloads_without_a_shared_copy(served: FileServer, tmp_path: Path) -> None:
-    source = default_model_source(
-        model_path=None,
-        shared_dir=tmp_path / "no-shared",
-        model_url=served.url("model.tflite"),
-        model_sha256=PAYLOAD_SHA256,
-        cache_dir=tmp_path / "cache",
-    )
-    assert isinstance(source, HttpModelSource)
-    assert Path(source.fetch()).read_bytes() == PAYLOAD
-    assert len(served.requests) == 1
-
-
 def test_shared_model_matches_the_manifest(shared_dir: Path) -> None:
     source = LocalFileModelSource(
-        shared_dir / SHARED_MODEL_FILE,
+        shared_dir / DEFAULT_MODEL_FILE,
         sha256="2c46b4b60667d11b91adc14074e6196a1ef1d2dbdbabdc65b3bfa18f78de4866",
     )
     assert source.fetch().endswith("version-RFB-320_without_postprocessing.tflite")

@@ -26,13 +26,9 @@ from inference_service.errors import (
     InvocationPendingError,
     NotFoundError,
 )
-from inference_service.service import (
-    FAILED_MESSAGE,
-    InferenceService,
-    RequestLimits,
-    sniff_content_type,
-    validate_id,
-)
+from inference_service.images.formats import sniff_content_type
+from inference_service.images.validation import validate_id
+from inference_service.service import FAILED_MESSAGE, InferenceService, RequestLimits
 from inference_service.stores.memory import InMemoryInvocationStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"rest-of-a-png"

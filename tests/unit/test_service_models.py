@@ -26,7 +26,7 @@ from inference_service.domain import (
     State,
 )
 from inference_service.errors import InvalidArgumentError, ModelNotReadyError, NotFoundError
-from inference_service.models.registry import LoadedModel, ModelRegistry
+from inference_service.models.registry import LoadedModel, LoadedModelRegistry
 from inference_service.service import InferenceService, RequestLimits
 from inference_service.stores.memory import InMemoryInvocationStore
 
@@ -71,8 +71,10 @@ def slim() -> NamedDetector:
 
 
 @pytest.fixture
-def registry(rfb, slim) -> ModelRegistry:
-    return ModelRegistry([loaded(rfb, "face-detector"), loaded(slim)], default="ultraface-rfb-320")
+def registry(rfb, slim) -> LoadedModelRegistry:
+    return LoadedModelRegistry(
+        [loaded(rfb, "face-detector"), loaded(slim)], default="ultraface-rfb-320"
+    )
 
 
 @pytest.fixture
@@ -132,7 +134,7 @@ async def test_an_id_stays_bound_to_the_model_that_first_ran_it(
 
 async def test_a_reload_lets_calls_in_flight_finish_on_their_version(store, executor) -> None:
     old = NamedDetector("m", "v1", delay=0.3)
-    registry = ModelRegistry([loaded(old)], default="m")
+    registry = LoadedModelRegistry([loaded(old)], default="m")
     service = make_service(store, registry, executor)
     running = asyncio.ensure_future(service.invoke(ModelInput("in-flight", PNG)))
     await asyncio.sleep(0.1)  # in the model

@@ -20,13 +20,13 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.admission import AdmissionController
-from inference_service.detection.image import PillowImageDecoder
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
 from inference_service.grpc.single_message import SingleMessageInterceptor
 from inference_service.health import StoreHealthMonitor
+from inference_service.images.decoder import PillowImageDecoder
 from inference_service.limits import RequestLimits
 from inference_service.listing import PageTokens
 from inference_service.metrics import (
@@ -38,7 +38,7 @@ from inference_service.metrics import (
 )
 from inference_service.models.config import load_models_config
 from inference_service.models.loader import LoadOptions, load_model, load_models
-from inference_service.models.registry import LoadedModel, ModelRegistry
+from inference_service.models.registry import LoadedModel, LoadedModelRegistry
 from inference_service.ports import Detector, InvocationStore
 from inference_service.render import InvocationRenderer
 from inference_service.service import InferenceService
@@ -58,12 +58,12 @@ MAX_METADATA_BYTES = 128 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-def build_models(settings: Settings) -> ModelRegistry:
+def build_models(settings: Settings) -> LoadedModelRegistry:
     """Load every configured model (``models_file``, else the built-in ones). Blocking; all or
     nothing: raises ``ModelConfigError`` or ``ModelLoadError`` with a message naming the model."""
     config = load_models_config(settings)
     loaded = load_models(config, LoadOptions.from_settings(settings))
-    return ModelRegistry(loaded, default=config.default_name)
+    return LoadedModelRegistry(loaded, default=config.default_name)
 
 
 def build_detector(settings: Settings) -> Detector:
@@ -119,13 +119,13 @@ class Application:
         store: InvocationStore | None = None,
         detector: Detector | None = None,
         tracer_provider: TracerProvider | None = None,
-        models: ModelRegistry | None = None,
+        models: LoadedModelRegistry | None = None,
     ) -> None:
         self.settings = settings
         self._tracer_provider = tracer_provider
         self._store = store
         if models is None and detector is not None:
-            models = ModelRegistry.single(detector)
+            models = LoadedModelRegistry.single(detector)
         self._models = models
         self._reload_lock = asyncio.Lock()
         self._executor: Executor | None = None
@@ -138,12 +138,33 @@ class Application:
         """This server's Prometheus metrics (``cli serve`` serves them on ``/metrics``)."""
 
     async def start(self) -> None:
-        settings = self.settings
+        """Build every component from the settings and serve, in this order: the worker pool
+        (and tracing), the models, the store, the service, the gRPC server; then health says
+        SERVING and the store's health monitor starts."""
+        tracing = self._start_workers_and_tracing()
+        models = await self._load_models()
+        store = await self._connect_store(models)
+        limits = RequestLimits.from_settings(self.settings)
+        decoder = PillowImageDecoder(
+            max_pixels=self.settings.max_image_pixels,
+            max_decoded_bytes=self.settings.max_decoded_bytes,
+        )
+        admission = self._build_admission(decoder)
+        self._service = service = self._build_service(store, models, limits, decoder, admission)
+        server = self._build_grpc_server(tracing, limits)
+        self._add_services(server, service, limits, decoder, admission)
+        await self._serve(server)
+        self._start_store_monitor(store)
+        logger.info("serving %s on %s:%d", SERVICE_NAME, self.settings.host, self.port)
+
+    def _start_workers_and_tracing(self) -> list[grpc.aio.ServerInterceptor]:
+        """The worker pool of decoding and model runs, and tracing when it is configured (then
+        the pool carries each call's trace context); returns the tracing interceptors."""
         self._executor = ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="inference"
+            max_workers=self.settings.workers, thread_name_prefix="inference"
         )
         if self._tracer_provider is None:
-            self._tracer_provider = tracer_provider_from(settings.otlp_endpoint)
+            self._tracer_provider = tracer_provider_from(self.settings.otlp_endpoint)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if self._tracer_provider is not None:
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
@@ -151,11 +172,17 @@ class Application:
             interceptors.append(aio_server_interceptor(tracer_provider=self._tracer_provider))
             self.metrics.tracer = self._tracer_provider.get_tracer(__name__)
             self._executor = ContextExecutor(self._executor)  # spans of decode and model
-        loop = asyncio.get_running_loop()
+        return interceptors
+
+    async def _load_models(self) -> LoadedModelRegistry:
+        """The configured models (unless given), loaded in a worker thread, timed, and
+        logged."""
         if self._models is None:
-            self._models = await loop.run_in_executor(None, build_models, settings)
-        self._instrument(self._models.loaded().values())
-        for model in self._models.list():
+            loop = asyncio.get_running_loop()
+            self._models = await loop.run_in_executor(None, build_models, self.settings)
+        models = self._models
+        self._instrument(models.loaded().values())
+        for model in models.list():
             logger.info(
                 "model %s version %s (%s)%s ready",
                 model.info.name,
@@ -163,19 +190,24 @@ class Application:
                 model.runtime,
                 " (default)" if model.is_default else "",
             )
+        return models
+
+    async def _connect_store(self, models: LoadedModelRegistry) -> InvocationStore:
+        """The configured store, connected (unless given), timed; the models are closed when it
+        cannot be built."""
         if self._store is None:
             try:
-                self._store = await build_store(settings, self.metrics)
+                self._store = await build_store(self.settings, self.metrics)
             except BaseException:
-                self._models.close()
+                models.close()
                 raise
         else:
             self._store = InstrumentedStore(self._store, self.metrics)
+        return self._store
 
-        limits = RequestLimits.from_settings(settings)
-        decoder = PillowImageDecoder(
-            max_pixels=settings.max_image_pixels, max_decoded_bytes=settings.max_decoded_bytes
-        )
+    def _build_admission(self, decoder: PillowImageDecoder) -> AdmissionController:
+        """The work queue and the image memory budget, watched by the metrics."""
+        settings = self.settings
         admission = AdmissionController(
             estimate=decoder.decoded_bytes,
             executor=self._executor,
@@ -184,9 +216,21 @@ class Application:
             wait_s=settings.admission_wait_s,
         )
         self.metrics.watch_admission(admission)
-        self._service = service = InferenceService(
-            store=self._store,
-            models=self._models,
+        return admission
+
+    def _build_service(
+        self,
+        store: InvocationStore,
+        models: LoadedModelRegistry,
+        limits: RequestLimits,
+        decoder: PillowImageDecoder,
+        admission: AdmissionController,
+    ) -> InferenceService:
+        """The service layer over the store and the models."""
+        settings = self.settings
+        return InferenceService(
+            store=store,
+            models=models,
             decode=timed_decode(self.metrics, decoder.decode),
             executor=self._executor,
             admission=admission,
@@ -196,20 +240,25 @@ class Application:
             speculative_model_run=settings.speculative_model_run,
             page_tokens=build_page_tokens(settings),
         )
+
+    def _build_grpc_server(
+        self, tracing: list[grpc.aio.ServerInterceptor], limits: RequestLimits
+    ) -> grpc.aio.Server:
+        """The gRPC server (no services yet): its interceptors, in order, and its limits."""
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
-        server = grpc.aio.server(
+        return grpc.aio.server(
             # One request message per unary call, first of all (the outermost): the others
             # still see unary handlers (grpc/single_message.py). Then the request id: the lines
             # of the others carry it too.
             interceptors=[
                 SingleMessageInterceptor(),
-                *interceptors,
+                *tracing,
                 RequestIdInterceptor(),
                 MetricsInterceptor(self.metrics),
                 ErrorMappingInterceptor(),
             ],
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
@@ -228,13 +277,23 @@ class Application:
                 ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ],
         )
+
+    def _add_services(
+        self,
+        server: grpc.aio.Server,
+        service: InferenceService,
+        limits: RequestLimits,
+        decoder: PillowImageDecoder,
+        admission: AdmissionController,
+    ) -> None:
+        """The inference service (with its renderer), health and reflection on ``server``."""
         renderer = InvocationRenderer(
             get_invocation=service.get_invocation,
             decode=decoder.decode,
             executor=self._executor,
             admission=admission,
             max_image_pixels=limits.max_image_pixels,
-            max_dimension=settings.render_max_dimension,
+            max_dimension=self.settings.render_max_dimension,
             max_bytes=limits.max_content_bytes,
             metrics=self.metrics,
         )
@@ -248,24 +307,29 @@ class Application:
             ),
             server,
         )
-        address = f"{settings.host}:{settings.port}"
+
+    async def _serve(self, server: grpc.aio.Server) -> None:
+        """Bind the configured address, start serving, and say SERVING."""
+        address = f"{self.settings.host}:{self.settings.port}"
         self.port = server.add_insecure_port(address)
         if not self.port:
             raise RuntimeError(f"cannot bind the gRPC server to {address}")
         await server.start()
         self._server = server
         await self._set_serving(True)
+
+    def _start_store_monitor(self, store: InvocationStore) -> None:
+        """Health follows the store from now on (``StoreHealthMonitor``)."""
         monitor = StoreHealthMonitor(
-            self._store,
+            store,
             self._set_serving,
-            interval_s=settings.store_check_interval_s,
-            unhealthy_after_s=settings.store_unhealthy_after_s,
+            interval_s=self.settings.store_check_interval_s,
+            unhealthy_after_s=self.settings.store_unhealthy_after_s,
         )
         self._monitor_task = asyncio.create_task(monitor.run(), name="store-health")
-        logger.info("serving %s on %s:%d", SERVICE_NAME, settings.host, self.port)
 
     @property
-    def models(self) -> ModelRegistry | None:
+    def models(self) -> LoadedModelRegistry | None:
         """The served models (``None`` before ``start``)."""
         return self._models
 

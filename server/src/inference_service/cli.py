@@ -1,7 +1,9 @@
-"""The ``inference-service`` command: ``serve``, ``migrate``, ``backfill-index``, ``purge``.
+"""The ``inference-service`` command: ``serve``, ``migrate``, ``backfill-index``, ``purge``
+and ``export-savedmodel``.
 
-The only place that reads the environment (through ``Settings``) and
-configures logging.
+The server's only reader of the environment (through ``Settings``) and the only place that
+configures logging. (The client CLI, ``clients/python``, is another program: it reads
+``INFERENCE_TARGET``.)
 """
 
 from __future__ import annotations
@@ -169,13 +171,13 @@ async def _serve(settings: Settings) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
-    from inference_service.stores.cassandra import migrate
+    from inference_service.stores.cassandra.maintenance import migrate
 
     await migrate(settings)
 
 
 def _export_savedmodel(args: argparse.Namespace) -> None:
-    from inference_service.detection.keras_rfb import archive_folder, export_saved_model
+    from inference_service.export.keras_rfb import archive_folder, export_saved_model
 
     out = export_saved_model(args.checkpoint, args.out)
     print(out)
@@ -200,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "backfill-index":
-            from inference_service.stores import cassandra_maintenance as maintenance
+            from inference_service.stores.cassandra import maintenance
 
             asyncio.run(
                 maintenance.backfill_index(
@@ -212,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "purge":
             import shlex
 
-            from inference_service.stores import cassandra_maintenance as maintenance
+            from inference_service.stores.cassandra import maintenance
 
             maintenance.purge(
                 settings.cassandra_keyspace,

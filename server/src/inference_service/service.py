@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -34,17 +33,15 @@ from inference_service.domain import (
 )
 from inference_service.errors import (
     AlreadyExistsError,
-    ContentTooLargeError,
     InferenceError,
     InvalidArgumentError,
     InvocationPendingError,
     NotFoundError,
 )
+from inference_service.images.formats import sniff_content_type
+from inference_service.images.validation import check_content, check_metadata, validate_id
 from inference_service.limits import (
     DEFAULT_PAGE_SIZE,
-    MAX_ID_CHARS,
-    MAX_METADATA_KEY_BYTES,
-    MAX_METADATA_VALUE_BYTES,
     MAX_PAGE_SIZE,
     RequestLimits,
     invocation_response_bytes,
@@ -57,46 +54,7 @@ logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("inference_service.audit")
 """One JSON line per erasure (``DeleteInvocation``): what was asked, by whom, what happened."""
 
-ID_PATTERN = re.compile(rf"[A-Za-z0-9._~-]{{1,{MAX_ID_CHARS}}}")
 FAILED_MESSAGE = "the model failed on this input"
-
-# (magic prefix, offset, MIME type); RIFF/WEBP is checked on its own.
-_MAGIC = (
-    (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
-    (b"GIF87a", 0, "image/gif"),
-    (b"GIF89a", 0, "image/gif"),
-    (b"BM", 0, "image/bmp"),
-    (b"II*\x00", 0, "image/tiff"),
-    (b"MM\x00*", 0, "image/tiff"),
-)
-
-
-def sniff_content_type(content: bytes) -> str:
-    """The MIME type of an encoded image from its magic bytes."""
-    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, offset, mime in _MAGIC:
-        if content[offset : offset + len(magic)] == magic:
-            return mime
-    return "application/octet-stream"
-
-
-def validate_id(invocation_id: str) -> None:
-    """Raise ``InvalidArgumentError`` unless the id is 1-128 chars of ``[A-Za-z0-9._~-]``
-    (``MAX_ID_CHARS``) other than ``.`` and ``..``."""
-    if not ID_PATTERN.fullmatch(invocation_id):
-        shown = invocation_id if len(invocation_id) <= 64 else invocation_id[:64] + "..."
-        raise InvalidArgumentError(
-            f"id {shown!r} is invalid: it must be 1 to {MAX_ID_CHARS} characters of [A-Za-z0-9._~-]"
-        )
-    if invocation_id in (".", ".."):
-        # Valid characters, but a REST path cannot address them: /v1/invocations/.. is
-        # normalized away before routing.
-        raise InvalidArgumentError(
-            f"id {invocation_id!r} is invalid: '.' and '..' cannot be used in a REST path"
-        )
-
 
 ImageDecoder = Callable[[bytes, int], np.ndarray]
 """Decodes content into an RGB uint8 (H, W, 3) array, given the pixel limit;
@@ -138,9 +96,9 @@ class InferenceService:
         if models is None:
             if detector is None:
                 raise TypeError("InferenceService needs models or a detector")
-            from inference_service.models.registry import ModelRegistry as Registry
+            from inference_service.models.registry import LoadedModelRegistry
 
-            models = Registry.single(detector)
+            models = LoadedModelRegistry.single(detector)
         self._store = store
         self._models = models
         self._decode = decode
@@ -176,8 +134,8 @@ class InferenceService:
             if not model_input.id:
                 model_input = dataclasses.replace(model_input, id=self._new_id())
             validate_id(model_input.id)
-            self._check_content(model_input)
-            self._check_metadata(model_input)
+            check_content(model_input.content, self._limits)
+            check_metadata(model_input.metadata, self._limits)
             # Room to decode (work queue, memory budget), held until the unit of work ends.
             admitted = await self._admission.admit(model_input.content)
         except BaseException:
@@ -406,32 +364,6 @@ class InferenceService:
         return frozenset({name, described.info.name})
 
     # -- helpers -------------------------------------------------------------
-
-    def _check_content(self, model_input: ModelInput) -> None:
-        size = len(model_input.content)
-        if size == 0:
-            raise InvalidArgumentError("input.content is empty: send an encoded image")
-        if size > self._limits.max_content_bytes:
-            raise ContentTooLargeError(
-                f"input.content is {size} bytes; the limit is {self._limits.max_content_bytes}"
-            )
-
-    def _check_metadata(self, model_input: ModelInput) -> None:
-        metadata = model_input.metadata
-        if len(metadata) > self._limits.max_metadata_entries:
-            raise InvalidArgumentError(
-                f"input.metadata has {len(metadata)} entries; "
-                f"the limit is {self._limits.max_metadata_entries}"
-            )
-        for key, value in metadata.items():
-            if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
-                raise InvalidArgumentError(
-                    f"input.metadata key {key[:32]!r} must be 1 to {MAX_METADATA_KEY_BYTES} bytes"
-                )
-            if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
-                raise InvalidArgumentError(
-                    f"input.metadata[{key!r}] is longer than {MAX_METADATA_VALUE_BYTES} bytes"
-                )
 
     async def _await_outcome(
         self,

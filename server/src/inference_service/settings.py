@@ -1,7 +1,8 @@
 """All configuration, read once at start-up from ``INFERENCE_*`` variables and CLI flags.
 
-Nothing else in the package reads the environment: the entry point builds a
-``Settings`` and hands the parts that each component needs to its constructor.
+Nothing else in the server package reads the environment: the entry point builds a
+``Settings`` and hands the parts that each component needs to its constructor. (The client
+CLI, ``clients/python``, is a separate package and reads ``INFERENCE_TARGET`` itself.)
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
+from inference_service.artifacts import file_sha256
 from inference_service.detection.base import BoxesKind, UltraFaceDetector, split_outputs
-from inference_service.detection.model_source import file_sha256
 from inference_service.domain import ModelInfo
 
 

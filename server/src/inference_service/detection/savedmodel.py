@@ -1,5 +1,5 @@
 """``SavedModelFaceDetector``: an Ultra-Light face detector as a TensorFlow SavedModel, run by
-TensorFlow (e.g. the RFB-320 that ``inference_service.detection.keras_rfb`` exports from the
+TensorFlow (e.g. the RFB-320 that ``inference_service.export.keras_rfb`` exports from the
 upstream checkpoint).
 
 The SavedModel's ``serving_default`` signature (or its only one) takes one NHWC float32 input
@@ -14,8 +14,8 @@ import os
 
 import numpy as np
 
+from inference_service.artifacts import tree_sha256
 from inference_service.detection.base import BoxesKind, UltraFaceDetector, split_outputs
-from inference_service.detection.model_source import tree_sha256
 from inference_service.domain import ModelInfo
 
 

@@ -1,4 +1,5 @@
-"""``TFLiteFaceDetector``: the Ultra-Light RFB-320 face detector run by TensorFlow Lite.
+"""``TFLiteFaceDetector``: an Ultra-Light face detector (RFB-320, slim-320, any
+``*_without_postprocessing.tflite`` of the family) run by TensorFlow Lite.
 
 Two packages ship the same TensorFlow Lite interpreter (same kernels, XNNPACK included):
 ``ai-edge-litert`` (LiteRT, TensorFlow's standalone TFLite runtime, about 60 MB resident) and
@@ -16,10 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from inference_service.detection.postprocessing import FaceBoxDecoder
-from inference_service.detection.preprocessing import Preprocessor
-from inference_service.domain import Detection, ModelInfo, ModelOutput
-from inference_service.errors import ModelError, ModelNotReadyError
+from inference_service.detection.base import UltraFaceDetector
+from inference_service.domain import ModelInfo
+from inference_service.errors import ModelNotReadyError
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +61,27 @@ class _Runner:
         self.boxes_index: int = outputs[4]
         self.scores_index: int = outputs[2]
 
-    def run(self, image: np.ndarray, preprocess: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocess ``image`` straight into the input tensor, invoke, and return
-        (box offsets (N, 4), scores (N, 2)) of the single image."""
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Invoke on a batch of one preprocessed image and return (box offsets (N, 4), scores
+        (N, 2)) of that image."""
         interpreter = self.interpreter
         if interpreter is None:
             raise ModelNotReadyError("the model is closed")
-        # Write into the interpreter's own buffer; the view must be gone before invoke().
-        preprocess(image, out=interpreter.tensor(self.input_index)()[0])
+        interpreter.set_tensor(self.input_index, batch)
         interpreter.invoke()
         boxes = interpreter.get_tensor(self.boxes_index)[0]
         scores = interpreter.get_tensor(self.scores_index)[0]
         return boxes, scores
 
 
-class TFLiteFaceDetector:
+class TFLiteFaceDetector(UltraFaceDetector):
     """Face detector on a ``*_without_postprocessing.tflite`` model of the Ultra-Light family.
 
-    Implements ``inference_service.ports.Detector``. ``detect`` is safe to call from several
-    threads at once: each thread lazily gets its own interpreter (TFLite's ``invoke`` releases
-    the GIL, so N threads run N images in parallel). TensorFlow is imported here, on
-    construction, not when the module is imported.
+    Implements ``inference_service.ports.Detector`` through ``UltraFaceDetector`` (``detect``,
+    ``warm_up``, ``close``); ``_infer`` runs the interpreter. ``detect`` is safe to call from
+    several threads at once: each thread lazily gets its own interpreter (TFLite's ``invoke``
+    releases the GIL, so N threads run N images in parallel). TensorFlow (or LiteRT) is
+    imported here, on construction, not when the module is imported.
     """
 
     def __init__(
@@ -109,16 +109,12 @@ class TFLiteFaceDetector:
         self._interpreter_class = load_interpreter_class(runtime)
         with open(model_path, "rb") as file:
             self._model = file.read()
-        self._info = ModelInfo(
-            name=name, version=version or hashlib.sha256(self._model).hexdigest()
-        )
+        info = ModelInfo(name=name, version=version or hashlib.sha256(self._model).hexdigest())
         self._num_threads = num_threads
-        self._decode = FaceBoxDecoder(score_threshold=score_threshold, iou_threshold=iou_threshold)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._runners: list[_Runner] = []
-        self._closed = False
-        self._preprocess = Preprocessor()
+        super().__init__(info=info, score_threshold=score_threshold, iou_threshold=iou_threshold)
         first = self._runner()  # fail now on a bad model, not on the first request
         input_width, input_height = self._preprocess.size
         if first.input_shape != (input_height, input_width, 3):
@@ -133,11 +129,6 @@ class TFLiteFaceDetector:
             self._interpreter_class.__module__,
             num_threads,
         )
-
-    @property
-    def info(self) -> ModelInfo:
-        """Name and version (sha256 hex of the model file) of the loaded model."""
-        return self._info
 
     @property
     def runtime(self) -> str:
@@ -164,35 +155,13 @@ class TFLiteFaceDetector:
         )
         return runner
 
-    def detect(self, image: np.ndarray) -> ModelOutput:
-        """Detect faces in an RGB ``uint8`` image of shape (H, W, 3).
-
-        Boxes are in pixels of ``image`` (float, not clipped), sorted by score, descending.
-        Raises ``ValueError`` for an array of the wrong type or shape, ``ModelNotReadyError``
-        after ``close()`` and ``ModelError`` when the interpreter fails.
-        """
-        if self._closed:
-            raise ModelNotReadyError("the model is closed")
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-        height, width = image.shape[:2]
-        runner = self._runner()
-        try:
-            boxes, scores = runner.run(image, self._preprocess)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelError("the model failed on the input") from exc
-        detections: tuple[Detection, ...] = self._decode(boxes, scores, width, height)
-        return ModelOutput(detections=detections, image_width=width, image_height=height)
-
-    def warm_up(self) -> None:
-        """Run one dummy image through the calling thread's interpreter (first runs are slower)."""
-        self.detect(np.zeros((240, 320, 3), dtype=np.uint8))
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._runner().run(batch)
 
     def close(self) -> None:
         """Release the interpreters; later ``detect`` calls raise ``ModelNotReadyError``."""
         with self._lock:
-            self._closed = True
+            super().close()
             for runner in self._runners:
                 runner.interpreter = None
             self._runners.clear()
-        logger.info("closed model %s", self._info.name)

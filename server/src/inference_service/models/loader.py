@@ -11,17 +11,17 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from inference_service.detection.model_source import (
+from inference_service.artifacts import artifact_sha256
+from inference_service.domain import ModelDescription
+from inference_service.models.config import ModelsConfig, ModelSpec
+from inference_service.models.registry import LoadedModel
+from inference_service.models.source import (
     ArchiveModelSource,
     ModelFetchError,
-    artifact_sha256,
     model_source_for,
     public_source,
     redact_uri,
 )
-from inference_service.domain import ModelDescription
-from inference_service.models.config import ModelsConfig, ModelSpec
-from inference_service.models.registry import LoadedModel
 from inference_service.ports import Detector
 from inference_service.settings import Settings
 
@@ -98,10 +98,10 @@ def make_detector(spec: ModelSpec, artifact: Artifact, options: LoadOptions) -> 
     iou = spec.iou_threshold or options.iou_threshold
     path = artifact.path
     if spec.runtime == "python":
-        from inference_service.detection.custom import CustomDetector
+        from inference_service.detection.python import PythonDetector
 
         assert spec.detector is not None
-        return CustomDetector.create(
+        return PythonDetector.create(
             spec.detector, path, spec.options, name=spec.name, version=artifact.version
         )
     assert path is not None

@@ -1,5 +1,5 @@
-"""``ModelRegistry``: the loaded models by name and alias, with leases so that a reload never
-closes a detector a request still uses.
+"""``LoadedModelRegistry``: the loaded models by name and alias, with leases so that a reload
+never closes a detector a request still uses.
 
 Every request takes a lease on the current version of its model (``acquire``) and gives it back
 when its unit of work ends. ``replace`` swaps in a new set of loaded models at once: requests
@@ -132,7 +132,7 @@ def _catalog(models: Iterable[LoadedModel], default: str) -> _Catalog:
     return _Catalog(models=by_name, names=names, default=default)
 
 
-class ModelRegistry:
+class LoadedModelRegistry:
     """``inference_service.ports.ModelRegistry`` over ``LoadedModel``s."""
 
     def __init__(self, models: Iterable[LoadedModel], *, default: str) -> None:
@@ -142,7 +142,7 @@ class ModelRegistry:
     @classmethod
     def single(
         cls, detector: Detector, *, runtime: str = "", aliases: tuple[str, ...] = ()
-    ) -> ModelRegistry:
+    ) -> LoadedModelRegistry:
         """A registry of one detector, the default (tests, and servers given a detector)."""
         description = ModelDescription(
             info=detector.info, runtime=runtime, aliases=aliases, is_default=True

@@ -25,7 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CONSOLE_DIR = Path(__file__).resolve().parents[1] / "console"
+
+def _default_console_dir() -> Path:
+    """``console/`` of the source checkout this module runs from (an editable install: the
+    dev stack, the tests), else ``./console`` (the ``envoy-config`` image runs in ``/app``,
+    where server/Dockerfile copies the console)."""
+    checkout = Path(__file__).resolve().parents[4] / "console"
+    return checkout if checkout.is_dir() else Path("console")
+
+
+CONSOLE_DIR = _default_console_dir()
 """The console's files, served as they are (no build step)."""
 PREFIX = "/console/"
 MAX_FILE_BYTES = 1024 * 1024

@@ -21,28 +21,16 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from inference_service.artifacts import CHUNK_BYTES, artifact_sha256, file_sha256
 from inference_service.ports import ModelSource
 
 logger = logging.getLogger(__name__)
 
-SHARED_MODEL_FILE = Path("models/tflite/version-RFB-320_without_postprocessing.tflite")
-"""Where the default model lies inside the shared folder."""
-
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_CHUNK_BYTES = 1 << 20
 
 
 class ModelFetchError(RuntimeError):
     """The model file could not be found, downloaded or verified."""
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file's content, as lowercase hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _normalise_sha256(sha256: str) -> str:
@@ -50,21 +38,6 @@ def _normalise_sha256(sha256: str) -> str:
     if not _SHA256_HEX.fullmatch(value):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return value
-
-
-def tree_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a folder: of every file's relative path and content, in sorted order."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(bytes.fromhex(file_sha256(file)))
-    return digest.hexdigest()
-
-
-def artifact_sha256(path: str | os.PathLike[str]) -> str:
-    """The version of a model artifact: the sha256 of a file, or ``tree_sha256`` of a folder."""
-    return tree_sha256(path) if Path(path).is_dir() else file_sha256(path)
 
 
 class LocalFileModelSource:
@@ -160,7 +133,7 @@ class HttpModelSource:
                     with urllib.request.urlopen(  # noqa: S310
                         self._url, timeout=self._timeout_s
                     ) as response:
-                        while chunk := response.read(_CHUNK_BYTES):
+                        while chunk := response.read(CHUNK_BYTES):
                             digest.update(chunk)
                             file.write(chunk)
                             size += len(chunk)
@@ -268,7 +241,7 @@ class S3ModelSource:
             # GET (not download_fileobj's HEAD first): its error says which of bucket and key
             # is missing.
             body = client.get_object(Bucket=self._bucket, Key=self._key)["Body"]
-            for chunk in body.iter_chunks(_CHUNK_BYTES):
+            for chunk in body.iter_chunks(CHUNK_BYTES):
                 file.write(chunk)  # type: ignore[attr-defined]
         except botocore.exceptions.ClientError as exc:
             error = exc.response.get("Error", {})
@@ -433,23 +406,3 @@ def model_source_for(
     if archive:
         return ArchiveModelSource(source, cache_dir)
     return source
-
-
-def default_model_source(
-    *,
-    model_path: str | os.PathLike[str] | None,
-    shared_dir: str | os.PathLike[str],
-    model_url: str,
-    model_sha256: str,
-    cache_dir: str | os.PathLike[str],
-) -> ModelSource:
-    """Pick the model source: ``model_path`` when given; else the shared copy
-    ``<shared_dir>/models/tflite/version-RFB-320_without_postprocessing.tflite`` when it exists;
-    else a download of ``model_url`` (verified against ``model_sha256``) cached in ``cache_dir``."""
-    if model_path is not None:
-        return LocalFileModelSource(model_path)
-    shared_copy = Path(shared_dir).expanduser() / SHARED_MODEL_FILE
-    if shared_copy.is_file():
-        return LocalFileModelSource(shared_copy)
-    logger.info("no model at %s; it will be downloaded from %s", shared_copy, model_url)
-    return HttpModelSource(model_url, model_sha256, cache_dir)

@@ -1,5 +1,5 @@
 """A strict check of REST JSON bodies at the edge, before the transcoder (issues 18 and 21),
-rendered into ``envoy/envoy.yaml`` by ``devstack.envoy`` (``${STRICT_JSON_FILTER}``).
+rendered into ``envoy/envoy.yaml`` by ``inference_service.edge.config`` (``${STRICT_JSON_FILTER}``).
 
 The transcoder parses a body with protobuf's lenient JSON parser: a duplicate key is accepted
 (the last one wins: ``{"id": "a", "id": "b"}``), single-quoted pseudo-JSON is accepted, and a
@@ -24,7 +24,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from devstack.envoy_guards import SERVICE, _http_rules
+from inference_service.edge.guards import SERVICE, _http_rules
 
 FILTER_NAME = "strict_json"
 # The longest part of the input an error message repeats.

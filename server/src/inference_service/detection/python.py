@@ -1,4 +1,5 @@
-"""Detectors of your own, in Python: a model's ``detector = "package.module:factory"``.
+"""``PythonDetector``: detectors of your own, in Python (``runtime = "python"``, a model's
+``detector = "package.module:factory"``). ListModels reports them as ``python/<factory>``.
 
 The factory is called as ``factory(path, **options)``: ``path`` is the local path of the
 model's fetched ``source`` (a file or folder; ``None`` without a source) and ``options`` the
@@ -37,9 +38,9 @@ def load_factory(import_path: str) -> Callable[..., Any]:
     return factory
 
 
-class CustomDetector:
-    """A ``Detector`` over the object a custom factory made: named and versioned by the
-    server."""
+class PythonDetector:
+    """A ``Detector`` over the object a ``python`` model's factory made: named and versioned by
+    the server."""
 
     def __init__(self, inner: Any, *, name: str, version: str, runtime: str) -> None:
         if not callable(getattr(inner, "detect", None)):
@@ -58,7 +59,7 @@ class CustomDetector:
         *,
         name: str,
         version: str | None,
-    ) -> CustomDetector:
+    ) -> PythonDetector:
         factory = load_factory(import_path)
         options = dict(options)
         option_version = options.pop("version", None)

@@ -1,5 +1,5 @@
 """Routes that refuse a request at the edge before it reaches a server (issue 18), rendered
-into ``envoy/envoy.yaml`` by ``devstack.envoy`` (``${REQUEST_GUARDS}`` on the public
+into ``envoy/envoy.yaml`` by ``inference_service.edge.config`` (``${REQUEST_GUARDS}`` on the public
 listener, ``${INTERNAL_REQUEST_GUARDS}`` on the internal one). Each is a route listed before
 the API's own, matching only a bad request, with a ``direct_response`` of 400: REST clients
 get ``{"code": 3, ...}`` and native gRPC clients ``INVALID_ARGUMENT`` (the public listener's

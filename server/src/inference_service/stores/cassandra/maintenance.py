@@ -1,4 +1,6 @@
-"""Operator commands on the Cassandra store: ``backfill-index`` and ``purge``.
+"""Operator commands on the Cassandra store: ``migrate``, ``backfill-index`` and ``purge``.
+
+``migrate`` creates or upgrades the schema (``schema.create_schema``) and disconnects.
 
 ``backfill-index`` writes the list index entry of every invocation stored before the index
 existed (or under another bucket width). It walks the ``invocations`` table by token range, a
@@ -44,18 +46,15 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from inference_service.stores.cassandra import (
-    CassandraConfig,
-    CassandraInvocationStore,
-    _micros,
-    _utc,
-)
-from inference_service.stores.cassandra_schema import (
+from inference_service.stores.cassandra.config import CassandraConfig
+from inference_service.stores.cassandra.rows import micros, utc
+from inference_service.stores.cassandra.schema import (
     INDEX_STATE_KEY,
     INDEX_STATE_TABLE,
     INDEX_TABLE,
     TABLE,
 )
+from inference_service.stores.cassandra.store import CassandraInvocationStore
 
 if TYPE_CHECKING:
     from inference_service.settings import Settings
@@ -63,6 +62,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIN_TOKEN = -(2**63)
+
+
+async def migrate(settings: Settings) -> None:
+    """Create or upgrade the schema of ``settings`` (``inference-service migrate``), then
+    disconnect."""
+    config = dataclasses.replace(CassandraConfig.from_settings(settings), create_schema=True)
+    store = await CassandraInvocationStore.connect(config)
+    await store.close()
 
 
 async def backfill_index(
@@ -106,7 +113,7 @@ async def backfill_index(
             for row in rows:
                 if row["create_time"] is None:  # the remains of an expiring row
                     continue
-                create_time = _utc(row["create_time"])
+                create_time = utc(row["create_time"])
                 params = (
                     store._bucket_of(create_time),
                     create_time,
@@ -116,7 +123,7 @@ async def backfill_index(
                     int(row["ttl"] or 0),
                     # As old as the row: a delete of the row meanwhile (its tombstone of the
                     # entry, timestamped at the delete) wins over this entry.
-                    _micros(create_time),
+                    micros(create_time),
                 )
                 await asyncio.to_thread(session.execute, insert, params)
                 written += 1
