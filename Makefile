@@ -35,13 +35,14 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi postman clients breaking lock lint test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
+.PHONY: help setup protos openapi docs postman clients breaking lock lint test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
 	@echo "make test     set up and run every test (unit, integration, e2e, faults, fuzz, docker)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
+	@echo "make docs     regenerate docs/settings.md (the settings reference) from the settings classes"
 	@echo "make postman  the Postman collection of the REST API (build/postman/), from the OpenAPI file"
 	@echo "make lint     ruff + buf lint"
 	@echo "make fuzz     property-based fuzzing of the gRPC and REST APIs, 10,000 cases a test"
@@ -116,6 +117,12 @@ protos: server/gen/.generated $(VENV)/.installed
 # The OpenAPI (Swagger 2.0) description of the REST API, committed: regenerate it after
 # changing the protos (a test fails while it is stale).
 openapi: $(OPENAPI_SPEC)
+
+# The settings reference (docs/settings.md), generated from the settings classes' field
+# docstrings, committed: regenerate it after changing a setting (a unit test fails while it
+# is stale). Needs only the virtualenv.
+docs: $(VENV)/.deps
+	$(PY) tools/settings_reference.py
 
 $(OPENAPI_SPEC): $(PROTOS) buf.gen.openapi.yaml $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) server/gen/.generated
 	$(BUF) generate --template buf.gen.openapi.yaml

@@ -195,8 +195,9 @@ def test_query_parameters_never_override_the_path(api: RestClient) -> None:
 def test_request_headers_up_to_envoys_limit_are_served_and_over_it_431_json(
     api: RestClient,
 ) -> None:
-    """README: request headers up to 60 KiB (Envoy's limit); over it 431. Before issue 18 the
-    server's own 8 KiB limit answered 413 with grpc-core's text (header names and sizes)."""
+    """docs/api.md (Errors): request headers up to 60 KiB (Envoy's limit); over it 431. Before
+    issue 18 the server's own 8 KiB limit answered 413 with grpc-core's text (header names and
+    sizes)."""
     for size in (9 * 1024, 30 * 1024, 50 * 1024):
         reply = api.get("/v1/models", headers={"x-padding": "p" * size})
         assert reply.status == 200, (size, reply.status, reply.body[:300])

@@ -1,7 +1,7 @@
 """Every documented limit at its boundary, through every path, on the real stack.
 
 Paths: native gRPC straight to a server, native gRPC through Envoy, REST/JSON through Envoy.
-Limits (README, "Limits"): content bytes (``INFERENCE_MAX_CONTENT_BYTES``), image pixels
+Limits (docs/api.md, "Limits"): content bytes (``INFERENCE_MAX_CONTENT_BYTES``), image pixels
 (``INFERENCE_MAX_IMAGE_PIXELS``), metadata entries (``INFERENCE_MAX_METADATA_ENTRIES``), metadata
 key and value bytes, id characters; each at the limit and one over it.
 

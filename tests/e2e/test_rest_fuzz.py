@@ -1,5 +1,5 @@
 """Property-based fuzzing of the REST/JSON API through the real Envoy and servers: random JSON,
-wrong types, huge strings, random paths and query parameters. Every answer is one the README
+wrong types, huge strings, random paths and query parameters. Every answer is one docs/api.md
 documents, as JSON shaped like google.rpc.Status, never a 5xx but the documented 503, never an
 internal class name; a refused request stores nothing. The listing gets random page sizes,
 filters (random text and near-misses of the supported grammar) and page tokens, real tokens
@@ -22,7 +22,7 @@ from support.http import RestClient
 
 pytestmark = pytest.mark.fuzz
 
-#: HTTP status -> the gRPC code of the JSON body (README's error table).
+#: HTTP status -> the gRPC code of the JSON body (the error table of docs/api.md).
 DOCUMENTED = {400: 3, 404: 5, 409: 6, 413: 8, 503: 14}
 ID_PATTERN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 LISTING_PATH_IDS = ("", ".")

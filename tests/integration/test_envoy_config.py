@@ -83,7 +83,7 @@ def test_rendered_config_passes_envoy_validation(tmp_path):
 
 def test_default_render_is_plain_http_without_auth_with_the_documented_limits():
     """The one-command local stack: no TLS, no authentication, health and reflection on the
-    internal listener only; the timeouts and limits of README's "Envoy" section."""
+    internal listener only; the timeouts and limits of docs/operations.md's "Envoy" section."""
     template = (REPO / "envoy" / "envoy.yaml").read_text()
     config = render_config(template, descriptor=Path("d.binpb"))
     assert "transport_socket" not in config

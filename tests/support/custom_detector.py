@@ -1,6 +1,7 @@
 """A detector of our own, plugged in through the model configuration (``runtime = "python"``,
 ``detector = "support.custom_detector:opencv_dnn"``): the upstream RFB-320 ONNX model run by
-OpenCV's DNN module, a runtime the service does not ship. README ("Models") shows it."""
+OpenCV's DNN module, a runtime the service does not ship. docs/operations.md ("Your own
+detector") shows it."""
 
 from __future__ import annotations
 

@@ -234,8 +234,8 @@ def test_render_command_takes_the_limits_from_the_servers_settings(monkeypatch, 
     assert transcoder["max_response_body_size"] == limits.rest_response_body_bytes
 
 
-def test_readme_states_the_default_derived_limits() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_api_docs_state_the_default_derived_limits() -> None:
+    readme = (REPO / "docs" / "api.md").read_text()
     limits = RequestLimits()
     for size in (
         limits.grpc_message_bytes,

@@ -84,8 +84,8 @@ class ModelDescription:
 class Claim:
     """Who owns a PENDING invocation and since when: the Invoke that won (or took over) its id.
 
-    ``token`` is unique per Invoke; ``time`` starts the claim's lease, after which a retry of the
-    same id and content may take the claim over (its owner presumably died).
+    ``token`` is unique per Invoke; ``time`` is when it claimed. After the lease, a retry of the
+    same id and content may take the claim over (docs/architecture.md, "The claim protocol").
     """
 
     token: str

@@ -72,9 +72,8 @@ class InvocationStore(Protocol):
     """Keeps invocations, keyed by input id. All methods are coroutines.
 
     Every write is conditional on who owns the id (``claim``: nobody; ``take_over``: the stale
-    claim; ``complete``: the caller's own claim), so a caller may retry it, and an owner that
-    stalled past its lease can never overwrite what its successor stored. Errors: a store that
-    cannot be reached raises ``StoreUnavailableError``.
+    claim; ``complete``: the caller's own claim): the claim protocol, docs/architecture.md.
+    Errors: a store that cannot be reached raises ``StoreUnavailableError``.
     """
 
     async def claim(self, invocation: Invocation) -> Invocation | None:

@@ -2,7 +2,8 @@
 
 ``InferenceService`` knows the domain, the store and the models (a registry of detectors)
 through their protocols; it knows nothing of gRPC, HTTP or Cassandra. Blocking work (image
-decoding, the model) runs in an executor, never on the event loop.
+decoding, the model) runs in an executor, never on the event loop. Invoke follows the claim
+protocol (claim, wait or take over, the fenced complete, the replay): docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -111,9 +111,9 @@ class Settings(BaseSettings):
     """Folder holding the shared test data and models (``models/``, ``images/``)."""
     models_file: Path | None = None
     """Model configuration (TOML, or JSON by its suffix): the models to serve, their runtimes
-    and sources (README, "Models"). Unset: the built-in ones, ``model_name`` (RFB-320, the
-    default, alias ``face-detector``) and ``ultraface-slim-320``, both TFLite. Re-read on
-    SIGHUP (a reload)."""
+    and sources (docs/operations.md, "Models"). Unset: the built-in ones, ``model_name``
+    (RFB-320, the default, alias ``face-detector``) and ``ultraface-slim-320``, both TFLite.
+    Re-read on SIGHUP (a reload)."""
     model_path: Path | None = None
     """Built-in models only: the default model's TFLite file. Default: ``<shared_dir>/`` +
     ``DEFAULT_MODEL_FILE`` when it exists, else the file downloaded from ``model_url`` into
@@ -246,8 +246,9 @@ class Settings(BaseSettings):
     # --- reliability -------------------------------------------------------
     claim_lease_s: float = Field(60.0, gt=0)
     """How long an Invoke owns an id it claimed before a retry of the same id and content may
-    take the claim over (its owner presumably died). Longer than the slowest model run plus the
-    store's retry budget; keep server clocks in sync (NTP) to well under it."""
+    take the claim over (its owner presumably died), measured on the store's clock, never by
+    comparing servers' clocks (docs/architecture.md, "The claim protocol"). Longer than the
+    slowest model run plus the store's retry budget."""
     speculative_model_run: bool = True
     """Run the model while the claim of the id is in flight, instead of after it: a lone Invoke
     answers about one claim round trip sooner. An Invoke that loses the claim (a retry, or a

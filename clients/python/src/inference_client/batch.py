@@ -7,7 +7,7 @@ same content stored). UNAVAILABLE and DEADLINE_EXCEEDED (this client's own deadl
 proxy's) are retried with the same id and content, as the API allows, with backoff, for up to
 ``retry_budget_s`` (``RETRY_BUDGET_S``): longer than the server's claim lease (60 s by
 default) plus its pending wait, so that an id whose server died (or stalled) while holding its
-claim is taken over by a retry and finished, as README promises a retrying client. At most
+claim is taken over by a retry and finished, as docs/api.md promises a retrying client. At most
 ``concurrency`` files are read and in flight at once.
 """
 

@@ -10,7 +10,8 @@ model's ``options`` table. It returns an object with
 * optionally ``close()`` (when the model is unloaded) and ``warm_up()`` (once, at load).
 
 The server names it (the model's ``name``) and versions it (the sha256 of its source, else the
-``version`` option, else the object's own ``info.version``). README, "Models", has an example.
+``version`` option, else the object's own ``info.version``). docs/operations.md ("Your own
+detector") has an example.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ JSON, by the file's suffix)::
     sha256 = "2c46b4b6..."                 # optional pin (required for http and https)
     aliases = ["face-detector"]
 
-A relative ``source`` path is relative to the file's folder. ``README.md`` ("Models") has every
-field.
+A relative ``source`` path is relative to the file's folder. ``docs/operations.md`` ("Models")
+has every field.
 """
 
 from __future__ import annotations

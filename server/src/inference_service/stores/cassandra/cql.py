@@ -1,11 +1,10 @@
 """The store's CQL: every statement it prepares, as text (the keyspace name is checked before
 it gets here; values are always bound, never formatted in).
 
-The claim is ``INSERT ... IF NOT EXISTS`` of the small cells; the take-over and the owner's
-content-and-outcome write are updates conditional on a ``claim_id`` (a fencing token); reads
-carry the claim's write time and the coordinator's now, so that a claim's age is measured by
-Cassandra's clocks alone; the list index (``invocations_by_time``) and its state row have
-statements of their own.
+The claim, the take-over and the fenced content-and-outcome write are the statements of the
+claim protocol (docs/architecture.md); reads carry the claim's write time and the coordinator's
+now (the lease is measured on Cassandra's clock); the list index (``invocations_by_time``) and
+its state row have statements of their own.
 """
 
 from __future__ import annotations

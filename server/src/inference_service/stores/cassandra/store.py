@@ -2,22 +2,10 @@
 
 Design:
 
-* One row per input id in ``<keyspace>.invocations``. The claim is a lightweight transaction
-  (``INSERT ... IF NOT EXISTS``) of the small cells: the first writer wins, everyone else gets
-  the stored row back from the same Paxos round. The owner then writes the content and the
-  outcome together (``complete``), with a lightweight transaction conditional on its own claim
-  (``UPDATE ... IF claim_id = <mine>``): a fencing token. An owner that stalled past its lease
-  and was taken over (or whose row was deleted) writes nothing when it wakes; it gets the row
-  as stored now and answers with that.
-* Every claim carries a ``claim_id`` (a UUID per Invoke) and a ``claim_time``. A conditional
-  write is never retried blindly (no driver retries): one whose answer was lost (a timeout, a
-  dropped connection, "CAS write outcome unknown") is settled by a serial read, and a row that
-  holds the caller's own ``claim_id`` (with an outcome, for ``complete``) means the caller's
-  write is in (``retry.conditional``, shared by ``claim``, ``take_over``, ``complete`` and
-  ``delete``). A claim whose lease has passed without an outcome is taken over with a
-  conditional update on the old ``claim_id`` (``take_over``).
-* The content-and-outcome write is retried (by the same rule) with exponential backoff for up
-  to ``retry_budget_s``.
+* One row per input id in ``<keyspace>.invocations``; ``claim``, ``take_over``, ``complete`` and
+  ``delete`` are the lightweight transactions of the claim protocol, explained once in
+  docs/architecture.md ("The claim protocol"); an uncertain answer of any of them is settled
+  in one place, ``retry.conditional``.
 * With a TTL, every write of a row expires at the same moment, counted from its create time.
 * ListInvocations reads a second table, ``invocations_by_time``: one partition per time bucket
   (``cassandra_list_bucket_s``, recorded by the first ``migrate``), clustered by
@@ -27,10 +15,8 @@ Design:
   every entry it lists and drops entries whose row is gone, has another create time (deleted
   and invoked afresh) or does not match the filter, so a late or stale entry is never listed.
   One page is bounded (``MAX_BUCKETS_PER_PAGE``, ``MAX_INDEX_ROWS_PER_PAGE``, row reads).
-* ``delete`` is a lightweight transaction (``DELETE ... IF EXISTS``), ordered with the claim,
-  take-over and (fenced) outcome writes of the id, so an Invoke that claimed before it writes
-  nothing after it; then the entry is deleted with the delete's time as write timestamp, which
-  beats an entry written late by such an Invoke (stamped with its earlier claim time).
+* ``delete`` is ``DELETE ... IF EXISTS``, then the list entry with the delete's time as write
+  timestamp (docs/architecture.md, "Deletes and the claim").
 * Only prepared statements (``cql``). Every statement runs through ``_execute`` (``bridge``:
   the event loop is never blocked); connecting runs in a worker thread
   (``cluster.connect_with_schema``).
