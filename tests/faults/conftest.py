@@ -54,6 +54,10 @@ class LoadResult:
     """Id -> content of every id answered SUCCEEDED."""
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     """gRPC status names of failed calls (retried ones included)."""
+    details: dict[str, list[str]] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+    """Status name -> the messages of the first few calls that failed with it."""
 
 
 class InvokeLoad:
@@ -135,6 +139,9 @@ class InvokeLoad:
             except grpc.RpcError as error:
                 with self._lock:
                     self.result.errors[error.code().name] += 1
+                    messages = self.result.details[error.code().name]
+                    if len(messages) < 5:
+                        messages.append(f"{invocation_id}: {error.details()}")
                 if time.monotonic() < give_up:
                     time.sleep(0.2)
                     continue

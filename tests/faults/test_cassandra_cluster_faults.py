@@ -70,7 +70,7 @@ def test_sigkill_of_a_cassandra_node_under_load_fails_nothing(
         result,
         back,
     )
-    assert result.failed == 0, result.errors
+    assert result.failed == 0, (result.errors, dict(result.details))
     assert len(result.acked) == result.sent
     assert back.lost == [] and back.pending == []
 
