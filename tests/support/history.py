@@ -12,7 +12,9 @@ server's GetInvocation, and proves for every id:
 4. nothing acknowledged was lost: an id answered ``SUCCEEDED`` is stored at the end, unless a
    delete of it was sent;
 5. nothing deleted came back: after an acknowledged delete no read (Get, List) that started
-   later finds it, nor does the store at the end.
+   later finds it, nor does the store at the end; unless an Invoke that had not ended when
+   the delete began stored the id afresh (a new invocation, with its own complete time),
+   which reads after the delete may then show, and the deleted invocation never.
 
 A violation names the id and prints that id's whole history.
 """
