@@ -1,26 +1,34 @@
 """Fault tests: real Cassandra, real Envoy, real server processes, killed for real.
 
 Shared here: a bounded Invoke load (threads of native gRPC clients through Envoy), the check that
-every acknowledged invocation reads back SUCCEEDED with its content, and the run's report
-(``build/faults/report.md``: test, load, fault, requests sent, failed, lost, left PENDING), which
-docs/reliability.md quotes.
+every acknowledged invocation reads back SUCCEEDED with its content, two servers behind Envoy on
+the three-node cluster (``cluster_stack``), and the run's report (``build/faults/report.md``:
+test, load, fault, requests sent, failed, lost, left PENDING), which docs/reliability.md quotes.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
+from support.stacks import running_two_servers
+
+from devstack.cassandra import LocalCassandraCluster
+from devstack.stack import LocalStack
+from inference_service.stores.cassandra import CassandraConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORT_DIR = REPO_ROOT / "build" / "faults"
@@ -46,6 +54,10 @@ class LoadResult:
     """Id -> content of every id answered SUCCEEDED."""
     errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     """gRPC status names of failed calls (retried ones included)."""
+    details: dict[str, list[str]] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+    """Status name -> the messages of the first few calls that failed with it."""
 
 
 class InvokeLoad:
@@ -127,6 +139,9 @@ class InvokeLoad:
             except grpc.RpcError as error:
                 with self._lock:
                     self.result.errors[error.code().name] += 1
+                    messages = self.result.details[error.code().name]
+                    if len(messages) < 5:
+                        messages.append(f"{invocation_id}: {error.details()}")
                 if time.monotonic() < give_up:
                     time.sleep(0.2)
                     continue
@@ -220,3 +235,45 @@ def fault_report() -> Iterator[FaultReport]:
 def load_images(images_dir: Path) -> list[bytes]:
     """A few shared photos (100-500 KB JPEGs) to invoke."""
     return [(images_dir / name).read_bytes() for name in ("face-1.jpg", "face-5.jpg", "face-8.jpg")]
+
+
+@dataclasses.dataclass
+class ClusterStack:
+    """Two servers behind Envoy on the three-node cluster, in a keyspace of their own."""
+
+    cluster: LocalCassandraCluster
+    stack: LocalStack
+    endpoint: CassandraConfig
+    """The cluster's contact points and the stack's keyspace (e.g. for the history checker)."""
+
+
+ClusterStackFactory = Callable[..., AbstractContextManager[ClusterStack]]
+
+
+@pytest.fixture
+def cluster_stack(
+    cassandra_cluster: LocalCassandraCluster, shared_dir: Path, tmp_path: Path
+) -> ClusterStackFactory:
+    """``with cluster_stack(keyspace, **overrides) as cs:`` two servers (one worker each) behind
+    Envoy on the module's three-node cluster (``cassandra_cluster``), the keyspace created by
+    the servers with replication factor 3 (``LOCAL_QUORUM``); stopped when the block ends, no
+    server process left. ``overrides`` are further stack settings (e.g. ``claim_lease_s``)."""
+
+    @contextlib.contextmanager
+    def start(keyspace: str, **overrides: Any) -> Iterator[ClusterStack]:
+        endpoint = CassandraConfig(
+            contact_points=tuple(cassandra_cluster.contact_points),
+            port=cassandra_cluster.native_port,
+            keyspace=keyspace,
+        )
+        with running_two_servers(
+            endpoint,
+            shared_dir,
+            tmp_path,
+            cassandra_create_schema=True,
+            cassandra_replication_factor=3,
+            **overrides,
+        ) as stack:
+            yield ClusterStack(cassandra_cluster, stack, endpoint)
+
+    return start

@@ -16,21 +16,18 @@ import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import grpc
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster
 from cassandra.query import SimpleStatement
-from conftest import GRPC_OPTIONS, FaultReport, InvokeLoad, read_back
+from conftest import GRPC_OPTIONS, ClusterStackFactory, FaultReport, InvokeLoad, read_back
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
-from support.stacks import running_stack, stack_settings
 
 from devstack.cassandra import LocalCassandraCluster
 from devstack.process import free_port
-from devstack.stack import LocalStack, StackSettings
-from inference_service.stores.cassandra import CassandraConfig
+from devstack.stack import LocalStack
 
 VICTIM = 2
 LIST_VICTIM = 3
@@ -45,26 +42,12 @@ RETRYABLE = {"UNAVAILABLE"}
 
 
 def test_sigkill_of_a_cassandra_node_under_load_fails_nothing(
-    cassandra_cluster: LocalCassandraCluster,
-    shared_dir: Path,
-    tmp_path: Path,
+    cluster_stack: ClusterStackFactory,
     load_images: list[bytes],
     fault_report: FaultReport,
 ) -> None:
-    cluster = cassandra_cluster
-    endpoint = CassandraConfig(
-        contact_points=tuple(cluster.contact_points), port=cluster.native_port, keyspace="faults"
-    )
-    settings = stack_settings(
-        endpoint,
-        shared_dir,
-        tmp_path,
-        server_processes=2,
-        cassandra_create_schema=True,
-        cassandra_replication_factor=3,
-        workers=1,
-    )
-    with running_stack(settings) as stack:
+    with cluster_stack("faults") as cs:
+        cluster, stack = cs.cluster, cs.stack
         load = InvokeLoad(stack.grpc_target, load_images, clients=3, retry_s=0).start()
         try:
             load.wait_for_acks(12, timeout=90)
@@ -87,26 +70,9 @@ def test_sigkill_of_a_cassandra_node_under_load_fails_nothing(
         result,
         back,
     )
-    assert result.failed == 0, result.errors
+    assert result.failed == 0, (result.errors, dict(result.details))
     assert len(result.acked) == result.sent
     assert back.lost == [] and back.pending == []
-
-
-def _cluster_settings(
-    cluster: LocalCassandraCluster, shared_dir: Path, tmp_path: Path, keyspace: str
-) -> StackSettings:
-    endpoint = CassandraConfig(
-        contact_points=tuple(cluster.contact_points), port=cluster.native_port, keyspace=keyspace
-    )
-    return stack_settings(
-        endpoint,
-        shared_dir,
-        tmp_path,
-        server_processes=2,
-        cassandra_create_schema=True,
-        cassandra_replication_factor=3,
-        workers=1,
-    )
 
 
 def _seed(stack: LocalStack, content: bytes, prefix: str, count: int) -> list[str]:
@@ -216,15 +182,12 @@ class ListingLoop:
 
 
 def test_listing_pages_through_a_sigkill_lists_each_invocation_once(
-    cassandra_cluster: LocalCassandraCluster,
-    shared_dir: Path,
-    tmp_path: Path,
+    cluster_stack: ClusterStackFactory,
     load_images: list[bytes],
     fault_report: FaultReport,
 ) -> None:
-    cluster = cassandra_cluster
-    settings = _cluster_settings(cluster, shared_dir, tmp_path, "faults_list")
-    with running_stack(settings) as stack:
+    with cluster_stack("faults_list") as cs:
+        cluster, stack = cs.cluster, cs.stack
         ids = _seed(stack, load_images[0], f"list-{uuid.uuid4().hex[:8]}", 40)
         # The order every pass must show (newest first), read before any fault.
         with grpc.insecure_channel(stack.grpc_target, options=GRPC_OPTIONS) as channel:
@@ -320,17 +283,14 @@ def _replica_rows(cluster: LocalCassandraCluster, keyspace: str, ids: set[str]) 
 
 
 def test_deletes_during_a_sigkill_succeed_or_fail_retryably_never_half_done(
-    cassandra_cluster: LocalCassandraCluster,
-    shared_dir: Path,
-    tmp_path: Path,
+    cluster_stack: ClusterStackFactory,
     load_images: list[bytes],
     fault_report: FaultReport,
 ) -> None:
-    cluster = cassandra_cluster
     keyspace = "faults_delete"
-    settings = _cluster_settings(cluster, shared_dir, tmp_path, keyspace)
     outcomes: dict[str, str] = {}
-    with running_stack(settings) as stack:
+    with cluster_stack(keyspace) as cs:
+        cluster, stack = cs.cluster, cs.stack
         ids = _seed(stack, load_images[0], f"del-{uuid.uuid4().hex[:8]}", 40)
         doomed, kept = ids[:30], ids[30:]
         with grpc.insecure_channel(stack.grpc_target, options=GRPC_OPTIONS) as channel:

@@ -13,15 +13,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
-from conftest import FaultReport
+from conftest import ClusterStackFactory, FaultReport
 from support.history import HistoryLoad, check
-from support.stacks import running_stack, stack_settings
-
-from devstack.cassandra import LocalCassandraCluster
-from inference_service.stores.cassandra import CassandraConfig
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("INFERENCE_FAULTS_LONG") != "1", reason="make faults-long runs it"
@@ -33,27 +28,12 @@ DOWN_S = 25
 
 
 def test_history_through_node_kills_and_server_pauses_and_kills(
-    cassandra_cluster: LocalCassandraCluster,
-    shared_dir: Path,
-    tmp_path: Path,
+    cluster_stack: ClusterStackFactory,
     load_images: list[bytes],
     fault_report: FaultReport,
 ) -> None:
-    cluster = cassandra_cluster
-    endpoint = CassandraConfig(
-        contact_points=tuple(cluster.contact_points), port=cluster.native_port, keyspace="history"
-    )
-    settings = stack_settings(
-        endpoint,
-        shared_dir,
-        tmp_path,
-        server_processes=2,
-        cassandra_create_schema=True,
-        cassandra_replication_factor=3,
-        claim_lease_s=LEASE_S,
-        workers=1,
-    )
-    with running_stack(settings) as stack:
+    with cluster_stack("history", claim_lease_s=LEASE_S) as cs:
+        cluster, stack, endpoint = cs.cluster, cs.stack, cs.endpoint
         a, b = stack.servers
         load = HistoryLoad([stack.grpc_target], load_images, clients=4, retry_s=LEASE_S + 90)
         load.start()

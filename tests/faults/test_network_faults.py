@@ -7,22 +7,24 @@ healed:
 - A <-> Cassandra: 200 ms latency, 2 s latency, a black hole, resets mid-stream, a trickle
   (2 KB/s), a partition (A cannot reach its store while Envoy still reaches A);
 - Envoy <-> A: 2 s latency, a black hole, resets mid-stream;
-- client <-> Envoy (every client connects through a third proxy): resets mid-stream, 2 s latency.
+- client <-> Envoy (every client connects through a third proxy): resets mid-stream, 2 s latency,
+  a black hole (the clients' calls hang, unanswered and unreset, until the heal), a partition
+  (every client connection reset, new ones refused).
 
 Each fault ends with: the history checker's five properties hold (no acknowledged invocation
 lost, nothing deleted came back, every answer agrees with the store), every Invoke that the
 clients retried (UNAVAILABLE, DEADLINE_EXCEEDED, same id and content) ended answered, nothing
 PENDING, every successful call answered within the route timeouts (Invoke 60 s, reads 30 s;
 the store's request timeout is 5 s), A's health ``NOT_SERVING`` while it cannot reach its store
-(Envoy then routes around it: calls keep succeeding on B), and A serving an Invoke itself within
-``RECOVERY_S`` of the heal.
+(Envoy then routes around it: calls keep succeeding on B), and full service within
+``RECOVERY_S`` of the heal: A serves an Invoke itself, and the clients, through their link and
+Envoy, get an Invoke answered.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,11 +35,10 @@ from conftest import GRPC_OPTIONS, FaultReport
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
-from support.faultproxy import FaultProxy
+from support.faultproxy import FaultProxy, fault_proxy
 from support.history import HistoryLoad, check
-from support.stacks import REPO_ROOT, stack_settings
+from support.stacks import running_two_servers
 
-from devstack.process import pid_alive
 from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
 
@@ -45,8 +46,10 @@ LEASE_S = 4.0
 FAULT_S = 8.0
 """How long each fault stays on (past the 3 s after which an unreachable store is unhealthy)."""
 RECOVERY_S = 15.0
-"""A serves an Invoke of its own within this long after a heal (the driver reconnects within
-4 s; health is checked every second)."""
+"""A serves an Invoke of its own, and the clients through Envoy get one answered, within this long
+after a heal (the driver reconnects within 4 s; health is checked every second; a gRPC client's
+channel reconnects with its own backoff, 1 s growing by 1.6 times a try, so after 8 s of a
+partition its next try comes at most about 7 s after the heal)."""
 ROUTE_TIMEOUT_S = 60.0
 
 
@@ -78,34 +81,36 @@ class Net:
 
 @pytest.fixture
 def net(cassandra_endpoint: CassandraConfig, shared_dir: Path, tmp_path: Path) -> Iterator[Net]:
-    settings = stack_settings(
-        cassandra_endpoint,
-        shared_dir,
-        tmp_path,
-        server_processes=2,
-        claim_lease_s=LEASE_S,
-        workers=1,
-    )
     with contextlib.ExitStack() as stack_of:
-        to_store = FaultProxy(cassandra_endpoint.port).start()
-        stack_of.callback(to_store.stop)
-        stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
-        a, b = stack.servers
-        a._process.env = {**(a._process.env or {}), "INFERENCE_CASSANDRA_PORT": str(to_store.port)}
-        from_envoy = FaultProxy(a.port).start()
-        stack_of.callback(from_envoy.stop)
-        stack.envoy.upstreams = [("127.0.0.1", from_envoy.port), (b.host, b.port)]
-        stack.start()
-        from_clients = FaultProxy(stack.envoy.listen_port).start()
-        stack_of.callback(from_clients.stop)
-        net = Net(stack, to_store, from_envoy, from_clients)
+        to_store = stack_of.enter_context(fault_proxy(cassandra_endpoint.port))
+        envoy_links: list[FaultProxy] = []
+
+        def through_proxies(stack: LocalStack) -> None:
+            """A reaches Cassandra through ``to_store``; Envoy reaches A through a proxy."""
+            a, b = stack.servers
+            a._process.env = {
+                **(a._process.env or {}),
+                "INFERENCE_CASSANDRA_PORT": str(to_store.port),
+            }
+            from_envoy = stack_of.enter_context(fault_proxy(a.port))
+            envoy_links.append(from_envoy)
+            stack.envoy.upstreams = [("127.0.0.1", from_envoy.port), (b.host, b.port)]
+
+        stack = stack_of.enter_context(
+            running_two_servers(
+                cassandra_endpoint,
+                shared_dir,
+                tmp_path,
+                prepare=through_proxies,
+                claim_lease_s=LEASE_S,
+            )
+        )
+        from_clients = stack_of.enter_context(fault_proxy(stack.envoy.listen_port))
+        net = Net(stack, to_store, envoy_links[0], from_clients)
         try:
             yield net
         finally:
-            net.heal()
-            stack.stop()
-            left = [s.pid for s in stack.servers if s.pid and pid_alive(s.pid)]
-            assert not left, f"server processes still run: {left}"
+            net.heal()  # before anything stops: nothing waits on a black hole
 
 
 def health(target: str) -> str:
@@ -146,6 +151,8 @@ FAULTS: list[Fault] = [
     ("resets mid-stream", "Envoy<->A", lambda n: n.from_envoy.reset(), False),
     ("resets mid-stream", "client<->Envoy", lambda n: n.from_clients.reset(), False),
     ("latency 2 s", "client<->Envoy", lambda n: setattr(n.from_clients, "latency_s", 2.0), False),
+    ("black hole", "client<->Envoy", lambda n: setattr(n.from_clients, "blackhole", True), False),
+    ("partition", "client<->Envoy", lambda n: n.from_clients.cut(), False),
 ]
 
 
@@ -161,7 +168,7 @@ def test_network_faults_under_load_keep_every_promise(
     load = HistoryLoad([clients_target], load_images, clients=4, retry_s=LEASE_S + 60)
     load.start()
     notes: list[str] = []
-    phases: list[tuple[str, float, float, int, bool]] = []
+    phases: list[tuple[str, float, float, float, int, bool]] = []
     rows: list[dict[str, object]] = []
     try:
         load.wait_for(8, timeout=120)
@@ -182,8 +189,10 @@ def test_network_faults_under_load_keep_every_promise(
                 assert seen_not_serving, f"{link} {name}: A never reported NOT_SERVING"
                 # Envoy routed around A: the load went on on B
                 assert during > 0, f"{link} {name}: no Invoke answered while A was cut off"
+            answered_at_heal = load.answered()
             net.heal()
             healed = time.monotonic()
+            healed_at = load.history.now()
             while True:
                 state = invoke_directly(net.a.address, load_images[0], f"{load.prefix}-a{number}")
                 if state == "STATE_SUCCEEDED":
@@ -193,7 +202,13 @@ def test_network_faults_under_load_keep_every_promise(
                 )
                 time.sleep(0.5)
             recovered = time.monotonic() - healed
-            phases.append((f"{link} {name}", on_at, load.history.now(), during, seen_not_serving))
+            # Full service: the clients (through their link and Envoy) get Invokes answered.
+            load.wait_for(
+                answered_at_heal + 1, timeout=max(0.0, healed + RECOVERY_S - time.monotonic())
+            )
+            phases.append(
+                (f"{link} {name}", on_at, healed_at, load.history.now(), during, seen_not_serving)
+            )
             notes.append(
                 f"{link} {name}: {during} answered during, NOT_SERVING seen {seen_not_serving},"
                 f" A recovered {recovered:.1f} s after heal"
@@ -201,23 +216,38 @@ def test_network_faults_under_load_keep_every_promise(
         load.wait_for(load.answered() + 4, timeout=60)
     finally:
         history = load.stop()
-    for label, on_at, off_at, during, seen in phases:
+    for label, on_at, healed_at, off_at, during, seen in phases:
         # every call that overlapped the fault: how many, how many failed, the slowest answer
         overlapping = [o for o in history.ops if o.start < off_at and o.end > on_at]
         answered = [o.end - o.start for o in overlapping if o.code in ("OK", "ALREADY_EXISTS")]
         failed = collections.Counter(
             o.code for o in overlapping if o.code not in ("OK", "ALREADY_EXISTS", "NOT_FOUND")
         )
+        # the first Invoke the clients got answered after the heal
+        served_again = (
+            min(
+                (
+                    o.end
+                    for o in history.ops
+                    if o.kind == "invoke" and o.code == "OK" and o.end > healed_at
+                ),
+                default=float("inf"),
+            )
+            - healed_at
+        )
         notes.append(
             f"{label}: {len(overlapping)} calls overlapped, slowest answer"
             f" {max(answered, default=0):.1f} s, failed (retried) {dict(failed)},"
-            f" {during} Invokes answered while on"
+            f" {during} Invokes answered while on, clients served again {served_again:.1f} s"
+            " after the heal"
         )
         rows.append(
             dict(
                 test=f"network: {label}",
                 load="4 clients via Envoy, history recorded",
-                fault=f"{label} for {FAULT_S:g} s (A NOT_SERVING seen: {seen})",
+                fault=f"{label} for {FAULT_S:g} s (A NOT_SERVING seen: {seen}; clients served"
+                f" again {served_again:.1f} s after the heal; slowest answer"
+                f" {max(answered, default=0):.1f} s)",
                 sent=len(overlapping),
                 calls=len(overlapping),
                 failed=sum(failed.values()),

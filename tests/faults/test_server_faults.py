@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FaultReport, InvokeLoad, read_back
-from support.stacks import running_stack, stack_settings
+from support.stacks import running_two_servers
 
 from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
@@ -21,15 +21,9 @@ LEASE_S = 2.0
 def two_servers(
     cassandra_endpoint: CassandraConfig, shared_dir: Path, tmp_path: Path
 ) -> Iterator[LocalStack]:
-    settings = stack_settings(
-        cassandra_endpoint,
-        shared_dir,
-        tmp_path,
-        server_processes=2,
-        claim_lease_s=LEASE_S,
-        workers=1,
-    )
-    with running_stack(settings) as stack:
+    with running_two_servers(
+        cassandra_endpoint, shared_dir, tmp_path, claim_lease_s=LEASE_S
+    ) as stack:
         yield stack
 
 

@@ -28,7 +28,7 @@ from conftest import GRPC_OPTIONS, FaultReport, LoadResult, ReadBack
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.history import Answer, History, Op, answer_of, check, content_hash
-from support.stacks import running_stack, stack_settings
+from support.stacks import running_two_servers
 
 from devstack.stack import LocalStack
 from inference_service.stores.cassandra import CassandraConfig
@@ -155,15 +155,9 @@ class FailoverLoad:
 def two_servers(
     cassandra_endpoint: CassandraConfig, shared_dir: Path, tmp_path: Path
 ) -> Iterator[LocalStack]:
-    settings = stack_settings(
-        cassandra_endpoint,
-        shared_dir,
-        tmp_path,
-        server_processes=2,
-        claim_lease_s=LEASE_S,
-        workers=1,
-    )
-    with running_stack(settings) as stack:
+    with running_two_servers(
+        cassandra_endpoint, shared_dir, tmp_path, claim_lease_s=LEASE_S
+    ) as stack:
         yield stack
 
 

@@ -24,14 +24,13 @@ from support.envoy_upstream import (
     LARGEST_PREFIX,
     REPO,
     REST_BODY_LIMIT,
-    FakeInferenceService,
     MiB,
     content_of,
+    envoy_upstream_fixtures,
     largest_metadata,
     make_envoy,
     rest_client,
     running_envoy,
-    serve_fake,
 )
 from support.http import RestClient, assert_status_json
 
@@ -40,27 +39,13 @@ from devstack.process import free_port
 from inference_service.edge.config import EnvoyError, render_config
 from inference_service.limits import RequestLimits
 
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeInferenceService, int]]:
-    with serve_fake() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
-    yield from running_envoy(tmp_path_factory.mktemp("envoy"), [fake[1]])
+fake, envoy, api = envoy_upstream_fixtures("envoy")
 
 
 @pytest.fixture(scope="module")
 def envoy_without_upstream(tmp_path_factory) -> Iterator[LocalEnvoy]:
     """An Envoy whose only upstream port has nothing listening."""
     yield from running_envoy(tmp_path_factory.mktemp("envoy-down"), [free_port()])
-
-
-@pytest.fixture(scope="module")
-def api(envoy) -> RestClient:
-    return rest_client(envoy)
 
 
 @pytest.fixture(scope="module")

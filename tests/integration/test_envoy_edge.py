@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -23,16 +22,15 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.envoy_upstream import (
     ERROR_PREFIX,
     SLOW_PREFIX,
-    FakeInferenceService,
+    calls,
     envoy_stats,
+    envoy_upstream_fixtures,
     rest_client,
     running_envoy,
-    serve_fake,
 )
 from support.h2_streams import open_idle_streams, pump
-from support.http import RestClient, assert_status_json
+from support.http import assert_status_json
 
-from devstack.envoy import LocalEnvoy
 from inference_service.edge.config import EnvoySettings
 
 HEADERS_TIMEOUT_S = 1.0
@@ -52,24 +50,7 @@ EARLY_S = 0.05
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeInferenceService, int]]:
-    with serve_fake() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
-    yield from running_envoy(tmp_path_factory.mktemp("edge"), [fake[1]], settings=EDGE)
-
-
-@pytest.fixture(scope="module")
-def api(envoy) -> RestClient:
-    return rest_client(envoy)
-
-
-def calls(fake) -> int:
-    return len(fake[0].requests)
+fake, envoy, api = envoy_upstream_fixtures("edge", settings=EDGE)
 
 
 def invoke_body(invocation_id: str) -> dict:

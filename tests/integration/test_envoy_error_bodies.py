@@ -18,7 +18,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support.envoy_upstream import FakeInferenceService, rest_client, running_envoy, serve_fake
+from support.envoy_upstream import (
+    calls,
+    envoy_upstream_fixtures,
+    rest_client,
+    running_envoy,
+)
 from support.http import RestClient, assert_status_json
 
 from devstack.envoy import LocalEnvoy
@@ -28,24 +33,7 @@ INTERNAL_WORDS = ("inference.v1", "type.googleapis", "Could not", "Unable to", "
 MARKER = "SECRETMARKER"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeInferenceService, int]]:
-    with serve_fake() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
-    yield from running_envoy(tmp_path_factory.mktemp("errors"), [fake[1]])
-
-
-@pytest.fixture(scope="module")
-def api(envoy) -> RestClient:
-    return rest_client(envoy)
-
-
-def calls(fake) -> int:
-    return len(fake[0].requests)
+fake, envoy, api = envoy_upstream_fixtures("errors")
 
 
 def post_raw(api: RestClient, body: bytes):

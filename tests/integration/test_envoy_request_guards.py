@@ -10,16 +10,18 @@ from __future__ import annotations
 import http.client
 import time
 import urllib.parse
-from collections.abc import Iterator
 
 import grpc
 import pytest
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support import wire
-from support.envoy_upstream import FakeInferenceService, rest_client, running_envoy, serve_fake
+from support.envoy_upstream import (
+    calls,
+    envoy_upstream_fixtures,
+)
 from support.h2_streams import RawGrpcConnection, grpc_frame
-from support.http import Reply, RestClient, assert_status_json
+from support.http import Reply, assert_status_json
 
 from devstack.envoy import LocalEnvoy
 
@@ -33,24 +35,7 @@ GET_MESSAGE = grpc_frame(wire.get_invocation_request(id=b"poisoner"))
 WATCH_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[tuple[FakeInferenceService, int]]:
-    with serve_fake() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def envoy(fake, tmp_path_factory) -> Iterator[LocalEnvoy]:
-    yield from running_envoy(tmp_path_factory.mktemp("guards"), [fake[1]])
-
-
-@pytest.fixture(scope="module")
-def api(envoy) -> RestClient:
-    return rest_client(envoy)
-
-
-def calls(fake) -> int:
-    return len(fake[0].requests)
+fake, envoy, api = envoy_upstream_fixtures("guards")
 
 
 def other_clients_with_deadlines_are_served(envoy: LocalEnvoy, seconds: float) -> None:

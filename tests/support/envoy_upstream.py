@@ -3,7 +3,13 @@ transcoding, status mapping, JSON errors, the edge hardening), not what the serv
 
 ``FakeInferenceService`` answers with canned replies chosen by the input id and records what it
 received; ``serve_fake`` runs it (with health and reflection) on a free port; ``make_envoy``
-renders an Envoy of the repository's template on free ports in front of it.
+renders an Envoy of the repository's template on free ports in front of it. A test module gets
+the whole set-up, module-scoped, from one line::
+
+    fake, envoy, api = envoy_upstream_fixtures("edge", settings=EDGE)
+
+``fake`` is ``(service, port)``, ``envoy`` the started Envoy, ``api`` a REST client of it;
+``calls(fake)`` counts the requests that reached the fake.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -193,6 +200,36 @@ def running_envoy(
         yield proxy
     finally:
         proxy.stop()
+
+
+def envoy_upstream_fixtures(
+    name: str, *, settings: EnvoySettings | None = None
+) -> tuple[Any, Any, Any]:
+    """The module-scoped fixtures ``fake`` (the fake service and its port), ``envoy`` (an Envoy
+    of ``settings`` in front of it, its files in a temporary folder named after ``name``) and
+    ``api`` (a REST client of that Envoy), for a test module to bind at its top level."""
+
+    @pytest.fixture(scope="module")
+    def fake() -> Iterator[tuple[FakeInferenceService, int]]:
+        with serve_fake() as served:
+            yield served
+
+    @pytest.fixture(scope="module")
+    def envoy(
+        fake: tuple[FakeInferenceService, int], tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[LocalEnvoy]:
+        yield from running_envoy(tmp_path_factory.mktemp(name), [fake[1]], settings=settings)
+
+    @pytest.fixture(scope="module")
+    def api(envoy: LocalEnvoy) -> RestClient:
+        return rest_client(envoy)
+
+    return fake, envoy, api
+
+
+def calls(fake: tuple[FakeInferenceService, int]) -> int:
+    """How many requests reached the fake service so far."""
+    return len(fake[0].requests)
 
 
 def rest_client(proxy: LocalEnvoy, **kwargs: Any) -> RestClient:

@@ -12,7 +12,9 @@ server's GetInvocation, and proves for every id:
 4. nothing acknowledged was lost: an id answered ``SUCCEEDED`` is stored at the end, unless a
    delete of it was sent;
 5. nothing deleted came back: after an acknowledged delete no read (Get, List) that started
-   later finds it, nor does the store at the end.
+   later finds it, nor does the store at the end; unless an Invoke that had not ended when
+   the delete began stored the id afresh (a new invocation, with its own complete time),
+   which reads after the delete may then show, and the deleted invocation never.
 
 A violation names the id and prints that id's whole history.
 """
@@ -390,56 +392,98 @@ def judge(
         acked_deletes = [o for o in deletes if o.code == "OK"]
         first_delete_end = min((o.end for o in acked_deletes), default=None)
         first_delete_start = min((o.start for o in deletes), default=None)
+        # when the first acknowledged delete began (it took effect between this and its end)
+        delete_began = min((o.start for o in acked_deletes), default=None)
         # the first acknowledgement of an Invoke (a read before it may see PENDING)
         invokes = [o for o in mine if o.kind == "invoke"]
         settled_at = min((o.end for o in invokes if o.code == "OK"), default=float("inf"))
-        recreated = first_delete_end is not None and any(
-            o.start > first_delete_end for o in invokes
+        oks = [o for o in invokes if o.code == "OK"]
+        # What was acknowledged before the delete: the first OK Invoke that ended before the
+        # delete began (else the first OK at all).
+        before = [o for o in oks if delete_began is None or o.end < delete_began]
+        first_ok = before[0] if before else (oks[0] if oks else None)
+        # An Invoke that had not ended when the delete began may have claimed the id after the
+        # delete took effect: it re-creates the id, a new invocation (a new complete time) that
+        # it answers with. A row after an acknowledged delete is legitimate only then, and only
+        # as another invocation than the deleted one (the same one back is a resurrection).
+        recreators = [o for o in invokes if delete_began is not None and o.end > delete_began]
+        recreated = (
+            bool(acked_deletes)
+            and row is not None
+            and bool(recreators)
+            and (first_ok is None or row_answer != first_ok.answer)
         )
 
         def bad(message: str, _id: str = invocation_id) -> None:
             violations[_id].append(message)
 
-        # 1. one content: every content seen (stored, read FULL) is one
-        contents = {o.content for o in mine if o.kind == "get" and o.code == "OK"}
-        if row_content is not None:
+        def after_delete(op: Op, _end: float | None = first_delete_end) -> bool:
+            return _end is not None and op.start > _end
+
+        def across_delete(op: Op, _began: float | None = delete_began) -> bool:
+            """Overlaps the delete: it may have taken effect before or after it."""
+            return _began is not None and not after_delete(op) and op.end > _began
+
+        def after_or_across(op: Op) -> bool:
+            return after_delete(op) or across_delete(op)
+
+        # 1. one content: every content seen (stored, read FULL) is one (of each invocation,
+        #    when the id was deleted and invoked afresh)
+        contents = {
+            o.content
+            for o in mine
+            if o.kind == "get" and o.code == "OK" and not (recreated and after_or_across(o))
+        }
+        if row_content is not None and not recreated:
             contents.add(row_content)
         if len(contents) > 1:
             bad(f"more than one content seen: {sorted(contents)}")
-        # what the acknowledged answer is: the store's, or (deleted since) the first OK invoke's
-        truth = row_answer
-        if truth is None:
-            oks = [o.answer for o in invokes if o.code == "OK"]
-            truth = oks[0] if oks else None
-        truth_content = row_content
-        if truth_content is None:
-            oks_c = [o.content for o in invokes if o.code == "OK"]
-            truth_content = oks_c[0] if oks_c else None
+        # what the acknowledged answer is: the store's, or (deleted since, or re-created) the
+        # first OK Invoke's; and after a re-creation, the store's (``new``)
+        truth = row_answer if not recreated else None
+        truth_content = row_content if not recreated else None
+        if truth is None and first_ok is not None:
+            truth, truth_content = first_ok.answer, first_ok.content
+        new = row_answer if recreated else None
+        new_content = row_content if recreated else None
         for op in mine:
-            deleted_before = first_delete_end is not None and op.start > first_delete_end
-            if deleted_before and recreated:
-                continue  # invoked again after its delete: a new invocation
+            deleted_before = after_delete(op)
+            # which answers and contents the op may show: before the delete the first
+            # invocation's; after it, the re-created one's; across it, either
+            answers: set[Any] = set()
+            seen: set[str | None] = set()
+            if not deleted_before:
+                answers.add(truth)
+                seen.add(truth_content)
+            if recreated and (deleted_before or across_delete(op)):
+                answers.add(new)
+                seen.add(new_content)
+            unchecked = deleted_before and not recreated  # deleted for good: checked below
             if op.kind == "invoke" and op.code == "OK":
                 # 2. an acknowledged Invoke agrees with the stored invocation and its content
-                if op.answer != truth and not deleted_before:
-                    bad(f"Invoke answered {op.answer}, stored {truth}")
-                if op.content != truth_content and not deleted_before:
+                if not unchecked and op.answer not in answers:
+                    stored_then = truth if not deleted_before else new
+                    bad(f"Invoke answered {op.answer}, stored {stored_then}")
+                if not unchecked and op.content not in seen:
                     bad(f"Invoke of content {op.content} acknowledged, stored {truth_content}")
             elif op.kind == "invoke" and op.code == "ALREADY_EXISTS":
-                # 3. ALREADY_EXISTS only for another content
-                if op.content == truth_content:
+                # 3. ALREADY_EXISTS only for another content (than the one stored then)
+                if not unchecked and op.content in seen and len(seen) == 1:
                     bad("ALREADY_EXISTS for the stored content")
             elif op.kind == "get" and op.code == "OK":
-                if deleted_before:
+                pending_ok = op.answer is not None and op.answer[0] == "PENDING"
+                if unchecked:
                     bad("read back after its delete was acknowledged")  # 5
-                elif op.answer != truth and not (
-                    op.answer is not None and op.answer[0] == "PENDING" and op.start < settled_at
+                elif deleted_before and op.answer == truth and truth != new:
+                    bad("the deleted invocation read back after its delete")  # 5
+                elif op.answer not in answers and not (
+                    pending_ok and (op.start < settled_at or recreated)
                 ):
                     bad(f"Get answered {op.answer}, stored {truth}")  # 2
             elif op.kind == "get" and op.code == "NOT_FOUND":
                 if first_delete_start is None and op.start > settled_at:
                     bad("NOT_FOUND after an acknowledged Invoke, never deleted")  # 4
-            elif op.kind == "list" and deleted_before:
+            elif op.kind == "list" and deleted_before and not recreated:
                 bad("listed after its delete was acknowledged")  # 5
         # 4. nothing acknowledged lost
         acked = any(o.code == "OK" and o.answer and o.answer[0] == "SUCCEEDED" for o in invokes)
@@ -448,12 +492,8 @@ def judge(
         if row is not None and row_answer is not None and row_answer[0] == "PENDING":
             bad("still PENDING at the end")
         # 5. nothing deleted came back
-        if acked_deletes and row is not None:
-            late = [
-                o for o in invokes if first_delete_end is not None and o.start > first_delete_end
-            ]
-            if not late:
-                bad("stored at the end after an acknowledged delete")
+        if acked_deletes and row is not None and not recreated:
+            bad("stored at the end after an acknowledged delete")
         # every server serves what is stored
         for target in servers:
             got = served[target][invocation_id]

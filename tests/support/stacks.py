@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,25 @@ def stack_settings(
     return StackSettings(**{**fields, **overrides})
 
 
+def two_servers_settings(
+    endpoint: CassandraConfig, shared_dir: Path, build_dir: Path, **overrides: Any
+) -> StackSettings:
+    """The fault tests' stack: two server processes of one worker each behind Envoy
+    (``overrides`` last: e.g. ``claim_lease_s``, or a keyspace to create)."""
+    return stack_settings(
+        endpoint, shared_dir, build_dir, **{"server_processes": 2, "workers": 1, **overrides}
+    )
+
+
 @contextlib.contextmanager
-def running_stack(settings: StackSettings) -> Iterator[LocalStack]:
-    """The stack of ``settings``, started, and stopped at the end: no process of it left."""
+def running_stack(
+    settings: StackSettings, prepare: Callable[[LocalStack], None] | None = None
+) -> Iterator[LocalStack]:
+    """The stack of ``settings``, started, and stopped at the end: no process of it left.
+    ``prepare`` may change the stack before it starts (e.g. put a proxy in a path)."""
     stack = LocalStack(settings, repo_root=REPO_ROOT, base_env=os.environ)
+    if prepare is not None:
+        prepare(stack)
     stack.start()
     try:
         yield stack
@@ -60,3 +75,18 @@ def running_stack(settings: StackSettings) -> Iterator[LocalStack]:
         stack.stop()
         left = [s.pid for s in stack.servers if s.pid and pid_alive(s.pid)]
         assert not left, f"server processes still run: {left}"
+
+
+@contextlib.contextmanager
+def running_two_servers(
+    endpoint: CassandraConfig,
+    shared_dir: Path,
+    build_dir: Path,
+    *,
+    prepare: Callable[[LocalStack], None] | None = None,
+    **overrides: Any,
+) -> Iterator[LocalStack]:
+    """``running_stack`` of ``two_servers_settings``."""
+    settings = two_servers_settings(endpoint, shared_dir, build_dir, **overrides)
+    with running_stack(settings, prepare) as stack:
+        yield stack
