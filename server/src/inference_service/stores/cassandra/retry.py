@@ -28,6 +28,7 @@ from cassandra import (
 )
 from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionException
+from cassandra.policies import FallthroughRetryPolicy
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
 
 from inference_service.errors import StoreUnavailableError
@@ -53,6 +54,27 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OverloadedErrorMessage,
     IsBootstrappingErrorMessage,
 )
+
+
+class ConditionalRetryPolicy(FallthroughRetryPolicy):
+    """The driver's policy for lightweight transactions: nothing is retried blindly (a lost
+    answer may hide an applied write: ``conditional`` settles it), except ``Unavailable`` once,
+    on the next host. A coordinator answers ``Unavailable`` before it starts the Paxos round,
+    when it believes too few replicas are alive, so nothing was written; a node that has just
+    restarted does so for a second or two, until it sees its peers up, while the others would
+    serve the statement."""
+
+    def on_unavailable(
+        self,
+        query: Any,
+        consistency: Any,
+        required_replicas: int,
+        alive_replicas: int,
+        retry_num: int,
+    ) -> tuple[int, Any]:
+        if retry_num == 0:
+            return self.RETRY_NEXT_HOST, None
+        return self.RETHROW, None
 
 
 class Verdict(enum.Enum):

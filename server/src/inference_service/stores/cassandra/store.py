@@ -40,7 +40,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, Session
-from cassandra.policies import FallthroughRetryPolicy
 from cassandra.query import PreparedStatement
 
 from inference_service.domain import (
@@ -57,6 +56,7 @@ from inference_service.stores.cassandra.cluster import SERIAL_PROFILE, connect_w
 from inference_service.stores.cassandra.config import CassandraConfig
 from inference_service.stores.cassandra.cql import HEALTH_CHECK_KEY
 from inference_service.stores.cassandra.retry import (
+    ConditionalRetryPolicy,
     Verdict,
     conditional,
     retrying,
@@ -124,8 +124,8 @@ class CassandraInvocationStore:
     ) -> PreparedStatement:
         statement = self._session.prepare(query)
         statement.is_idempotent = idempotent  # the driver may then retry it on another host
-        if not retry:
-            statement.retry_policy = FallthroughRetryPolicy()
+        if not retry:  # a lightweight transaction: see ConditionalRetryPolicy
+            statement.retry_policy = ConditionalRetryPolicy()
         return statement
 
     # --- construction -----------------------------------------------------------------
