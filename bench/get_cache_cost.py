@@ -93,9 +93,13 @@ async def block(get, ids, n, concurrency, pid):
     )
 
 
-async def main(pid, n, rounds):
+def face_images(count):
     shared = pathlib.Path("/work/shared/images")
-    images = [p.read_bytes() for p in sorted(shared.glob("face-*.jpg"))[:16]]
+    return [p.read_bytes() for p in sorted(shared.glob("face-*.jpg"))[:count]]
+
+
+async def main(pid, n, rounds):
+    images = face_images(16)
     inner = await CassandraInvocationStore.connect(
         CassandraConfig(keyspace="g20_getcost", create_schema=True)
     )
