@@ -36,6 +36,13 @@ DELETE_VICTIM = 1
 DOWN_S = 25
 """How long a killed node stays down: long enough for the survivors' failure detectors to
 convict it (20-40 s on two busy cores), so calls run both before and after they do."""
+READ_VICTIM = 3
+READ_BOUND_S = 1.0
+"""The slowest Get allowed right after a node kill. A read whose coordinator asks the dead
+replica is answered once the speculative retry (50 ms, set by ``migrate``) asks the third one;
+the table default (99p, about 2.5 s on a table with few reads) held it past this bound."""
+READ_AFTER_KILL_S = 8.0
+"""How long Gets run after the kill: well before the failure detectors convict the node."""
 RETRY_S = 30.0
 """How long a careful client retries a call that failed with UNAVAILABLE."""
 RETRYABLE = {"UNAVAILABLE"}
@@ -73,6 +80,54 @@ def test_sigkill_of_a_cassandra_node_under_load_fails_nothing(
     assert result.failed == 0, (result.errors, dict(result.details))
     assert len(result.acked) == result.sent
     assert back.lost == [] and back.pending == []
+
+
+def test_gets_answer_within_a_bound_right_after_a_node_kill(
+    cluster_stack: ClusterStackFactory,
+    load_images: list[bytes],
+    fault_report: FaultReport,
+) -> None:
+    with cluster_stack("faults_reads") as cs:
+        cluster, stack = cs.cluster, cs.stack
+        ids = _seed(stack, load_images[0], f"read-{uuid.uuid4().hex[:8]}", 12)
+        views = (pb.INVOCATION_VIEW_BASIC, pb.INVOCATION_VIEW_FULL)
+        latencies: list[float] = []
+        with grpc.insecure_channel(stack.grpc_target, options=GRPC_OPTIONS) as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            for invocation_id in ids:  # warm: connections, both servers' caches
+                for view in views:
+                    stub.GetInvocation(pb.GetInvocationRequest(id=invocation_id, view=view))
+            cluster.kill(READ_VICTIM)
+            killed_at = time.monotonic()
+            try:
+                while time.monotonic() - killed_at < READ_AFTER_KILL_S:
+                    for invocation_id in ids:
+                        for view in views:
+                            started = time.monotonic()
+                            response = stub.GetInvocation(
+                                pb.GetInvocationRequest(id=invocation_id, view=view), timeout=10
+                            )
+                            latencies.append(time.monotonic() - started)
+                            assert response.invocation.input.id == invocation_id
+            finally:
+                cluster.start_node(READ_VICTIM)  # waits until it has rejoined
+    assert cluster.is_running()
+    slowest = max(latencies)
+    fault_report.add_row(
+        test="GetInvocation right after one of 3 Cassandra nodes is SIGKILLed (RF 3)",
+        load=f"1 client, 12 ids, BASIC and FULL, for {READ_AFTER_KILL_S:g} s after the kill",
+        fault=f"node {READ_VICTIM} killed; slowest Get {slowest * 1000:.0f} ms",
+        sent=len(latencies),
+        calls=len(latencies),
+        failed=0,
+        lost="",
+        pending="",
+    )
+    print(
+        f"{len(latencies)} Gets after the kill: slowest {slowest * 1000:.0f} ms, "
+        f"over {READ_BOUND_S * 1000:.0f} ms: {sum(t > READ_BOUND_S for t in latencies)}"
+    )
+    assert slowest < READ_BOUND_S, sorted(latencies)[-5:]
 
 
 def _seed(stack: LocalStack, content: bytes, prefix: str, count: int) -> list[str]:

@@ -55,6 +55,19 @@ async def test_migrate_upgrades_an_older_table(cassandra_endpoint, caplog) -> No
         ).one()
         compression = options["compression"] if isinstance(options, dict) else options[0]
         assert compression.get("enabled") == "false", compression  # images: no LZ4 on top
+        # Every table, the upgraded one too: a read never waits for a dead replica past 50 ms
+        # (the default, 99p, is 2.5 s on a table with few reads).
+        retries = {
+            row["table_name"]: row["speculative_retry"]
+            for row in session.execute(
+                "SELECT table_name, speculative_retry FROM system_schema.tables"
+                " WHERE keyspace_name = %s",
+                (keyspace,),
+            )
+        }
+        assert retries == dict.fromkeys(
+            ("invocations", "invocations_by_time", "invocations_index_state"), "50ms"
+        ), retries
         # RF 1: losing the node loses the store, and the operator is told so.
         assert any("losing one node" in record.message for record in caplog.records)
 

@@ -110,19 +110,34 @@ async def test_pending_invocations_are_read_from_the_store() -> None:
     assert inner.gets == 2
 
 
-async def test_reads_fill_the_cache_and_basic_entries_answer_basic_reads_only() -> None:
+async def test_full_reads_fill_the_cache_and_basic_reads_are_one_read_without_content() -> None:
     inner = CountingStore()
     done = finished(pending("r"))
     await inner.claim(done)
     await inner.complete(done)
     store = CachingInvocationStore(inner, max_bytes=1 << 20)
-    assert (await store.get("r", with_content=False)).input.content == b""  # cached, BASIC
     assert (await store.get("r", with_content=False)).input.content == b""
-    assert inner.gets == 0
-    assert await store.get("r") == done  # a BASIC entry cannot answer FULL: read, cached
+    assert (await store.get("r", with_content=False)).input.content == b""
+    assert (inner.gets, inner.basic_gets) == (0, 2)
+    # A BASIC read keeps nothing: the first FULL read is one read, no revalidation before it.
     assert await store.get("r") == done
+    assert (inner.gets, inner.basic_gets) == (1, 2)
+    assert await store.get("r") == done  # cached: revalidated without the content
     assert (await store.get("r", with_content=False)).input.content == b""
-    assert inner.gets == 1
+    assert (inner.gets, inner.basic_gets) == (1, 4)
+
+
+async def test_a_basic_read_of_a_deleted_row_drops_its_entry() -> None:
+    inner = CountingStore()
+    first = CachingInvocationStore(inner, max_bytes=1 << 20)
+    second = CachingInvocationStore(inner, max_bytes=1 << 20)
+    done = await run(first, pending("b"))
+    assert await second.get("b") == done
+    assert await first.delete("b") is True
+    assert await second.get("b", with_content=False) is None
+    reads = (inner.gets, inner.basic_gets)
+    assert await second.get("b") is None  # the entry is gone: one FULL read, no revalidation
+    assert (inner.gets, inner.basic_gets) == (reads[0] + 1, reads[1])
 
 
 async def test_least_recently_used_entries_go_first_to_stay_within_bytes() -> None:

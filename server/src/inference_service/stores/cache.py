@@ -117,19 +117,25 @@ class CachingInvocationStore:
         return None
 
     async def get(self, invocation_id: str, *, with_content: bool = True) -> Invocation | None:
+        if not with_content:
+            # One read without the content, cached or not: the very read a hit's revalidation
+            # makes, so an entry has nothing to save here. It still drops an entry that is no
+            # longer the row (deleted, or deleted and invoked again).
+            current = await self._inner.get(invocation_id, with_content=False)
+            cached = self._entries.get(invocation_id)
+            if cached is not None and (current is None or not _same_row(cached, current)):
+                self._forget(invocation_id)
+            return current
         cached = self._lookup(invocation_id)
         if cached is not None:
             # Revalidate: the row's identity, without its content (see the module docstring).
             current = await self._inner.get(invocation_id, with_content=False)
-            if current is None or not _same_row(cached, current):
-                self._forget(invocation_id)
-                if current is None or not with_content:
-                    return current
-            elif not with_content:
-                return current
-            elif _has_content(cached):
+            if current is not None and _same_row(cached, current):
                 return cached
-        stored = await self._inner.get(invocation_id, with_content=with_content)
+            self._forget(invocation_id)
+            if current is None:
+                return None
+        stored = await self._inner.get(invocation_id, with_content=True)
         if stored is not None:
             self._remember(stored)
         return stored
@@ -171,13 +177,15 @@ class CachingInvocationStore:
         return cached
 
     def _remember(self, invocation: Invocation) -> None:
-        """Keep a finished invocation, with its content or (from a BASIC read) without, which
-        then answers BASIC reads only; drop the least recently used to fit."""
-        if invocation.state is State.PENDING or self._expired(invocation):
+        """Keep a finished invocation with its content; drop the least recently used to fit.
+        One without its content is never kept: it would answer nothing (a BASIC read is the
+        same one read cached or not) and cost a FULL read a revalidation on top."""
+        if (
+            invocation.state is State.PENDING
+            or not _has_content(invocation)
+            or self._expired(invocation)
+        ):
             return
-        current = self._entries.get(invocation.id)
-        if current is not None and _has_content(current) and not _has_content(invocation):
-            return  # never trade a whole entry for a BASIC one
         size = entry_bytes(invocation)
         if size > self._max_bytes:
             return

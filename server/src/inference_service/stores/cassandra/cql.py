@@ -56,6 +56,8 @@ def queries(table: str) -> dict[str, str]:
         "complete": complete,
         "get_with_content": f"SELECT {columns}, {clock}, content FROM {table} WHERE id = ?",  # noqa: S608
         "get_without_content": f"SELECT {columns}, {clock} FROM {table} WHERE id = ?",  # noqa: S608
+        # The rows of a BASIC listing page, a batch of ids in one request (``list``).
+        "get_many_without_content": f"SELECT {columns}, {clock} FROM {table} WHERE id IN ?",  # noqa: S608
     }
 
 

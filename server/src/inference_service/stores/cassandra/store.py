@@ -98,6 +98,9 @@ class CassandraInvocationStore:
         self._complete = self._prepare(queries["complete"], retry=False)
         self._get_with_content = self._prepare(queries["get_with_content"], idempotent=True)
         self._get_without_content = self._prepare(queries["get_without_content"], idempotent=True)
+        self._get_many_without_content = self._prepare(
+            queries["get_many_without_content"], idempotent=True
+        )
         self._delete = self._prepare(queries["delete"], retry=False)
         self._index_insert = self._prepare(queries["index_insert"], idempotent=True)
         self._index_delete = self._prepare(queries["index_delete"], idempotent=True)
@@ -359,9 +362,13 @@ class CassandraInvocationStore:
             step = max(batch, 1)
             for first in range(0, len(candidates) + 1, step):
                 chunk = candidates[first : first + step]
-                results = await asyncio.gather(
-                    *(self.get(entries[i]["id"], with_content=query.with_content) for i in chunk)
-                )
+                if query.with_content:
+                    results = await asyncio.gather(
+                        *(self.get(entries[i]["id"], with_content=True) for i in chunk)
+                    )
+                else:
+                    stored = await self._get_many([entries[i]["id"] for i in chunk])
+                    results = [stored.get(entries[i]["id"]) for i in chunk]
                 rows.update(zip(chunk, results, strict=True))
                 reads_left -= len(chunk)
                 # Decided now: every entry up to the last one read (or all, after the last).
@@ -386,13 +393,33 @@ class CassandraInvocationStore:
                 bucket -= self._bucket
                 buckets_left -= 1
 
+    async def _get_many(self, ids: Sequence[str]) -> dict[str, Invocation]:
+        """The rows of ``ids`` without their content, by id (absent: no row), read
+        ``ROWS_PER_READ`` ids to a request (``id IN ?``), the requests at once. One request per
+        batch instead of one per row: the per-request CPU of the driver and the event loop was
+        most of a BASIC page's (docs/performance.md, "Listing: CPU per page")."""
+        unique = list(dict.fromkeys(ids))
+        batches = [unique[i : i + ROWS_PER_READ] for i in range(0, len(unique), ROWS_PER_READ)]
+        try:
+            results = await asyncio.gather(
+                *(self._execute(self._get_many_without_content, (batch,)) for batch in batches)
+            )
+        except Exception as exc:
+            raise unavailable_or(exc, "list") from exc
+        return {
+            row["id"]: to_invocation(row, with_content=False) for rows in results for row in rows
+        }
+
     async def check(self) -> None:
         # A write at the configured consistency: it needs as many replicas as real calls do,
         # and, unlike a read, no particular one of them. A read's coordinator asks the replicas
         # it picks; one that was killed and is not yet convicted by the failure detectors
-        # (20-40 s) holds the read until the speculative retry or the read timeout, longer than
-        # the health check waits, so one dead node of three made every server NOT_SERVING. A
-        # write goes to every replica and is answered by the first quorum, as Invoke's are.
+        # (20-40 s) held the read until the speculative retry, which the tables' default (99p)
+        # put at 2.5 s, longer than the check waits: one dead node of three made every server
+        # NOT_SERVING. ``migrate`` now sets a 50 ms speculative retry, so a read would pass
+        # too; the write stays because it checks what Invoke needs (a quorum of replicas that
+        # accept writes: a node whose commit log cannot be written still answers reads) and
+        # does not depend on a table option. It costs one small mutation per server a second.
         try:
             await self._execute(self._health_write, (utcnow(), HEALTH_CHECK_KEY))
         except Exception as exc:
@@ -568,6 +595,9 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 MAX_BUCKETS_PER_PAGE = 96
 MAX_INDEX_ROWS_PER_PAGE = 4000
 MIN_ROW_READS_PER_PAGE = 100
+ROWS_PER_READ = 50
+"""Ids in one ``id IN ?`` read of a BASIC page's rows: a bounded fan-out for the coordinator
+(a page of 1000 makes 20 such reads, at once)."""
 
 
 def _listed(invocation: Invocation | None, position: PageCursor, wanted: Any) -> bool:
