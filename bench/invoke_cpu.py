@@ -16,7 +16,11 @@ thread, grpc-core's threads) is much steadier. This bench:
    ``--concurrency`` calls in flight, over gRPC directly (no Envoy), and reads the server's CPU
    time before and after;
 4. prints, per variant, the CPU ms per Invoke of each round and their median (and the median
-   ratio to the first variant), as text and as JSON (``--json``).
+   ratio to the first variant), and the medians by thread group (``loop``: the main thread,
+   where the event loop runs; ``grpc``: grpc-core's threads; ``pool``: every other thread,
+   i.e. the worker pool with decode and model, and the Cassandra driver's threads), as text
+   and as JSON (``--json``). The ``pool`` share is mostly the pipeline (noisy on a loaded
+   machine: caches, frequency); what the server adds around it shows in ``loop`` and ``grpc``.
 
 The images are the shared ones (``INFERENCE_SHARED_DIR``/images, or ``--images-dir``). The
 Cassandra store uses ``INFERENCE_CASSANDRA_CONTACT_POINTS`` (e.g. the shared dev node,
@@ -61,6 +65,8 @@ from bench.payloads import load_mix
 from bench.procstats import cpu_seconds
 
 REPO = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GRPC_THREADS = ("grpc_", "event_engine", "lifeguard", "default-executo", "resolver-execut")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +150,26 @@ class Server:
             raise RuntimeError(f"server {self.variant.name} is gone; see {self.log}")
         return value
 
+    def thread_cpu_s(self) -> dict[str, float]:
+        """CPU seconds by thread group: ``loop`` (the main thread: the event loop),
+        ``grpc`` (grpc-core's own threads: event engine, timers), ``pool`` (every other thread:
+        the worker pool with decode and model, the Cassandra driver's threads, metrics)."""
+        groups = {"loop": 0.0, "grpc": 0.0, "pool": 0.0}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            if task.name == str(self.process.pid):
+                groups["loop"] += seconds
+            elif comm.startswith(GRPC_THREADS):
+                groups["grpc"] += seconds
+            else:
+                groups["pool"] += seconds
+        return groups
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -179,10 +205,14 @@ async def drive(address: str, contents: Sequence[bytes], calls: int, concurrency
 
 def measure(server: Server, contents: Sequence[bytes], calls: int, concurrency: int) -> dict:
     """One measured block: server CPU ms per Invoke, and the wall time (informative only)."""
-    before = server.cpu_s()
+    before, threads_before = server.cpu_s(), server.thread_cpu_s()
     wall_s = asyncio.run(drive(server.address, contents, calls, concurrency))
     cpu_s = server.cpu_s() - before
-    return {"cpu_ms_per_invoke": 1000 * cpu_s / calls, "wall_s": wall_s}
+    threads = {
+        name: round(1000 * (seconds - threads_before.get(name, 0.0)) / calls, 3)
+        for name, seconds in server.thread_cpu_s().items()
+    }
+    return {"cpu_ms_per_invoke": 1000 * cpu_s / calls, "threads_ms": threads, "wall_s": wall_s}
 
 
 def drop_keyspaces(keyspaces: Sequence[str]) -> None:
@@ -226,16 +256,18 @@ def run(args: argparse.Namespace) -> dict:
                 measure(server, contents, args.warmup, args.concurrency)
             rounds: dict[str, list[float]] = {s.variant.name: [] for s in started}
             walls: dict[str, list[float]] = {s.variant.name: [] for s in started}
+            threads: dict[str, list[dict[str, float]]] = {s.variant.name: [] for s in started}
             for number in range(args.rounds):
                 order = started if number % 2 == 0 or not args.alternate else started[::-1]
                 for server in order:
                     block = measure(server, contents, args.calls, args.concurrency)
                     rounds[server.variant.name].append(round(block["cpu_ms_per_invoke"], 3))
                     walls[server.variant.name].append(round(block["wall_s"], 2))
+                    threads[server.variant.name].append(block["threads_ms"])
                     print(
                         f"{store} round {number + 1} {server.variant.name}: "
                         f"{block['cpu_ms_per_invoke']:.2f} ms CPU/Invoke "
-                        f"({block['wall_s']:.1f} s wall)",
+                        f"{block['threads_ms']} ({block['wall_s']:.1f} s wall)",
                         flush=True,
                     )
         first = statistics.median(rounds[variants[0].name])
@@ -245,6 +277,10 @@ def run(args: argparse.Namespace) -> dict:
                 "median": round(statistics.median(values), 3),
                 "ratio_to_first": round(statistics.median(values) / first, 3),
                 "wall_s": walls[name],
+                "threads_ms_median": {
+                    group: round(statistics.median(t[group] for t in threads[name]), 3)
+                    for group in threads[name][0]
+                },
             }
             for name, values in rounds.items()
         }
@@ -279,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, values in by_variant.items():
             print(
                 f"{store:9s} {name:12s} median {values['median']:.2f} ms CPU/Invoke "
-                f"(x{values['ratio_to_first']:.3f}) rounds {values['cpu_ms_per_invoke']}"
+                f"(x{values['ratio_to_first']:.3f}) rounds {values['cpu_ms_per_invoke']} "
+                f"threads {values['threads_ms_median']}"
             )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
