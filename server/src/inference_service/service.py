@@ -8,14 +8,12 @@ decoding, the model) runs in an executor, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import secrets
-import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -143,36 +141,11 @@ class InferenceService:
         except BaseException:
             lease.release()
             raise
-        loop = asyncio.get_running_loop()
-        model_run: asyncio.Future[ModelOutput] | None = None
         try:
-            if self._speculate:
-                # One hand-off to the pool: decode and hash, then (the claim goes on meanwhile,
-                # from the hash the job hands back) the model, in the same job.
-                decoded: concurrent.futures.Future[tuple[np.ndarray, str]] = (
-                    concurrent.futures.Future()
-                )
-                gone = threading.Event()
-                model_run = loop.run_in_executor(
-                    self._executor,
-                    self._decode_hash_and_detect,
-                    model_input.content,
-                    lease.detector,
-                    decoded,
-                    gone,
-                )
-                try:
-                    image, sha256 = await asyncio.wrap_future(decoded)
-                except BaseException:
-                    gone.set()  # the job runs no model for a call that has gone
-                    decoded.cancel()  # a job not started yet does nothing
-                    model_run.cancel()
-                    model_run.add_done_callback(_discard_result)
-                    raise
-            else:
-                image, sha256 = await loop.run_in_executor(
-                    self._executor, self._decode_and_hash, model_input.content
-                )
+            loop = asyncio.get_running_loop()
+            image, sha256 = await loop.run_in_executor(
+                self._executor, self._decode_and_hash, model_input.content
+            )
         except BaseException:
             admitted.release()
             lease.release()
@@ -190,7 +163,7 @@ class InferenceService:
         # One unit of work: the claim, the content, the model run and the outcome run to the
         # end once started, even when the call is cancelled (a client's deadline, a REST client
         # gone); stopped half-way, they would hold the id until the claim's lease passes.
-        work = asyncio.ensure_future(self._claim_and_run(pending, image, lease.detector, model_run))
+        work = asyncio.ensure_future(self._claim_and_run(pending, image, lease.detector))
         del image  # held by the unit of work only, until the admission is released
         self._runs.add(work)
         work.add_done_callback(self._runs.discard)
@@ -215,17 +188,13 @@ class InferenceService:
             await asyncio.gather(*self._runs, return_exceptions=True)
 
     async def _claim_and_run(
-        self,
-        pending: Invocation,
-        image: np.ndarray,
-        detector: Detector,
-        model_run: asyncio.Future[ModelOutput] | None = None,
+        self, pending: Invocation, image: np.ndarray, detector: Detector
     ) -> Invocation:
         """Claim the id, then run the model and store the outcome (owner), or answer with the
-        owner's outcome (loser). With speculation, the model already runs during the claim
-        (``model_run``, started with the decode); every path waits for that run to end before
-        the unit of work does (it holds the image, which the admission's memory budget counts
-        until then)."""
+        owner's outcome (loser). With speculation, the model already runs during the claim;
+        every path waits for that run to end before the unit of work does (it holds the image,
+        which the admission's memory budget counts until then)."""
+        model_run = self._start_model(detector, image) if self._speculate else None
         try:
             existing = await self._store.claim(pending)
             if existing is None:
@@ -247,31 +216,6 @@ class InferenceService:
         """Blocking: the decoded image and the content's sha256 (hex), off the event loop."""
         image = self._decode(content, self._limits.max_image_pixels)
         return image, hashlib.sha256(content).hexdigest()
-
-    def _decode_hash_and_detect(
-        self,
-        content: bytes,
-        detector: Detector,
-        decoded: concurrent.futures.Future[tuple[np.ndarray, str]],
-        gone: threading.Event,
-    ) -> ModelOutput | None:
-        """Blocking, one job of the pool: decode and hash (handed to the loop through
-        ``decoded``, so that the claim starts at once), then run ``detector`` on the image.
-        Nothing is run when the Invoke has gone before the job started (``decoded``
-        cancelled), and no model when it has gone during the decode (``gone``) or when the
-        decode failed (``decoded`` holds its error); the job then returns ``None``, which
-        nobody reads."""
-        if not decoded.set_running_or_notify_cancel():
-            return None
-        try:
-            image, sha256 = self._decode_and_hash(content)
-        except BaseException as error:
-            decoded.set_exception(error)
-            return None
-        decoded.set_result((image, sha256))
-        if gone.is_set():
-            return None
-        return detector.detect(image)
 
     async def _run_model(
         self,
@@ -537,12 +481,6 @@ class InferenceService:
         if stored is None:
             return failed
         return await self._answer_stored(stored, owned, image, started)
-
-
-def _discard_result(future: asyncio.Future[object]) -> None:
-    """Retrieve the outcome of a run nobody waits for (no "exception never retrieved")."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _settle_unit_of_work(work: asyncio.Future[Invocation]) -> None:
