@@ -17,10 +17,10 @@ thread, grpc-core's threads) is much steadier. This bench:
    time before and after;
 4. prints, per variant, the CPU ms per Invoke of each round and their median (and the median
    ratio to the first variant), and the medians by thread group (``loop``: the main thread,
-   where the event loop runs; ``grpc``: grpc-core's threads; ``pool``: every other thread,
-   i.e. the worker pool with decode and model, and the Cassandra driver's threads), as text
-   and as JSON (``--json``). The ``pool`` share is mostly the pipeline (noisy on a loaded
-   machine: caches, frequency); what the server adds around it shows in ``loop`` and ``grpc``.
+   where the event loop runs; ``grpc``: grpc-core's threads; ``workers``: the worker pool,
+   decode and model; ``other``: the Cassandra driver's threads and the rest), as text and as
+   JSON (``--json``). ``workers`` is the pipeline (noisy on a loaded machine: caches,
+   frequency); what the server adds around it shows in ``loop``, ``grpc`` and ``other``.
 
 The images are the shared ones (``INFERENCE_SHARED_DIR``/images, or ``--images-dir``). The
 Cassandra store uses ``INFERENCE_CASSANDRA_CONTACT_POINTS`` (e.g. the shared dev node,
@@ -99,6 +99,7 @@ class Server:
         self.variant = variant
         self.store = store
         self.port = free_port()
+        self.workers = int({**os.environ, **variant.env}.get("INFERENCE_WORKERS", "2"))
         self.keyspace = f"bench_cpu_{os.getpid()}_{variant.name}".lower().replace("-", "_")
         env = {
             **os.environ,
@@ -152,9 +153,12 @@ class Server:
 
     def thread_cpu_s(self) -> dict[str, float]:
         """CPU seconds by thread group: ``loop`` (the main thread: the event loop),
-        ``grpc`` (grpc-core's own threads: event engine, timers), ``pool`` (every other thread:
-        the worker pool with decode and model, the Cassandra driver's threads, metrics)."""
-        groups = {"loop": 0.0, "grpc": 0.0, "pool": 0.0}
+        ``grpc`` (grpc-core's own threads: event engine, timers), ``workers`` (the
+        ``INFERENCE_WORKERS`` busiest other threads, counted since the server started: the
+        worker pool, decode and model), ``other`` (the rest: the Cassandra driver's I/O and
+        event threads, metrics)."""
+        groups = {"loop": 0.0, "grpc": 0.0, "workers": 0.0, "other": 0.0}
+        python_threads: list[float] = []
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
                 comm = (task / "comm").read_text().strip()
@@ -167,7 +171,10 @@ class Server:
             elif comm.startswith(GRPC_THREADS):
                 groups["grpc"] += seconds
             else:
-                groups["pool"] += seconds
+                python_threads.append(seconds)
+        python_threads.sort(reverse=True)
+        groups["workers"] = sum(python_threads[: self.workers])
+        groups["other"] = sum(python_threads[self.workers :])
         return groups
 
     def stop(self) -> None:
