@@ -110,7 +110,6 @@ class Server:
             "INFERENCE_PORT": str(self.port),
             "INFERENCE_STORE": store,
             "INFERENCE_METRICS_PORT": "0",
-            "INFERENCE_LOG_LEVEL": "WARNING",
             "INFERENCE_CASSANDRA_KEYSPACE": self.keyspace,
             "INFERENCE_CASSANDRA_CREATE_SCHEMA": "true",
             **variant.env,
