@@ -243,14 +243,12 @@ class Metrics:
             self.stage.labels(stage).observe(time.perf_counter() - start)
 
 
-def timed_decode(
-    metrics: Metrics, decode: Callable[[bytes, int], np.ndarray]
-) -> Callable[[bytes, int], np.ndarray]:
+def timed_decode(metrics: Metrics, decode: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """``decode`` with its time recorded as the ``decode`` stage."""
 
-    def decode_timed(content: bytes, max_pixels: int) -> np.ndarray:
+    def decode_timed(content: bytes, max_pixels: int, *opened: Any) -> np.ndarray:
         with metrics.time_stage("decode"):
-            return decode(content, max_pixels)
+            return decode(content, max_pixels, *opened)
 
     return decode_timed
 
