@@ -254,36 +254,3 @@ async def test_a_busy_server_stores_nothing(executor) -> None:
     assert store.claimed == ["first"]
     detector.proceed.set()
     await first
-
-
-async def test_what_the_estimate_made_of_the_content_reaches_the_decode(executor) -> None:
-    """The header is parsed once: the admission's estimate (the image opened) is what the
-    Invoke's decode goes on from."""
-    from inference_service.images.decoder import OpenedImage, PillowImageDecoder
-
-    decoder = PillowImageDecoder(max_pixels=1_000_000)
-    admission = controller(executor, budget=10**9, estimate=decoder.open)
-    handed: list[object] = []
-
-    def decode(content, max_pixels, *inspected):
-        handed.extend(inspected)
-        return decoder.decode(content, max_pixels, *inspected)
-
-    service = InferenceService(
-        store=RecordingStore(),
-        detector=FakeDetector(),
-        decode=decode,
-        executor=executor,
-        admission=admission,
-    )
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6)).save(buffer, "PNG")
-    content = buffer.getvalue()
-    await service.invoke(ModelInput("opened", content))
-    assert len(handed) == 1 and isinstance(handed[0], OpenedImage)
-    assert handed[0].content is content
-    assert (admission.memory_in_use, admission.admitted) == (0, 0)

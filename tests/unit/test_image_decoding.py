@@ -553,30 +553,3 @@ def test_min_size_decodes_a_jpeg_at_a_reduced_scale_oriented_and_never_below_it(
     png = encode(picture, "PNG")
     assert decode_image(png, max_pixels=10**8, min_size=256).shape == (1200, 1600, 3)
     assert decode_image(content, max_pixels=10**8, min_size=4096).shape == (1600, 1200, 3)
-
-
-# --- the header parsed once: admission's ``open``, then ``decode`` from it --------------------
-
-
-def test_decode_from_the_opened_image_equals_a_decode_from_the_bytes() -> None:
-    from inference_service.images.decoder import PillowImageDecoder
-
-    decoder = PillowImageDecoder(max_pixels=LIMIT)
-    content = encode(Image.new("RGB", (40, 30), (10, 200, 30)), "JPEG")
-    opened = decoder.open(content)
-    assert opened.decoded_bytes == inspect_image(content, max_pixels=LIMIT).decoded_bytes
-    from_opened = decoder.decode(content, LIMIT, opened)
-    assert np.array_equal(from_opened, decode_image(content, max_pixels=LIMIT))
-    assert from_opened.shape == (30, 40, 3)
-
-
-def test_decode_from_the_opened_image_keeps_a_lower_pixel_limit_and_refuses_bad_data() -> None:
-    from inference_service.images.decoder import PillowImageDecoder
-
-    decoder = PillowImageDecoder(max_pixels=LIMIT)
-    content = encode(Image.new("RGB", (40, 30)), "PNG")
-    with pytest.raises(InvalidArgumentError, match="the limit is 100"):
-        decoder.decode(content, 100, decoder.open(content))
-    truncated = png_header_only(40, 30)
-    with pytest.raises(InvalidArgumentError, match="truncated or corrupt"):
-        decoder.decode(truncated, LIMIT, decoder.open(truncated))

@@ -22,7 +22,6 @@ import collections
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
 
 from inference_service.errors import InvalidArgumentError, ServerBusyError
 
@@ -97,15 +96,9 @@ class FifoCapacity:
 class Admitted:
     """What an admitted request holds; ``release`` gives it back (once, however often called)."""
 
-    def __init__(
-        self, release: Callable[[], None] | None = None, nbytes: int = 0, inspected: Any = None
-    ) -> None:
+    def __init__(self, release: Callable[[], None] | None = None, nbytes: int = 0) -> None:
         self._release = release
         self.nbytes = nbytes
-        self.inspected = inspected
-        """What the estimate returned when it was more than a number (e.g. the image opened
-        with its header read, which the decode goes on from: ``images.decoder.OpenedImage``);
-        ``None`` otherwise."""
 
     def release(self) -> None:
         release, self._release = self._release, None
@@ -126,15 +119,14 @@ class AdmissionController:
     def __init__(
         self,
         *,
-        estimate: Callable[[bytes], Any],
+        estimate: Callable[[bytes], int],
         executor: Executor,
         memory_budget_bytes: int,
         max_admitted: int,
         wait_s: float,
     ) -> None:
-        """``estimate(content)`` returns the bytes decoding ``content`` takes (an ``int``, or
-        an object with them as ``decoded_bytes``, handed on as ``Admitted.inspected``), or
-        raises ``InvalidArgumentError`` (unsupported, too large); it runs on ``executor``."""
+        """``estimate(content)`` returns the bytes decoding ``content`` takes, or raises
+        ``InvalidArgumentError`` (unsupported, too large); it runs on ``executor``."""
         self._estimate = estimate
         self._executor = executor
         self._places = FifoCapacity(max_admitted)
@@ -178,9 +170,7 @@ class AdmissionController:
             logger.info("busy: %d requests admitted, work queue full", self._places.in_use)
             raise ServerBusyError(BUSY_QUEUE_MESSAGE) from None
         try:
-            estimated = await loop.run_in_executor(self._executor, self._estimate, content)
-            inspected = None if isinstance(estimated, int) else estimated
-            nbytes: int = estimated if inspected is None else inspected.decoded_bytes
+            nbytes = await loop.run_in_executor(self._executor, self._estimate, content)
             if nbytes > self._memory.capacity:
                 raise InvalidArgumentError(
                     f"decoding this image would take {nbytes} bytes of memory; this server's "
@@ -204,4 +194,4 @@ class AdmissionController:
             self._memory.release(nbytes)
             self._places.release(1)
 
-        return Admitted(release, nbytes, inspected)
+        return Admitted(release, nbytes)

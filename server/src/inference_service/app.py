@@ -209,8 +209,7 @@ class Application:
         """The work queue and the image memory budget, watched by the metrics."""
         settings = self.settings
         admission = AdmissionController(
-            # The image opened, its header read: the Invoke's decode goes on from it.
-            estimate=decoder.open,
+            estimate=decoder.decoded_bytes,
             executor=self._executor,
             memory_budget_bytes=settings.image_memory_budget_bytes,
             max_admitted=settings.workers + settings.work_queue_size,

@@ -243,12 +243,14 @@ class Metrics:
             self.stage.labels(stage).observe(time.perf_counter() - start)
 
 
-def timed_decode(metrics: Metrics, decode: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+def timed_decode(
+    metrics: Metrics, decode: Callable[[bytes, int], np.ndarray]
+) -> Callable[[bytes, int], np.ndarray]:
     """``decode`` with its time recorded as the ``decode`` stage."""
 
-    def decode_timed(content: bytes, max_pixels: int, *opened: Any) -> np.ndarray:
+    def decode_timed(content: bytes, max_pixels: int) -> np.ndarray:
         with metrics.time_stage("decode"):
-            return decode(content, max_pixels, *opened)
+            return decode(content, max_pixels)
 
     return decode_timed
 

@@ -56,11 +56,9 @@ audit_logger = logging.getLogger("inference_service.audit")
 
 FAILED_MESSAGE = "the model failed on this input"
 
-ImageDecoder = Callable[..., np.ndarray]
-"""``decode(content, max_pixels[, inspected])``: content as an RGB uint8 (H, W, 3) array, given
-the pixel limit (and, when the admission's estimate returned one, what it made of the content:
-``Admitted.inspected``); raises ``InvalidArgumentError`` for content that is not a usable
-image."""
+ImageDecoder = Callable[[bytes, int], np.ndarray]
+"""Decodes content into an RGB uint8 (H, W, 3) array, given the pixel limit;
+raises ``InvalidArgumentError`` for content that is not a usable image."""
 
 
 def _utcnow() -> dt.datetime:
@@ -146,7 +144,7 @@ class InferenceService:
         try:
             loop = asyncio.get_running_loop()
             image, sha256 = await loop.run_in_executor(
-                self._executor, self._decode_and_hash, model_input.content, admitted.inspected
+                self._executor, self._decode_and_hash, model_input.content
             )
         except BaseException:
             admitted.release()
@@ -214,13 +212,9 @@ class InferenceService:
     def _start_model(self, detector: Detector, image: np.ndarray) -> asyncio.Future[ModelOutput]:
         return asyncio.get_running_loop().run_in_executor(self._executor, detector.detect, image)
 
-    def _decode_and_hash(self, content: bytes, inspected: object = None) -> tuple[np.ndarray, str]:
-        """Blocking: the decoded image and the content's sha256 (hex), off the event loop;
-        ``inspected``: what the admission made of the content (its header read), if anything."""
-        if inspected is None:
-            image = self._decode(content, self._limits.max_image_pixels)
-        else:
-            image = self._decode(content, self._limits.max_image_pixels, inspected)
+    def _decode_and_hash(self, content: bytes) -> tuple[np.ndarray, str]:
+        """Blocking: the decoded image and the content's sha256 (hex), off the event loop."""
+        image = self._decode(content, self._limits.max_image_pixels)
         return image, hashlib.sha256(content).hexdigest()
 
     async def _run_model(

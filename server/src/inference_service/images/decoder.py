@@ -42,21 +42,6 @@ class ImageHeader:
     decoder's scratch, the RGB array and the conversion's tiles, plus a copy of the content."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class OpenedImage:
-    """An image whose header was read and checked (``PillowImageDecoder.open``), no pixel
-    decoded yet: admission control sizes it (``decoded_bytes``) and the decode goes on from
-    it, so that the header is parsed once per Invoke."""
-
-    content: bytes
-    header: ImageHeader
-    image: Image.Image = dataclasses.field(repr=False, compare=False)
-
-    @property
-    def decoded_bytes(self) -> int:
-        return self.header.decoded_bytes
-
-
 class PillowImageDecoder:
     """Decodes the supported formats with Pillow, within a pixel and a decoded-bytes limit."""
 
@@ -74,35 +59,12 @@ class PillowImageDecoder:
         """What decoding ``content`` allocates at most (raises as ``inspect``)."""
         return self.inspect(content).decoded_bytes
 
-    def open(self, content: bytes) -> OpenedImage:
-        """``content`` with its header read and checked (raises as ``inspect``), ready for
-        ``decode(content, opened=...)``; nothing to close (the image reads from memory)."""
-        image = _open(content, self.max_pixels)
-        try:
-            header = _checked_header(image, content, self.max_pixels, self.max_decoded_bytes)
-        except BaseException:
-            image.close()
-            raise
-        return OpenedImage(content=content, header=header, image=image)
-
     def decode(
-        self,
-        content: bytes,
-        max_pixels: int | None = None,
-        opened: OpenedImage | None = None,
-        *,
-        min_size: int | None = None,
+        self, content: bytes, max_pixels: int | None = None, *, min_size: int | None = None
     ) -> np.ndarray:
         """The RGB ``uint8`` array of ``content``; ``max_pixels`` may lower the pixel limit;
-        ``opened``: what ``open`` made of this content (its header is not parsed again; used
-        once); ``min_size``: see ``decode_image`` (for drawing, never for the model)."""
+        ``min_size``: see ``decode_image`` (for drawing, never for the model)."""
         limit = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
-        if opened is not None and opened.content is content and min_size is None:
-            header = opened.header
-            with opened.image as image:
-                if header.width * header.height > limit:  # a lower limit than ``open``'s
-                    _checked_header(image, content, limit, self.max_decoded_bytes)
-                return _decode_pixels(image, limit)
         return decode_image(
             content, max_pixels=limit, max_decoded_bytes=self.max_decoded_bytes, min_size=min_size
         )
@@ -148,28 +110,23 @@ def decode_image(
     """
     with _open(content, max_pixels) as image:
         _checked_header(image, content, max_pixels, max_decoded_bytes)
-        return _decode_pixels(image, max_pixels, min_size)
-
-
-def _decode_pixels(image: Image.Image, max_pixels: int, min_size: int | None = None) -> np.ndarray:
-    """The pixels of an opened image whose header passed the checks, as ``decode_image``."""
-    try:
-        if min_size is not None and image.format == "JPEG":
-            image.draft(image.mode, (min_size, min_size))
-        image.load()
-        orientation = image.getexif().get(ORIENTATION_TAG, 1)
-        if orientation not in STORED_VIEW:
-            orientation = 1
-        return to_rgb(image, orientation)
-    except Image.DecompressionBombError as exc:
-        raise InvalidArgumentError(_too_large(str(exc), max_pixels)) from None
-    except Exception as exc:  # truncated data, corrupt streams, bad EXIF, ...
-        if isinstance(exc, MemoryError):
-            raise
-        logger.debug("cannot decode %s image: %r", image.format, exc)
-        raise InvalidArgumentError(
-            f"{UNDECODABLE} (truncated or corrupt {image.format or 'image'} data)"
-        ) from None
+        try:
+            if min_size is not None and image.format == "JPEG":
+                image.draft(image.mode, (min_size, min_size))
+            image.load()
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            if orientation not in STORED_VIEW:
+                orientation = 1
+            return to_rgb(image, orientation)
+        except Image.DecompressionBombError as exc:
+            raise InvalidArgumentError(_too_large(str(exc), max_pixels)) from None
+        except Exception as exc:  # truncated data, corrupt streams, bad EXIF, ...
+            if isinstance(exc, MemoryError):
+                raise
+            logger.debug("cannot decode %s image: %r", image.format, exc)
+            raise InvalidArgumentError(
+                f"{UNDECODABLE} (truncated or corrupt {image.format or 'image'} data)"
+            ) from None
 
 
 def _open(content: bytes, max_pixels: int) -> Image.Image:
