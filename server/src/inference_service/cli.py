@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from inference_service.logs import configure_logging
@@ -170,6 +170,15 @@ async def _serve(settings: Settings) -> None:
             metrics_server.shutdown()
 
 
+def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``serve`` runs on (``Settings.event_loop``); ``None``: asyncio's."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 async def _migrate(settings: Settings) -> None:
     from inference_service.stores.cassandra.maintenance import migrate
 
@@ -198,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            asyncio.run(_serve(settings))
+            with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+                runner.run(_serve(settings))
         elif args.command == "migrate":
             asyncio.run(_migrate(settings))
         elif args.command == "backfill-index":

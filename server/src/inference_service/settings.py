@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     """Port of the gRPC server; 0 picks a free one (tests)."""
     shutdown_grace_s: float = Field(10.0, ge=0)
     """On SIGTERM, how long in-flight calls may run before they are cancelled."""
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    """The event loop of ``serve``: ``asyncio`` (the standard library's) or ``uvloop`` (libuv;
+    the ``uvloop`` package must be installed). See docs/performance.md for what each costs."""
 
     # --- requests ----------------------------------------------------------
     max_content_bytes: int = Field(8 * 1024 * 1024, ge=1)
