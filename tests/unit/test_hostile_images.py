@@ -8,9 +8,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support.fakes import RecordingStore
+from support.fakes import MakeService, RecordingStore
 from support.hostile import HostileCase, corpus
-from unit.conftest import MakeService
 
 from inference_service.admission import AdmissionController
 from inference_service.domain import ModelInput, State
