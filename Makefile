@@ -35,7 +35,7 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi clients breaking lock lint check test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
+.PHONY: help setup protos openapi postman clients breaking lock lint check test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
@@ -43,6 +43,7 @@ help:
 	@echo "make test     set up and run every test (unit, integration, e2e, faults, fuzz, docker)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
+	@echo "make postman  the Postman collection of the REST API (build/postman/), from the OpenAPI file"
 	@echo "make lint     ruff + buf lint"
 	@echo "make fuzz     property-based fuzzing of the gRPC and REST APIs, 10,000 cases a test"
 	@echo "make bench    benchmarks against the local stack"
@@ -120,6 +121,16 @@ openapi: $(OPENAPI_SPEC)
 $(OPENAPI_SPEC): $(PROTOS) buf.gen.openapi.yaml $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) server/gen/.generated
 	$(BUF) generate --template buf.gen.openapi.yaml
 	touch $@
+
+# The Postman collection of the REST API (import it into Postman, or run it with newman), made
+# from the committed OpenAPI file by openapi-to-postmanv2 and fixed for use by
+# tools/postman-collection.mjs (one id for every request, the `{id}:render` URL, the base URL).
+# Not committed: made on demand from the spec, which is.
+POSTMAN_COLLECTION := build/postman/inference-service.postman_collection.json
+postman: $(POSTMAN_COLLECTION)
+
+$(POSTMAN_COLLECTION): $(OPENAPI_SPEC) tools/postman-collection.mjs node_modules/.installed
+	node tools/postman-collection.mjs $(OPENAPI_SPEC) $@
 
 $(TOOLS_BIN)/protoc-gen-go.$(PROTOC_GEN_GO_VERSION):
 	GOBIN=$(abspath $(TOOLS_BIN)) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
