@@ -35,10 +35,11 @@ TS_CLIENT := build/clients/ts/clients/ts/main.js
 # The shared data folder (models, images) beside the repo; override to move it.
 export INFERENCE_SHARED_DIR ?= $(abspath ../shared)
 
-.PHONY: help setup protos openapi docs postman clients breaking lock lint test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
+.PHONY: help setup protos openapi docs postman clients breaking lock lint check test test-unit test-integration test-e2e test-faults faults-long soak test-docker test-testcontainers docker-images fuzz run bench clean console-screenshots
 
 help:
 	@echo "make run      set up and start Cassandra, the server and Envoy (Ctrl-C stops all)"
+	@echo "make check    the fast loop: ruff, mypy (strict) and the unit tests; Python only, < 1 min warm"
 	@echo "make test     set up and run every test (unit, integration, e2e, faults, fuzz, docker)"
 	@echo "make protos   lint the API and regenerate the Python stubs and Envoy's descriptor"
 	@echo "make openapi  regenerate api/openapi/ (the committed OpenAPI description)"
@@ -178,18 +179,34 @@ server/gen/.generated: $(PROTOS) buf.yaml buf.gen.yaml tools/protoc-gen-grpc_pyt
 	$(BUF) build -o $(DESCRIPTOR)
 	touch $@
 
+# ruff over the whole tree (server, clients, bench, devstack, docker, tools, tests; settings in
+# the root pyproject.toml), and buf lint.
+RUFF_PATHS := . tools/protoc-gen-grpc_python
 lint: setup
-	$(VENV)/bin/ruff check server/src clients/python tests devstack docker tools/protoc-gen-grpc_python
-	$(VENV)/bin/ruff format --check server/src clients/python tests devstack docker
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
 	$(BUF) lint
+
+# The fast loop, run before every commit (.pre-commit-config.yaml) and first in CI: ruff, mypy
+# (strict on inference_service and inference_client; settings in pyproject.toml) and the unit
+# tests. It runs Python tools only (no Go, Node or Cassandra), once the virtualenv and the
+# generated stubs exist (the first `make setup` or `make protos` makes them). Under a minute on
+# a warm machine (docs/testing.md).
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check $(RUFF_PATHS)
+	$(VENV)/bin/ruff format --check $(RUFF_PATHS)
+	$(PY) -m mypy
+	$(PY) -m pytest tests/unit -q
 
 # Every test; tests/docker (the compose stack) runs last and is skipped without a Docker engine
 # and the images of `make docker-images` (a failure with INFERENCE_TEST_DOCKER=required, as in
-# CI); where they are there, the testcontainers path runs after it.
+# CI); where they are there, the testcontainers path runs after it. pytest ends with the time
+# each layer took (tests/support/layer_timing.py; the budget is in docs/testing.md).
 test: setup breaking
 	$(PY) -m pytest tests
 	@if [ "$$INFERENCE_TEST_DOCKER" = required ] || $(PY) -m devstack.docker status --require-images >/dev/null 2>&1; then \
-	  $(MAKE) --no-print-directory test-testcontainers; \
+	  start=$$(date +%s) && $(MAKE) --no-print-directory test-testcontainers \
+	  && echo "testcontainers path: $$(( $$(date +%s) - start )) s"; \
 	else echo "testcontainers path skipped: no Docker engine or images (make docker-images)"; fi
 
 test-unit: setup

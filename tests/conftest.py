@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 # Real-Cassandra fixtures for the integration, e2e and fault tests; the fuzz tests' hypothesis
-# profiles; the model tests' SavedModel export and local S3 server.
+# profiles; the model tests' SavedModel export and local S3 server; the time each layer took.
 pytest_plugins = (
     "support.cassandra_fixtures",
     "support.hypothesis_profiles",
+    "support.layer_timing",
     "support.model_fixtures",
 )
 

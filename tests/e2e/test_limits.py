@@ -239,7 +239,8 @@ class RestPath:
     def _invocation(reply: Reply) -> pb.Invocation:
         body = reply.json()  # every answer is JSON, errors too
         if reply.status == 200:
-            # Invoke's answer also says whether it was a replay; GetInvocation's has the invocation only.
+            # Invoke's answer also says whether it was a replay; GetInvocation's has the
+            # invocation only.
             assert set(body) in ({"invocation"}, {"invocation", "replayed"}), body.keys()
             return json_format.ParseDict(body["invocation"], pb.Invocation())
         assert set(body) == {"code", "message", "details"}, body

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import pytest_asyncio
-from unit.test_service import PNG, FakeDetector, fake_decode
+from support.fakes import PNG, FakeDetector, fake_decode
 
 from inference_service.domain import Claim, Invocation, ModelInput, State
 from inference_service.errors import InvocationPendingError

@@ -1,1 +1,1 @@
-"""Helpers shared by the test suites (importable as ``support``; see pytest.ini)."""
+"""Helpers shared by the test suites (importable as ``support``: pythonpath in pyproject.toml)."""

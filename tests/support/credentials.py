@@ -1,13 +1,11 @@
-"""Credentials made at test time: a CA and a server certificate for TLS, an RSA key with its
-JWKS, and JWTs signed by it (or by another key). Nothing here is ever committed: every file is
-written under a pytest temporary folder.
+"""Credentials made at test time: a CA and a server certificate for TLS (made by
+``support.certificates``), an RSA key with its JWKS, and JWTs signed by it (or by another key).
+Nothing here is ever committed: every file is written under a pytest temporary folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import json
 import time
 import uuid
@@ -15,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from support.certificates import TestCA
 
 ISSUER = "https://issuer.test.invalid"
 AUDIENCE = "inference-service"
@@ -27,10 +24,6 @@ SCOPE = "inference"
 
 def _rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,69 +39,12 @@ class TlsFiles:
 
 
 def make_tls_files(folder: Path) -> TlsFiles:
-    """Write a CA certificate, and a server certificate and key it signed, into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = _rsa_key()
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("inference-service test CA"))
-        .issuer_name(_name("inference-service test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = _rsa_key()
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = TlsFiles(
-        ca_cert=folder / "ca.pem",
-        server_cert=folder / "server.pem",
-        server_key=folder / "server.key",
-    )
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files.server_key.chmod(0o600)
-    return files
+    """Write a CA certificate, and a server certificate and key it signed, into ``folder`` (the
+    one certificate factory: ``support.certificates.TestCA``)."""
+    ca = TestCA(folder)
+    server = ca.issue("server", hosts=("localhost", "127.0.0.1"))
+    server.key_file.chmod(0o600)
+    return TlsFiles(ca_cert=ca.ca_file, server_cert=server.cert_file, server_key=server.key_file)
 
 
 class TokenIssuer:

@@ -8,11 +8,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_service import JPEG, NOW, PNG, FakeDetector, fake_decode
+from support.fakes import JPEG, NOW, PNG, FakeDetector
 
 from inference_service.domain import (
     BoundingBox,
@@ -29,7 +27,6 @@ from inference_service.errors import (
     InvocationPendingError,
     StoreUnavailableError,
 )
-from inference_service.service import InferenceService, RequestLimits
 from inference_service.stores.memory import InMemoryInvocationStore
 
 LEASE_S = 30.0
@@ -52,35 +49,17 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store() -> InMemoryInvocationStore:
-    return InMemoryInvocationStore()
+def make_service(make_service, clock):
+    """The shared builder (tests/unit/conftest.py) on a clock the test moves, with numbered claim
+    tokens (each service its own), a lease of ``LEASE_S`` and a short wait for a pending claim."""
 
+    def make(**arguments):
+        tokens = iter(f"token-{n}" for n in range(1000))
+        arguments.setdefault("new_token", lambda: next(tokens))
+        arguments.setdefault("pending_wait_s", 0.05)
+        return make_service(clock=clock, claim_lease_s=LEASE_S, **arguments)
 
-@pytest.fixture
-def detector() -> FakeDetector:
-    return FakeDetector()
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-def make_service(store, detector, executor, clock, **kwargs) -> InferenceService:
-    tokens = iter(f"token-{n}" for n in range(1000))
-    kwargs.setdefault("pending_wait_s", 0.05)
-    return InferenceService(
-        store=store,
-        detector=detector,
-        decode=fake_decode,
-        executor=executor,
-        limits=RequestLimits(max_content_bytes=1000, max_image_pixels=100),
-        clock=clock,
-        new_token=lambda: next(tokens),
-        claim_lease_s=LEASE_S,
-        **kwargs,
-    )
+    return make
 
 
 async def orphan(store, invocation_id: str, content: bytes) -> None:
@@ -96,8 +75,10 @@ async def orphan(store, invocation_id: str, content: bytes) -> None:
     assert await store.claim(orphaned) is None
 
 
-async def test_a_live_claim_is_not_taken_over(store, detector, executor, clock) -> None:
-    service = make_service(store, detector, executor, clock)
+async def test_a_live_claim_is_not_taken_over(
+    make_service, store, detector, executor, clock
+) -> None:
+    service = make_service()
     await orphan(store, "young", PNG)
     clock.advance(LEASE_S - 1)
     with pytest.raises(InvocationPendingError, match="still being processed"):
@@ -108,10 +89,10 @@ async def test_a_live_claim_is_not_taken_over(store, detector, executor, clock) 
 
 @pytest.mark.parametrize("speculate", [False, True])
 async def test_an_expired_claim_is_taken_over_by_the_same_content(
-    store, detector, executor, clock, speculate
+    make_service, store, detector, executor, clock, speculate
 ) -> None:
     # With speculation the run started beside the claim is the take-over's: still one run.
-    service = make_service(store, detector, executor, clock, speculative_model_run=speculate)
+    service = make_service(speculative_model_run=speculate)
     await orphan(store, "orphan", PNG)
     clock.advance(LEASE_S)
 
@@ -129,9 +110,9 @@ async def test_an_expired_claim_is_taken_over_by_the_same_content(
 
 
 async def test_an_expired_claim_with_other_content_is_already_exists(
-    store, detector, executor, clock
+    make_service, store, detector, executor, clock
 ) -> None:
-    service = make_service(store, detector, executor, clock)
+    service = make_service()
     await orphan(store, "orphan", PNG)
     clock.advance(LEASE_S * 10)
     with pytest.raises(AlreadyExistsError):
@@ -143,10 +124,10 @@ async def test_an_expired_claim_with_other_content_is_already_exists(
     assert detector.calls == 0
 
 
-async def test_of_concurrent_retries_exactly_one_takes_over(executor, clock) -> None:
+async def test_of_concurrent_retries_exactly_one_takes_over(make_service, executor, clock) -> None:
     store = InMemoryInvocationStore()
     detector = FakeDetector(delay=0.05)
-    service = make_service(store, detector, executor, clock, pending_wait_s=5.0)
+    service = make_service(store=store, detector=detector, pending_wait_s=5.0)
     await orphan(store, "orphan", PNG)
     clock.advance(LEASE_S + 1)
 
@@ -170,10 +151,10 @@ class SlowStore(InMemoryInvocationStore):
 
 
 async def test_a_call_cancelled_during_its_claim_still_finishes_the_invocation(
-    detector, executor, clock
+    make_service, detector, executor, clock
 ) -> None:
     store = SlowStore(delay=0.2)
-    service = make_service(store, detector, executor, clock)
+    service = make_service(store=store)
     call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
     await asyncio.sleep(0.05)  # the claim is in flight
     call.cancel()
@@ -201,10 +182,10 @@ class FailingCompleteStore(InMemoryInvocationStore):
 
 
 async def test_an_outcome_that_could_not_be_stored_is_redone_after_the_lease(
-    detector, executor, clock
+    make_service, detector, executor, clock
 ) -> None:
     store = FailingCompleteStore()
-    service = make_service(store, detector, executor, clock)
+    service = make_service(store=store)
     with pytest.raises(StoreUnavailableError):
         await service.invoke(ModelInput("lost-outcome", PNG))
     assert (await store.get("lost-outcome")).state is State.PENDING
@@ -257,7 +238,7 @@ class GatedDetector(FakeDetector):
 
 @pytest.mark.parametrize("late_run_fails", [False, True], ids=["late-success", "late-failure"])
 async def test_an_owner_that_stalls_past_its_lease_never_overwrites_its_successor(
-    executor, clock, late_run_fails
+    make_service, executor, clock, late_run_fails
 ) -> None:
     """R1: server A claims and stalls in its model run past the lease; server B (a retry)
     takes the claim over and stores its outcome; A wakes up. A writes nothing, and both
@@ -265,18 +246,8 @@ async def test_an_owner_that_stalls_past_its_lease_never_overwrites_its_successo
     store = InMemoryInvocationStore()
     slow = GatedDetector("v1", 0.9, fail=late_run_fails)
     fast = GatedDetector("v2", 0.5)
-    server_a = make_service(store, slow, executor, clock)
-    server_b = InferenceService(
-        store=store,
-        detector=fast,
-        decode=fake_decode,
-        executor=executor,
-        limits=RequestLimits(max_content_bytes=1000, max_image_pixels=100),
-        clock=clock,
-        new_token=lambda: "token-b",
-        claim_lease_s=LEASE_S,
-        pending_wait_s=0.05,
-    )
+    server_a = make_service(store=store, detector=slow)
+    server_b = make_service(store=store, detector=fast, new_token=lambda: "token-b")
     slow.gate.clear()
     stalled = asyncio.ensure_future(server_a.invoke(ModelInput("stall", PNG)))
     for _ in range(500):  # until A holds the claim and runs the model
@@ -308,13 +279,13 @@ class LateTakeOverStore(InMemoryInvocationStore):
 
 
 async def test_a_row_holding_the_callers_own_claim_is_finished_by_it(
-    detector, executor, clock
+    make_service, detector, executor, clock
 ) -> None:
     """R2, the waiting loop: the row holds this call's own claim (its take-over was applied,
     the answer said otherwise): it is this call's, so it runs the model at once instead of
     waiting for an outcome nobody else will write."""
     store = LateTakeOverStore()
-    service = make_service(store, detector, executor, clock)
+    service = make_service(store=store)
     await orphan(store, "late", PNG)
     clock.advance(LEASE_S + 1)
 
@@ -328,7 +299,7 @@ async def test_a_row_holding_the_callers_own_claim_is_finished_by_it(
 
 
 async def test_a_claim_bound_to_a_model_no_longer_served_fails_after_the_lease(
-    store, detector, executor, clock
+    make_service, store, detector, executor, clock
 ) -> None:
     """R6: the id's claim is bound to a model that this server does not serve (removed from
     the configuration, or renamed). Before the lease: UNAVAILABLE, as for any pending id.
@@ -343,7 +314,7 @@ async def test_a_claim_bound_to_a_model_no_longer_served_fails_after_the_lease(
         claim=Claim(token="dead-owner", time=NOW),
     )
     assert await store.claim(gone) is None
-    service = make_service(store, detector, executor, clock)
+    service = make_service()
     with pytest.raises(InvocationPendingError):
         await service.invoke(ModelInput("unserved", PNG))
     clock.advance(LEASE_S)

@@ -8,7 +8,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support.fakes import FakeDetector, RecordingStore
+from support.fakes import MakeService, RecordingStore
 from support.hostile import HostileCase, corpus
 
 from inference_service.admission import AdmissionController
@@ -28,7 +28,11 @@ def executor():
         yield pool
 
 
-def make_service(store: RecordingStore, executor: ThreadPoolExecutor) -> InferenceService:
+def with_default_limits(
+    make_service: MakeService, store: RecordingStore, executor: ThreadPoolExecutor
+) -> InferenceService:
+    """The shared builder's service with the real decoder, admission control and limits of the
+    default settings."""
     decoder = PillowImageDecoder(
         max_pixels=DEFAULTS.max_image_pixels, max_decoded_bytes=DEFAULTS.max_decoded_bytes
     )
@@ -39,11 +43,9 @@ def make_service(store: RecordingStore, executor: ThreadPoolExecutor) -> Inferen
         max_admitted=DEFAULTS.workers + DEFAULTS.work_queue_size,
         wait_s=DEFAULTS.admission_wait_s,
     )
-    return InferenceService(
+    return make_service(
         store=store,
-        detector=FakeDetector(),
         decode=decoder.decode,
-        executor=executor,
         admission=admission,
         limits=RequestLimits(
             max_content_bytes=DEFAULTS.max_content_bytes,
@@ -54,10 +56,10 @@ def make_service(store: RecordingStore, executor: ThreadPoolExecutor) -> Inferen
 
 @pytest.mark.parametrize("case", corpus(), ids=lambda case: case.name)
 async def test_hostile_image_gets_its_documented_answer(
-    case: HostileCase, executor: ThreadPoolExecutor
+    case: HostileCase, make_service: MakeService, executor: ThreadPoolExecutor
 ) -> None:
     store = RecordingStore()
-    service = make_service(store, executor)
+    service = with_default_limits(make_service, store, executor)
     model_input = ModelInput(id=f"hostile-{case.name}", content=case.content)
     if case.code == "OK":
         invocation = await service.invoke(model_input)

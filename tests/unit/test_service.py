@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import functools
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
+from support.fakes import JPEG, NOW, PNG, FakeDetector
 
 from inference_service.domain import (
-    BoundingBox,
-    Detection,
     Invocation,
     ModelInfo,
     ModelInput,
-    ModelOutput,
     State,
 )
 from inference_service.errors import (
@@ -28,75 +24,14 @@ from inference_service.errors import (
 )
 from inference_service.images.formats import sniff_content_type
 from inference_service.images.validation import validate_id
-from inference_service.service import FAILED_MESSAGE, InferenceService, RequestLimits
+from inference_service.service import FAILED_MESSAGE
 from inference_service.stores.memory import InMemoryInvocationStore
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"rest-of-a-png"
-JPEG = b"\xff\xd8\xff\xe0" + b"rest-of-a-jpeg"
-NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-
-
-class FakeDetector:
-    def __init__(self, *, fail: bool = False, delay: float = 0.0) -> None:
-        self.calls = 0
-        self.fail = fail
-        self.delay = delay
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(name="face-detector", version="v-test")
-
-    def detect(self, image: np.ndarray) -> ModelOutput:
-        self.calls += 1
-        if self.delay:
-            import time
-
-            time.sleep(self.delay)
-        if self.fail:
-            raise RuntimeError("boom: secret internal detail")
-        height, width = image.shape[:2]
-        box = BoundingBox(1.0, 2.0, 3.0, 4.0)
-        return ModelOutput((Detection(box, 0.9, "face"),), width, height)
-
-    def close(self) -> None:
-        pass
-
-
-def fake_decode(content: bytes, max_pixels: int) -> np.ndarray:
-    if not content.startswith((b"\x89PNG", b"\xff\xd8")):
-        raise InvalidArgumentError("input.content is not a decodable image")
-    if b"huge" in content and max_pixels < 10_000:
-        raise InvalidArgumentError("image is too large")
-    return np.zeros((6, 8, 3), dtype=np.uint8)
-
 
 @pytest.fixture
-def store() -> InMemoryInvocationStore:
-    return InMemoryInvocationStore()
-
-
-@pytest.fixture
-def detector() -> FakeDetector:
-    return FakeDetector()
-
-
-@pytest.fixture
-def executor():
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-def make_service(store, detector, executor, **kwargs) -> InferenceService:
-    return InferenceService(
-        store=store,
-        detector=detector,
-        decode=fake_decode,
-        executor=executor,
-        limits=kwargs.pop("limits", RequestLimits(max_content_bytes=1000, max_image_pixels=100)),
-        clock=lambda: NOW,
-        new_id=lambda: "server-assigned",
-        **kwargs,
-    )
+def make_service(make_service):
+    """The shared builder (tests/unit/conftest.py), with a fixed clock and server-assigned id."""
+    return functools.partial(make_service, clock=lambda: NOW, new_id=lambda: "server-assigned")
 
 
 @pytest.mark.parametrize(
@@ -132,8 +67,8 @@ def test_sniff_content_type() -> None:
     assert sniff_content_type(b"nothing") == "application/octet-stream"
 
 
-async def test_invoke_stores_input_and_output(store, detector, executor) -> None:
-    service = make_service(store, detector, executor)
+async def test_invoke_stores_input_and_output(make_service, store, detector, executor) -> None:
+    service = make_service()
     result = await service.invoke(ModelInput("img-1", PNG, {"camera": "front"}))
 
     assert result.state is State.SUCCEEDED
@@ -150,17 +85,17 @@ async def test_invoke_stores_input_and_output(store, detector, executor) -> None
     assert dict(stored.input.metadata) == {"camera": "front"}
 
 
-async def test_empty_id_gets_a_server_assigned_one(store, detector, executor) -> None:
-    service = make_service(store, detector, executor)
+async def test_empty_id_gets_a_server_assigned_one(make_service, store, detector, executor) -> None:
+    service = make_service()
     result = await service.invoke(ModelInput("", PNG))
     assert result.id == "server-assigned"
     assert (await store.get("server-assigned")) is not None
 
 
 async def test_same_id_same_content_returns_stored_without_running_model(
-    store, detector, executor
+    make_service, store, detector, executor
 ) -> None:
-    service = make_service(store, detector, executor)
+    service = make_service()
     first = await service.invoke(ModelInput("dup", PNG, {"a": "1"}))
     again = await service.invoke(ModelInput("dup", PNG, {"a": "other metadata is ignored"}))
     assert again == first
@@ -169,9 +104,9 @@ async def test_same_id_same_content_returns_stored_without_running_model(
 
 
 async def test_same_id_different_content_is_already_exists_and_keeps_data(
-    store, detector, executor
+    make_service, store, detector, executor
 ) -> None:
-    service = make_service(store, detector, executor)
+    service = make_service()
     first = await service.invoke(ModelInput("dup", PNG))
     with pytest.raises(AlreadyExistsError, match="different content"):
         await service.invoke(ModelInput("dup", JPEG))
@@ -179,9 +114,9 @@ async def test_same_id_different_content_is_already_exists_and_keeps_data(
     assert detector.calls == 1
 
 
-async def test_concurrent_identical_invokes_run_model_once(store, executor) -> None:
+async def test_concurrent_identical_invokes_run_model_once(make_service, store, executor) -> None:
     detector = FakeDetector(delay=0.05)
-    service = make_service(store, detector, executor)
+    service = make_service(detector=detector)
     results = await asyncio.gather(*(service.invoke(ModelInput("same", PNG)) for _ in range(10)))
     assert detector.calls == 1
     assert {r.state for r in results} == {State.SUCCEEDED}
@@ -205,27 +140,27 @@ async def test_concurrent_identical_invokes_run_model_once(store, executor) -> N
     ],
 )
 async def test_invalid_input_is_rejected_and_nothing_is_stored(
-    store, detector, executor, model_input, error, message
+    make_service, store, detector, executor, model_input, error, message
 ) -> None:
-    service = make_service(store, detector, executor)
+    service = make_service()
     with pytest.raises(error, match=message):
         await service.invoke(model_input)
     assert await store.get("ok") is None
     assert detector.calls == 0
 
 
-async def test_unknown_model_is_not_found(store, detector, executor) -> None:
-    service = make_service(store, detector, executor)
+async def test_unknown_model_is_not_found(make_service, store, detector, executor) -> None:
+    service = make_service()
     with pytest.raises(NotFoundError, match="model 'other' not found"):
         await service.invoke(ModelInput("m", PNG), model="other")
     result = await service.invoke(ModelInput("m", PNG), model="face-detector")
     assert result.state is State.SUCCEEDED
 
 
-async def test_model_failure_marks_failed_and_hides_details(store, executor) -> None:
+async def test_model_failure_marks_failed_and_hides_details(make_service, store, executor) -> None:
     """One rule for a failed model run: the first caller is answered the stored FAILED
     invocation (OK), as every replay is; the error is client-safe."""
-    service = make_service(store, FakeDetector(fail=True), executor)
+    service = make_service(detector=FakeDetector(fail=True))
     answered = await service.invoke(ModelInput("f", PNG))
     assert answered.state is State.FAILED
     assert answered.error == FAILED_MESSAGE
@@ -239,16 +174,16 @@ async def test_model_failure_marks_failed_and_hides_details(store, executor) -> 
     assert stored.complete_time == NOW
 
 
-async def test_get_unknown_and_malformed_ids(store, detector, executor) -> None:
-    service = make_service(store, detector, executor)
+async def test_get_unknown_and_malformed_ids(make_service, store, detector, executor) -> None:
+    service = make_service()
     with pytest.raises(NotFoundError, match="'nope' not found"):
         await service.get_invocation("nope")
     with pytest.raises(InvalidArgumentError):
         await service.get_invocation("no/pe")
 
 
-async def test_get_without_content_keeps_hash(store, detector, executor) -> None:
-    service = make_service(store, detector, executor)
+async def test_get_without_content_keeps_hash(make_service, store, detector, executor) -> None:
+    service = make_service()
     await service.invoke(ModelInput("basic", PNG, {"k": "v"}))
     basic = await service.get_invocation("basic", with_content=False)
     assert basic.input.content == b""
@@ -258,9 +193,11 @@ async def test_get_without_content_keeps_hash(store, detector, executor) -> None
 
 
 @pytest.mark.parametrize("speculate", [False, True])
-async def test_cancelled_invoke_still_stores_its_outcome(store, executor, speculate) -> None:
+async def test_cancelled_invoke_still_stores_its_outcome(
+    make_service, store, executor, speculate
+) -> None:
     detector = FakeDetector(delay=0.2)
-    service = make_service(store, detector, executor, speculative_model_run=speculate)
+    service = make_service(detector=detector, speculative_model_run=speculate)
     call = asyncio.ensure_future(service.invoke(ModelInput("cancelled", PNG)))
     await asyncio.sleep(0.05)  # claimed, model running
     call.cancel()
@@ -272,8 +209,10 @@ async def test_cancelled_invoke_still_stores_its_outcome(store, executor, specul
     assert detector.calls == 1
 
 
-async def test_a_claim_that_stays_pending_is_unavailable_not_ok(store, detector, executor) -> None:
-    service = make_service(store, detector, executor, pending_wait_s=0.05)
+async def test_a_claim_that_stays_pending_is_unavailable_not_ok(
+    make_service, store, detector, executor
+) -> None:
+    service = make_service(pending_wait_s=0.05)
     stuck = Invocation(
         input=ModelInput("stuck", PNG),
         content_sha256=hashlib.sha256(PNG).hexdigest(),
@@ -312,11 +251,11 @@ class SlowClaimStore(InMemoryInvocationStore):
         return await super().claim(pending)
 
 
-async def test_speculation_runs_the_model_during_the_claim(executor) -> None:
+async def test_speculation_runs_the_model_during_the_claim(make_service, executor) -> None:
     store = SlowClaimStore(0.1)
     detector = FakeDetector()
     store.detector = detector
-    service = make_service(store, detector, executor, speculative_model_run=True)
+    service = make_service(store=store, detector=detector, speculative_model_run=True)
     done = await service.invoke(ModelInput("spec", PNG))
     assert done.state is State.SUCCEEDED
     assert store.model_calls_at_claim_end == [1]  # the model ran before the claim answered
@@ -324,22 +263,23 @@ async def test_speculation_runs_the_model_during_the_claim(executor) -> None:
     assert await store.get("spec") == done
 
 
-async def test_without_speculation_the_model_runs_after_the_claim(executor) -> None:
+async def test_without_speculation_the_model_runs_after_the_claim(make_service, executor) -> None:
     store = SlowClaimStore(0.05)
     detector = FakeDetector()
     store.detector = detector
-    service = make_service(store, detector, executor)
+    service = make_service(store=store, detector=detector)
     await service.invoke(ModelInput("serial", PNG))
     assert store.model_calls_at_claim_end == [0]
     assert detector.calls == 1
 
 
 async def test_speculative_losers_discard_their_runs_and_get_the_one_stored_result(
+    make_service,
     executor,
 ) -> None:
     store = SlowClaimStore(0.01)
     detector = FakeDetector(delay=0.02)
-    service = make_service(store, detector, executor, speculative_model_run=True)
+    service = make_service(store=store, detector=detector, speculative_model_run=True)
     results = await asyncio.gather(*(service.invoke(ModelInput("same", PNG)) for _ in range(5)))
     stored = await store.get("same")
     assert stored.state is State.SUCCEEDED
@@ -349,10 +289,10 @@ async def test_speculative_losers_discard_their_runs_and_get_the_one_stored_resu
     assert detector.calls == 5
 
 
-async def test_speculative_run_of_a_replayed_id_is_discarded(executor) -> None:
+async def test_speculative_run_of_a_replayed_id_is_discarded(make_service, executor) -> None:
     store = SlowClaimStore(0.0)
     detector = FakeDetector()
-    service = make_service(store, detector, executor, speculative_model_run=True)
+    service = make_service(store=store, detector=detector, speculative_model_run=True)
     first = await service.invoke(ModelInput("replay", PNG, {"a": "1"}))
     again = await service.invoke(ModelInput("replay", PNG, {"a": "2"}))
     assert again == first
@@ -362,12 +302,12 @@ async def test_speculative_run_of_a_replayed_id_is_discarded(executor) -> None:
     assert await store.get("replay") == first
 
 
-async def test_speculation_with_a_failed_claim_stores_nothing(executor) -> None:
+async def test_speculation_with_a_failed_claim_stores_nothing(make_service, executor) -> None:
     from inference_service.errors import StoreUnavailableError
 
     store = SlowClaimStore(0.0, fail=True)
     detector = FakeDetector(delay=0.05)
-    service = make_service(store, detector, executor, speculative_model_run=True)
+    service = make_service(store=store, detector=detector, speculative_model_run=True)
     with pytest.raises(StoreUnavailableError):
         await service.invoke(ModelInput("lost", PNG))
     assert detector.calls == 1  # the run ended before the call did (it holds the image)
@@ -375,9 +315,11 @@ async def test_speculation_with_a_failed_claim_stores_nothing(executor) -> None:
     assert await store.get("lost") is None
 
 
-async def test_speculative_model_failure_marks_failed(executor) -> None:
+async def test_speculative_model_failure_marks_failed(make_service, executor) -> None:
     store = SlowClaimStore(0.02)
-    service = make_service(store, FakeDetector(fail=True), executor, speculative_model_run=True)
+    service = make_service(
+        store=store, detector=FakeDetector(fail=True), speculative_model_run=True
+    )
     answered = await service.invoke(ModelInput("f", PNG))
     assert answered.state is State.FAILED
     stored = await store.get("f")

@@ -5,14 +5,13 @@ first ran it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from test_service import NOW, PNG, fake_decode
+from support.fakes import NOW, PNG
 
 from inference_service.domain import (
     BoundingBox,
@@ -27,8 +26,6 @@ from inference_service.domain import (
 )
 from inference_service.errors import InvalidArgumentError, ModelNotReadyError, NotFoundError
 from inference_service.models.registry import LoadedModel, LoadedModelRegistry
-from inference_service.service import InferenceService, RequestLimits
-from inference_service.stores.memory import InMemoryInvocationStore
 
 
 class NamedDetector:
@@ -55,12 +52,6 @@ def loaded(detector: NamedDetector, *aliases: str) -> LoadedModel:
 
 
 @pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-@pytest.fixture
 def rfb() -> NamedDetector:
     return NamedDetector("ultraface-rfb-320", "rfb-v1")
 
@@ -78,19 +69,9 @@ def registry(rfb, slim) -> LoadedModelRegistry:
 
 
 @pytest.fixture
-def store() -> InMemoryInvocationStore:
-    return InMemoryInvocationStore()
-
-
-def make_service(store, registry, executor, **kwargs) -> InferenceService:
-    return InferenceService(
-        store=store,
-        models=registry,
-        decode=fake_decode,
-        executor=executor,
-        limits=RequestLimits(max_content_bytes=1000, max_image_pixels=100),
-        **kwargs,
-    )
+def make_service(make_service, registry):
+    """The shared builder (tests/unit/conftest.py) on the two models of ``registry``."""
+    return functools.partial(make_service, models=registry)
 
 
 @pytest.mark.parametrize(
@@ -103,9 +84,9 @@ def make_service(store, registry, executor, **kwargs) -> InferenceService:
     ],
 )
 async def test_each_invoke_runs_and_records_its_model(
-    store, registry, executor, asked, ran
+    make_service, store, registry, executor, asked, ran
 ) -> None:
-    service = make_service(store, registry, executor)
+    service = make_service()
     done = await service.invoke(ModelInput("x", PNG), model=asked)
     version = {"ultraface-rfb-320": "rfb-v1", "ultraface-slim-320": "slim-v1"}[ran]
     assert done.model == ModelInfo(ran, version)
@@ -114,28 +95,30 @@ async def test_each_invoke_runs_and_records_its_model(
 
 
 async def test_an_unknown_model_is_not_found_before_anything_is_stored(
-    store, registry, executor
+    make_service, store, registry, executor
 ) -> None:
-    service = make_service(store, registry, executor)
+    service = make_service()
     with pytest.raises(NotFoundError, match="model 'yolo' not found"):
         await service.invoke(ModelInput("x", PNG), model="yolo")
     assert await store.get("x") is None
 
 
 async def test_an_id_stays_bound_to_the_model_that_first_ran_it(
-    store, registry, executor, rfb, slim
+    make_service, store, registry, executor, rfb, slim
 ) -> None:
-    service = make_service(store, registry, executor)
+    service = make_service()
     first = await service.invoke(ModelInput("x", PNG), model="ultraface-slim-320")
     again = await service.invoke(ModelInput("x", PNG), model="ultraface-rfb-320")
     assert again == first and again.model.name == "ultraface-slim-320"
     assert (slim.calls, rfb.calls) == (1, 0)
 
 
-async def test_a_reload_lets_calls_in_flight_finish_on_their_version(store, executor) -> None:
+async def test_a_reload_lets_calls_in_flight_finish_on_their_version(
+    make_service, store, executor
+) -> None:
     old = NamedDetector("m", "v1", delay=0.3)
     registry = LoadedModelRegistry([loaded(old)], default="m")
-    service = make_service(store, registry, executor)
+    service = make_service(models=registry)
     running = asyncio.ensure_future(service.invoke(ModelInput("in-flight", PNG)))
     await asyncio.sleep(0.1)  # in the model
     new = NamedDetector("m", "v2")
@@ -149,7 +132,7 @@ async def test_a_reload_lets_calls_in_flight_finish_on_their_version(store, exec
 
 
 async def test_a_taken_over_claim_runs_the_model_the_id_is_bound_to(
-    store, registry, executor, rfb, slim
+    make_service, store, registry, executor, rfb, slim
 ) -> None:
     orphaned = Invocation(
         input=ModelInput("orphan", PNG),
@@ -160,15 +143,15 @@ async def test_a_taken_over_claim_runs_the_model_the_id_is_bound_to(
         claim=Claim(token="dead-owner", time=NOW),
     )
     assert await store.claim(orphaned) is None
-    service = make_service(store, registry, executor, claim_lease_s=1, pending_wait_s=0.05)
+    service = make_service(claim_lease_s=1, pending_wait_s=0.05)
     done = await service.invoke(ModelInput("orphan", PNG), model="face-detector")
     assert done.model == ModelInfo("ultraface-slim-320", "slim-v1")  # what actually ran
     assert (slim.calls, rfb.calls) == (1, 0)
     assert (await store.get("orphan")).model == done.model
 
 
-async def test_list_and_get_models(store, registry, executor) -> None:
-    service = make_service(store, registry, executor)
+async def test_list_and_get_models(make_service, store, registry, executor) -> None:
+    service = make_service()
     assert [m.info.name for m in service.list_models()] == [
         "ultraface-rfb-320",
         "ultraface-slim-320",

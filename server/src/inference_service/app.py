@@ -11,7 +11,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -210,7 +210,7 @@ class Application:
         settings = self.settings
         admission = AdmissionController(
             estimate=decoder.decoded_bytes,
-            executor=self._executor,
+            executor=cast(Executor, self._executor),  # made by start() first
             memory_budget_bytes=settings.image_memory_budget_bytes,
             max_admitted=settings.workers + settings.work_queue_size,
             wait_s=settings.admission_wait_s,
@@ -232,7 +232,7 @@ class Application:
             store=store,
             models=models,
             decode=timed_decode(self.metrics, decoder.decode),
-            executor=self._executor,
+            executor=cast(Executor, self._executor),  # made by start() first
             admission=admission,
             limits=limits,
             pending_wait_s=settings.pending_wait_s,
@@ -290,7 +290,7 @@ class Application:
         renderer = InvocationRenderer(
             get_invocation=service.get_invocation,
             decode=decoder.decode,
-            executor=self._executor,
+            executor=cast(Executor, self._executor),  # made by start() first
             admission=admission,
             max_image_pixels=limits.max_image_pixels,
             max_dimension=self.settings.render_max_dimension,
@@ -347,7 +347,7 @@ class Application:
             loop = asyncio.get_running_loop()
             settings = self.settings
 
-            def load() -> tuple[list, str]:
+            def load() -> tuple[list[Any], str]:
                 config = load_models_config(settings)
                 loaded = load_models(
                     config, LoadOptions.from_settings(settings), current=registry.loaded()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
@@ -288,7 +288,9 @@ class InstrumentedStore:
         self._inner = inner
         self._metrics = metrics
 
-    async def _call(self, operation: str, call: Callable[[], Any], *, trace: bool = True) -> Any:
+    async def _call(
+        self, operation: str, call: Callable[[], Awaitable[T]], *, trace: bool = True
+    ) -> T:
         with self._metrics.time_stage(f"store_{operation}", trace=trace):
             try:
                 return await call()

@@ -18,6 +18,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import cast
 
 import numpy as np
 
@@ -385,7 +386,7 @@ class InferenceService:
             claim = existing.claim
             # The own-claim rule (as the store's): a row that holds this call's own claim is
             # this call's (a take-over whose answer was lost, completed by Paxos since).
-            own = claim is not None and claim.token == pending.claim.token
+            own = claim is not None and claim.token == cast(Claim, pending.claim).token
             if own or (claim is not None and claim.expired(self._clock(), self._lease)):
                 won, existing = await self._take_over(existing, pending, image, started, own=own)
                 if won:
@@ -439,7 +440,7 @@ class InferenceService:
                 successor = dataclasses.replace(
                     existing,
                     input=content,
-                    claim=Claim(token=pending.claim.token, time=self._clock()),
+                    claim=Claim(token=cast(Claim, pending.claim).token, time=self._clock()),
                     model=lease.detector.info if lease is not None else existing.model,
                 )
                 current = await self._store.take_over(existing, successor)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from inference.v1 import inference_service_pb2 as pb
@@ -49,7 +49,7 @@ MAX_BACKOFF_S = 4.0
 T = TypeVar("T")
 
 
-def service_config(max_attempts: int = 5) -> dict:
+def service_config(max_attempts: int = 5) -> dict[str, Any]:
     """The gRPC service config this client's channels use (``grpc.service_config``)."""
     return {
         "methodConfig": [
@@ -174,7 +174,7 @@ class Client:
                 request, timeout=timeout or self.timeout, metadata=self.metadata
             )
         )
-        return response.invocation
+        return cast(pb.Invocation, response.invocation)
 
     def get(
         self,
@@ -192,7 +192,7 @@ class Client:
                 request, timeout=timeout or self.timeout, metadata=self.metadata
             )
         )
-        return response.invocation
+        return cast(pb.Invocation, response.invocation)
 
     def render(self, id: str, *, timeout: float | None = None) -> bytes:
         """The stored image with its boxes and scores drawn: PNG bytes."""
@@ -203,7 +203,7 @@ class Client:
                 metadata=self.metadata,
             )
         )
-        return body.data
+        return cast(bytes, body.data)
 
     def list_models(self, *, timeout: float | None = None) -> list[pb.Model]:
         """The models the service serves."""

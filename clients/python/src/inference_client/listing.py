@@ -30,7 +30,10 @@ def _page(
     backoff = FIRST_BACKOFF_S
     for attempt in range(RETRIES + 1):
         try:
-            return stub.ListInvocations(request, timeout=deadline_s, metadata=metadata)
+            page: pb.ListInvocationsResponse = stub.ListInvocations(
+                request, timeout=deadline_s, metadata=metadata
+            )
+            return page
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == RETRIES:
                 raise
@@ -44,7 +47,7 @@ def list_pages(
     *,
     filter_text: str = "",
     page_size: int = 0,
-    view: int = pb.INVOCATION_VIEW_BASIC,
+    view: pb.InvocationView = pb.INVOCATION_VIEW_BASIC,
     deadline_s: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
     metadata: Sequence[tuple[str, str]] = (),

@@ -86,7 +86,8 @@ def iou_matrix(boxes: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     overlap_h = np.minimum(y1[:, None], y1[None, :]) - np.maximum(y0[:, None], y0[None, :])
     overlap = np.maximum(overlap_w, 0.0) * np.maximum(overlap_h, 0.0)
     area = np.maximum(x1 - x0, 0.0) * np.maximum(y1 - y0, 0.0)
-    return overlap / (area[:, None] + area[None, :] - overlap + eps)
+    iou: np.ndarray = overlap / (area[:, None] + area[None, :] - overlap + eps)
+    return iou
 
 
 def hard_nms(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def load_factory(import_path: str) -> Callable[..., Any]:
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ValueError(f"{import_path} is not a callable in {module_name}")
-    return factory
+    return cast(Callable[..., Any], factory)
 
 
 class PythonDetector:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -38,10 +38,10 @@ def load_interpreter_class(runtime: Runtime = "auto") -> type:
             if runtime == "litert":
                 raise
         else:
-            return Interpreter
+            return cast(type, Interpreter)
     import tensorflow as tf
 
-    return tf.lite.Interpreter
+    return cast(type, tf.lite.Interpreter)
 
 
 class _Runner:
@@ -131,7 +131,7 @@ class TFLiteFaceDetector(UltraFaceDetector):
         )
 
     @property
-    def runtime(self) -> str:
+    def runtime(self) -> str:  # type: ignore[override]  # a class attribute in the base
         """``tflite/litert`` or ``tflite/tensorflow``: the package whose interpreter runs it."""
         package = self._interpreter_class.__module__.split(".")[0]
         return "tflite/litert" if package == "ai_edge_litert" else f"tflite/{package}"

@@ -20,7 +20,7 @@ Everything else (types, values, enums) is left to the transcoder and the server.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -57,7 +57,7 @@ def _schema(message: Descriptor, schemas: dict[str, Any]) -> str:
 
 def _child(field: FieldDescriptor, schemas: dict[str, Any]) -> str:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return _schema(field.message_type, schemas)
+        return _schema(cast(Descriptor, field.message_type), schemas)
     return ""
 
 

@@ -62,7 +62,17 @@ class _Builder:
     def __init__(self, keras: Any) -> None:
         self.layers = keras.layers
 
-    def conv(self, x, channels, kernel, *, name, stride=1, pad=0, dilation=1):
+    def conv(
+        self,
+        x: Any,
+        channels: int,
+        kernel: int,
+        *,
+        name: str,
+        stride: int = 1,
+        pad: int = 0,
+        dilation: int = 1,
+    ) -> Any:
         """Symmetric zero padding, then a convolution without bias (a batch norm follows)."""
         if pad:
             x = self.layers.ZeroPadding2D(pad, name=f"{name}_padding")(x)
@@ -75,13 +85,13 @@ class _Builder:
             name=f"{name}_conv",
         )(x)
 
-    def bn(self, x, name):
+    def bn(self, x: Any, name: str) -> Any:
         return self.layers.BatchNormalization(epsilon=BN_EPSILON, name=name)(x)
 
-    def relu(self, x, name):
+    def relu(self, x: Any, name: str) -> Any:
         return self.layers.ReLU(name=name)(x)
 
-    def conv_bn(self, x, channels, stride, prefix):
+    def conv_bn(self, x: Any, channels: int, stride: int, prefix: str) -> Any:
         """3x3 convolution, batch norm, ReLU."""
         x = self.layers.ZeroPadding2D(1, name=f"{prefix}.0_padding")(x)
         x = self.layers.Conv2D(
@@ -89,7 +99,7 @@ class _Builder:
         )(x)
         return self.relu(self.bn(x, f"{prefix}.1_bn"), f"{prefix}.2_relu")
 
-    def conv_dw(self, x, channels, stride, prefix):
+    def conv_dw(self, x: Any, channels: int, stride: int, prefix: str) -> Any:
         """Depthwise 3x3, batch norm, ReLU; pointwise 1x1, batch norm, ReLU."""
         x = self.layers.ZeroPadding2D(1, name=f"{prefix}.0_padding")(x)
         x = self.layers.DepthwiseConv2D(
@@ -99,13 +109,24 @@ class _Builder:
         x = self.layers.Conv2D(channels, 1, use_bias=False, name=f"{prefix}.3_conv")(x)
         return self.relu(self.bn(x, f"{prefix}.4_bn"), f"{prefix}.5_relu")
 
-    def basic(self, x, channels, kernel, prefix, *, stride=1, pad=0, dilation=1, relu=True):
+    def basic(
+        self,
+        x: Any,
+        channels: int,
+        kernel: int,
+        prefix: str,
+        *,
+        stride: int = 1,
+        pad: int = 0,
+        dilation: int = 1,
+        relu: bool = True,
+    ) -> Any:
         """Convolution (no bias), batch norm, optional ReLU: one step of an RFB branch."""
         x = self.conv(x, channels, kernel, name=prefix, stride=stride, pad=pad, dilation=dilation)
         x = self.bn(x, f"{prefix}_bn")
         return self.relu(x, f"{prefix}_relu") if relu else x
 
-    def rfb(self, x, in_channels, channels, stride, prefix):
+    def rfb(self, x: Any, in_channels: int, channels: int, stride: int, prefix: str) -> Any:
         """The receptive-field block: three branches of growing dilation (2, 3, 5), joined by a
         linear 1x1 convolution, plus a 1x1 shortcut (the residual scale is 1)."""
         inner = in_channels // 8
@@ -125,7 +146,7 @@ class _Builder:
         added = self.layers.Add(name=f"{prefix}_add")([joined, shortcut])
         return self.relu(added, f"{prefix}_relu")
 
-    def separable(self, x, channels, stride, prefix):
+    def separable(self, x: Any, channels: int, stride: int, prefix: str) -> Any:
         """Depthwise 3x3 with bias, ReLU, pointwise 1x1 with bias (the heads and the extras)."""
         x = self.layers.ZeroPadding2D(1, name=f"{prefix}_dconv_padding")(x)
         x = self.layers.DepthwiseConv2D(3, strides=stride, name=f"{prefix}_dconvbias")(x)
@@ -242,7 +263,7 @@ def export_saved_model(checkpoint: str | os.PathLike[str], out_dir: str | os.Pat
             super().__init__()
             self.network = network
 
-        @tf.function(
+        @tf.function(  # type: ignore[untyped-decorator]
             input_signature=[
                 tf.TensorSpec([None, INPUT_HEIGHT, INPUT_WIDTH, 3], tf.float32, name="image")
             ]

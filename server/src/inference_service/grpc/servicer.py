@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2
@@ -57,7 +59,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if self._renderer is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "rendering is not enabled")
         image_format = converters.render_format(request.format)
-        picture = await self._renderer.render(request.id, request.max_dimension, image_format)
+        renderer = cast(InvocationRenderer, self._renderer)  # not None: abort raised
+        picture = await renderer.render(request.id, request.max_dimension, image_format)
         return httpbody_pb2.HttpBody(content_type=CONTENT_TYPES[image_format], data=picture)
 
     async def ListModels(  # noqa: N802 - gRPC method name

@@ -64,9 +64,9 @@ def _tiff_scratch_bytes(image: Image.Image) -> int:
         bits_per_pixel = sum(bits) if len(bits) > 1 else bits[0] * samples
         pixel_bytes = max(math.ceil(bits_per_pixel / 8), 4)
         if 322 in tags or 323 in tags:  # tiled
-            return int(tags.get(322, width)) * int(tags.get(323, height)) * pixel_bytes
+            return int(tags.get(322, width)) * int(tags.get(323, height)) * int(pixel_bytes)
         rows = min(max(int(tags.get(278, height)), 1), height)
-        return rows * width * pixel_bytes
+        return rows * width * int(pixel_bytes)
     except (TypeError, ValueError, IndexError):  # malformed tags: the whole image at once
         return width * height * 8
 

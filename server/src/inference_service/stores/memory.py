@@ -29,8 +29,8 @@ class InMemoryInvocationStore:
 
     def _live(self, invocation_id: str) -> Invocation | None:
         stored = self._items.get(invocation_id)
-        expired = self._ttl is not None and stored is not None
-        if expired and stored.create_time + self._ttl <= self._clock():
+        ttl = self._ttl
+        if ttl is not None and stored is not None and stored.create_time + ttl <= self._clock():
             del self._items[invocation_id]
             return None
         return stored

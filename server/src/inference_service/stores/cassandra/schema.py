@@ -313,7 +313,8 @@ def replication_warnings(
 
 
 def _column(row: object) -> str:
-    return row["column_name"] if isinstance(row, Mapping) else row.column_name  # type: ignore[attr-defined,index]
+    column = row["column_name"] if isinstance(row, Mapping) else row.column_name  # type: ignore[attr-defined]
+    return str(column)
 
 
 def _wait_for_agreement(session: Session, keyspace: str, timeout_s: float) -> None:

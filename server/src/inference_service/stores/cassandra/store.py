@@ -32,6 +32,7 @@ the largest request too.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import datetime as dt
 import logging
 import math
@@ -481,7 +482,7 @@ class CassandraInvocationStore:
 
     async def _index_entries(
         self, bucket: dt.datetime, position: PageCursor, lower: dt.datetime, limit: int
-    ) -> list[Mapping[str, Any]]:
+    ) -> builtins.list[Mapping[str, Any]]:  # `list` is a method here
         """Up to ``limit`` entries of ``bucket`` after ``position``, not older than ``lower``."""
         entries: list[Mapping[str, Any]] = []
         try:
@@ -546,7 +547,7 @@ class CassandraInvocationStore:
         params: Sequence[Any],
         *,
         profile: object = EXEC_PROFILE_DEFAULT,
-    ) -> list[Any]:
+    ) -> builtins.list[Any]:
         """``retry.retrying`` of an idempotent statement, within ``retry_budget_s``."""
         return await retrying(
             operation,
@@ -560,7 +561,7 @@ class CassandraInvocationStore:
         params: Sequence[Any],
         *,
         profile: object = EXEC_PROFILE_DEFAULT,
-    ) -> list[Any]:
+    ) -> builtins.list[Any]:
         """Run one statement without blocking the loop (every statement goes through here)."""
         return await execute(self._session, statement, params, profile=profile)
 
