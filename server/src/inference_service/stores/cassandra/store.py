@@ -394,8 +394,9 @@ class CassandraInvocationStore:
                 bucket -= self._bucket
                 buckets_left -= 1
 
-    async def _get_many(self, ids: Sequence[str]) -> dict[str, Invocation]:
-        """The rows of ``ids`` without their content, by id (absent: no row), read
+    async def _get_many(self, ids: Sequence[str]) -> dict[str, Invocation | None]:
+        """The rows of ``ids`` without their content, by id (absent: no row; ``None``: the
+        remains of a partly expired row), read
         ``ROWS_PER_READ`` ids to a request (``id IN ?``), the requests at once. One request per
         batch instead of one per row: the per-request CPU of the driver and the event loop was
         most of a BASIC page's (docs/performance.md, "Listing: CPU per page")."""
