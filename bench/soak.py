@@ -59,7 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT = REPO_ROOT / "build" / "soak"
 OPTIONS = [("grpc.max_send_message_length", 1 << 25), ("grpc.max_receive_message_length", 1 << 25)]
 BUSY = {"busy"}
-"""The documented busy answer: UNAVAILABLE "server busy, retry later" (README, error table)."""
+"""The documented busy answer: UNAVAILABLE "server busy, retry later" (docs/api.md, Errors)."""
 MIX = {"replay": 0.3, "get": 0.4, "render": 0.1, "list": 0.1, "delete": 0.1}
 
 
