@@ -7,6 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from test_service import FakeDetector, fake_decode
 
 from inference_service.errors import (
     CUT_MARK,
@@ -22,7 +23,6 @@ from inference_service.listing import parse_filter
 from inference_service.models.registry import LoadedModelRegistry
 from inference_service.service import InferenceService
 from inference_service.stores.memory import InMemoryInvocationStore
-from tests.unit.test_service import FakeDetector, fake_decode
 
 LONG = "x" * 3000
 
