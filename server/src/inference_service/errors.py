@@ -101,3 +101,9 @@ def quote(value: str | bytes) -> str:
     if isinstance(value, bytes):
         return repr(head) + CUT_MARK
     return repr(head.decode("utf-8", "ignore")) + CUT_MARK
+
+
+class StartupError(RuntimeError):
+    """A server (or command) cannot start: a port in use, an address not of this host, ...
+    Never seen by a client; its message names the setting to change, and ``cli`` prints it as
+    the one line a failed start ends with (exit code 2)."""
