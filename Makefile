@@ -118,6 +118,7 @@ openapi: $(OPENAPI_SPEC)
 
 $(OPENAPI_SPEC): $(PROTOS) buf.gen.openapi.yaml $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) server/gen/.generated
 	$(BUF) generate --template buf.gen.openapi.yaml
+	$(PY) tools/openapi_raw_bodies.py $@
 	touch $@
 
 $(TOOLS_BIN)/protoc-gen-go.$(PROTOC_GEN_GO_VERSION):
