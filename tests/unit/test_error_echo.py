@@ -111,3 +111,15 @@ def test_unknown_invocation_id_is_cut() -> None:
     error = asyncio.run(main())
     assert isinstance(error, NotFoundError)
     _assert_cut(_message(error))
+
+
+def test_the_edge_quotes_with_the_same_cap_and_mark() -> None:
+    """Envoy's quote of a refused query (envoy/envoy.yaml) and the strict JSON filter's of a
+    key use the server's cap and mark (before: Envoy cut at 100 bytes without a mark)."""
+    from pathlib import Path
+
+    from inference_service.edge import strict_json
+
+    template = (Path(__file__).resolve().parents[2] / "envoy/envoy.yaml").read_text()
+    assert f"PATH):{MAX_ECHO_BYTES}%{CUT_MARK}" in template
+    assert f"{MAX_ECHO_BYTES}) .. {CUT_MARK!r}".replace("'", '"') in strict_json.lua_source()
