@@ -7,6 +7,9 @@ and its idempotency (the replay marker), on the real stack.
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -64,6 +67,25 @@ def test_curl_data_binary_upload_runs_the_model(api, face, id_prefix):
     # Stored like any Invoke: read back through the JSON API.
     stored = api.get(f"/v1/invocations/{id_prefix}-up-1?view=INVOCATION_VIEW_BASIC").json()
     assert stored["invocation"]["content_sha256"] == invocation["content_sha256"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_curl_line_verbatim(stack, shared_dir, id_prefix):
+    """`curl --data-binary @face.jpg '.../v1/invocations:upload?id=x'`, as README shows it."""
+    url = f"{stack.rest_url}{UPLOAD}?id={id_prefix}-up-curl&metadata=camera:lobby"
+    face = shared_dir / "images" / "face-1.jpg"
+    result = subprocess.run(
+        ["curl", "-s", "-w", "\\n%{http_code}", "--data-binary", f"@{face}", url],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=True,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    assert status == "200", result.stdout[:500]
+    invocation = json.loads(body)["invocation"]
+    assert invocation["state"] == "STATE_SUCCEEDED"
+    assert invocation["input"]["metadata"] == {"camera": "lobby"}
 
 
 @pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/octet-stream"])
