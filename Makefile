@@ -127,6 +127,7 @@ docs: $(VENV)/.deps
 
 $(OPENAPI_SPEC): $(PROTOS) buf.gen.openapi.yaml $(OPENAPI_PLUGIN).$(GRPC_GATEWAY_VERSION) server/gen/.generated
 	$(BUF) generate --template buf.gen.openapi.yaml
+	$(PY) tools/openapi_raw_bodies.py $@
 	touch $@
 
 # The Postman collection of the REST API (import it into Postman, or run it with newman), made

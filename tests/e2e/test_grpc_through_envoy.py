@@ -162,6 +162,7 @@ def test_reflection_through_envoys_internal_listener_lists_and_describes_the_ser
     methods = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in service.methods}
     assert methods == {
         "Invoke": ("inference.v1.InvokeRequest", "inference.v1.InvokeResponse"),
+        "UploadInvocation": ("inference.v1.UploadInvocationRequest", "inference.v1.InvokeResponse"),
         "GetInvocation": (
             "inference.v1.GetInvocationRequest",
             "inference.v1.GetInvocationResponse",

@@ -74,6 +74,20 @@ def test_the_transcoders_refusals_are_in_our_words(api, fake, method, path, body
     assert calls(fake) == before
 
 
+@pytest.mark.parametrize("length", [50, 500])
+def test_the_quoted_query_is_cut_at_100_bytes_and_marked(api, fake, length):
+    """Issue 21 item 3: the quote of a refused query is at most 100 bytes, and says so when
+    cut (before: cut silently, the client could not tell)."""
+    path = "/v1/invocations?filler=" + "q" * length
+    reply = api.call("GET", path, None)
+    message = assert_status_json(reply, 400, grpc.StatusCode.INVALID_ARGUMENT)["message"]
+    quoted = message.removeprefix("a query parameter is unknown here or has a bad value: ")
+    if len(path) > 100:
+        assert quoted == path[:100] + "...(cut)"
+    else:
+        assert quoted == path
+
+
 # --- strict JSON ------------------------------------------------------------------------------
 
 

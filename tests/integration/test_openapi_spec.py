@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ def test_committed_spec_is_up_to_date(tmp_path: Path) -> None:
         timeout=120,
     )
     fresh = tmp_path / SPEC.relative_to(REPO_ROOT)
+    # As `make openapi`: the raw upload body described as binary.
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools/openapi_raw_bodies.py"), str(fresh)], check=True
+    )
     assert fresh.read_text() == SPEC.read_text(), (
         f"{SPEC.relative_to(REPO_ROOT)} is stale: run `make openapi` and commit it"
     )
@@ -40,11 +45,24 @@ def test_spec_documents_routes_errors_and_names() -> None:
         "/v1/invocations",
         "/v1/invocations/{id}",
         "/v1/invocations/{id}:render",
+        "/v1/invocations:upload",
         "/v1/models",
         "/v1/models/{name}",
     }
+    # The raw upload (issue 21 item 5): the body is the file itself, the rest query parameters.
+    upload = paths["/v1/invocations:upload"]["post"]
+    (body,) = [p for p in upload["parameters"] if p["in"] == "body"]
+    assert body["schema"] == {"type": "string", "format": "binary"}
+    assert "application/octet-stream" in upload["consumes"]
+    assert {p["name"] for p in upload["parameters"] if p["in"] == "query"} == {
+        "id",
+        "model",
+        "view",
+        "metadata",
+    }
     # Every operation: the edge's answers (issue 21 item 8).
     edge = {"401", "403", "408", "503", "504"}
+    assert set(upload["responses"]) == {"200", "400", "404", "409", "413", "415", "500"} | edge
     assert set(paths["/v1/models"]["get"]["responses"]) == {"200"} | edge
     assert set(paths["/v1/models/{name}"]["get"]["responses"]) == {"200", "404"} | edge
     invoke = paths["/v1/invocations"]["post"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from inference.v1 import inference_service_pb2 as pb
 
 from inference_service.domain import (
@@ -15,6 +16,7 @@ from inference_service.domain import (
     ModelOutput,
     State,
 )
+from inference_service.errors import InvalidArgumentError
 from inference_service.grpc import converters
 
 CREATED = dt.datetime(2026, 1, 2, 3, 4, 5, 123000, tzinfo=dt.UTC)
@@ -79,3 +81,34 @@ def test_the_caller_is_the_subject_envoy_passed_on() -> None:
     assert converters.caller_of((("x-envoy-auth-subject", b"bin\xff"),)) == "bin\ufffd"
     assert converters.caller_of((("authorization", "Bearer t"),)) == ""
     assert converters.caller_of(None) == ""
+
+
+def test_upload_input_from_query_and_raw_body() -> None:
+    """UploadInvocation (issue 21 item 5): the raw body is the content, each metadata entry is
+    key:value split at the first colon."""
+    request = pb.UploadInvocationRequest(
+        id="u-1",
+        metadata=["camera:front", "url:http://x/y", "empty:"],
+        body={"content_type": "image/jpeg", "data": b"\xff\xd8raw"},
+    )
+    model_input = converters.model_input_from_upload(request)
+    assert model_input.id == "u-1"
+    assert model_input.content == b"\xff\xd8raw"
+    assert dict(model_input.metadata) == {"camera": "front", "url": "http://x/y", "empty": ""}
+
+
+@pytest.mark.parametrize(
+    ("entries", "words"),
+    [(["no-colon"], "is not key:value"), (["k:1", "k:2"], "is given twice")],
+)
+def test_upload_metadata_must_be_key_colon_value_once(entries, words) -> None:
+    request = pb.UploadInvocationRequest(metadata=entries)
+    with pytest.raises(InvalidArgumentError, match=words):
+        converters.model_input_from_upload(request)
+
+
+def test_a_bad_upload_metadata_entry_is_quoted_cut() -> None:
+    request = pb.UploadInvocationRequest(metadata=["x" * 5000])
+    with pytest.raises(InvalidArgumentError) as caught:
+        converters.model_input_from_upload(request)
+    assert "...(cut)" in str(caught.value) and "x" * 101 not in str(caught.value)

@@ -55,3 +55,22 @@ def test_a_reload_replaces_the_reported_models() -> None:
     assert set(info) == {"slim"}
     assert info["slim"][0]["version"] == "8" and info["slim"][0]["default"] == "true"
     assert metrics.model_label("rfb") == "unknown"
+
+
+def test_an_upload_counts_as_an_invoke_of_its_model() -> None:
+    """UploadInvocation (issue 21 item 5) is an Invoke: the per-model series count it."""
+    import grpc
+    from inference.v1 import inference_service_pb2 as pb
+
+    from inference_service.grpc.metrics import MetricsInterceptor
+
+    metrics = Metrics()
+    metrics.set_models([described("m", "v1", default=True)])
+    observer = MetricsInterceptor(metrics)
+    method = "/inference.v1.InferenceService/UploadInvocation"
+    state = observer.call_started(method, pb.UploadInvocationRequest(), None)
+    response = pb.InvokeResponse(
+        invocation=pb.Invocation(model="m", state=pb.Invocation.STATE_SUCCEEDED)
+    )
+    observer.call_finished(state, method, None, grpc.StatusCode.OK, response, 0.01)
+    assert metrics.registry.get_sample_value("inference_model_requests_total", {"model": "m"}) == 1

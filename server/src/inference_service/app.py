@@ -20,6 +20,7 @@ from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
 from inference_service.admission import AdmissionController
+from inference_service.errors import StartupError
 from inference_service.grpc.errors import ErrorMappingInterceptor
 from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.request_id import RequestIdInterceptor
@@ -311,9 +312,15 @@ class Application:
     async def _serve(self, server: grpc.aio.Server) -> None:
         """Bind the configured address, start serving, and say SERVING."""
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises "Failed to bind" (older versions returned 0)
+            self.port = 0
         if not self.port:
-            raise RuntimeError(f"cannot bind the gRPC server to {address}")
+            raise StartupError(
+                f"cannot bind the gRPC server to {address} (the port is in use, or the address "
+                "is not one of this host): set INFERENCE_PORT (--port) or INFERENCE_HOST (--host)"
+            )
         await server.start()
         self._server = server
         await self._set_serving(True)

@@ -17,6 +17,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from inference_service.errors import StartupError
 from inference_service.logs import configure_logging
 from inference_service.settings import Settings
 
@@ -51,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--metrics-port", type=int, help="/metrics port (INFERENCE_METRICS_PORT, default 9464)"
+    )
+    serve.add_argument(
+        "--metrics-host",
+        help="/metrics bind address (INFERENCE_METRICS_HOST, default 127.0.0.1: this host only)",
     )
 
     migrate = commands.add_parser(
@@ -153,21 +160,31 @@ async def _serve(settings: Settings) -> None:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await app.start()
     metrics_server = None
-    try:
-        if settings.metrics_enabled:
-            from inference_service.metrics import start_metrics_endpoint
+    if settings.metrics_enabled:
+        # First: a port in use fails the start before the models load.
+        from inference_service.metrics import start_metrics_endpoint
 
+        address = f"{settings.metrics_host}:{settings.metrics_port}"
+        try:
             metrics_server, _ = start_metrics_endpoint(
                 app.metrics, settings.metrics_host, settings.metrics_port
             )
+        except OSError as exc:
+            raise StartupError(
+                f"cannot serve metrics on {address} ({exc.strerror or exc}): set "
+                "INFERENCE_METRICS_PORT (--metrics-port) to a free port, INFERENCE_METRICS_HOST "
+                "(--metrics-host) to an address of this host, or INFERENCE_METRICS_ENABLED=false"
+            ) from None
+    try:
+        await app.start()
         await stop.wait()
         logger.info("signal received: draining in-flight calls")
     finally:
         await app.stop(drain=stop.is_set())
         if metrics_server is not None:
             metrics_server.shutdown()
+            metrics_server.server_close()
 
 
 def _loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -195,16 +212,35 @@ def _export_savedmodel(args: argparse.Namespace) -> None:
         print(archive_folder(out, args.archive))
 
 
+def _cannot_start(message: str) -> int:
+    """The one line a failed start ends with (no traceback), and exit code 2."""
+    print(f"inference-service: cannot start: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _setting_names(error: ValidationError) -> str:
+    return ", ".join(
+        "INFERENCE_" + "_".join(str(part) for part in item["loc"]).upper()
+        for item in error.errors()
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "export-savedmodel":
         _configure_logging(args.log_level or "INFO")
         _export_savedmodel(args)
         return 0
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _cannot_start(f"invalid setting {_setting_names(exc)}: {first['msg']}")
     _configure_logging(settings.log_level, settings.log_format)
+    from inference_service.errors import StoreUnavailableError
     from inference_service.models.config import ModelConfigError
     from inference_service.models.loader import ModelLoadError
+    from inference_service.models.source import ModelFetchError
 
     try:
         if args.command == "serve":
@@ -235,9 +271,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dry_run=args.dry_run,
                 report=maintenance.print_json,
             )
-    except (ModelConfigError, ModelLoadError) as exc:
-        logger.error("cannot start: %s", exc)
-        return 2
+    except StartupError as exc:
+        return _cannot_start(str(exc))
+    except (ModelConfigError, ModelLoadError, ModelFetchError) as exc:
+        setting = (
+            "INFERENCE_MODELS_FILE (--models-file)"
+            if settings.models_file is not None
+            else "INFERENCE_MODEL_PATH (--model-path) or INFERENCE_MODELS_FILE"
+        )
+        return _cannot_start(f"{exc}: check {setting}")
+    except StoreUnavailableError:
+        points = ",".join(settings.cassandra_contact_points)
+        return _cannot_start(
+            f"the Cassandra store at {points} (port {settings.cassandra_port}) cannot be "
+            "reached: check INFERENCE_CASSANDRA_CONTACT_POINTS and INFERENCE_CASSANDRA_PORT "
+            "(and the credentials), or set INFERENCE_STORE=memory"
+        )
     return 0
 
 

@@ -81,3 +81,29 @@ class FailedPreconditionError(InferenceError):
     """The invocation is not in a state the call needs (e.g. no result to draw yet)."""
 
     code = "FAILED_PRECONDITION"
+
+
+MAX_ECHO_BYTES = 100
+"""The most bytes of a client's input that an error message repeats (an id, a metadata key or
+value, a filter, a model name, a page token, ...). Envoy's own messages use the same cap."""
+CUT_MARK = "...(cut)"
+"""What follows a quote that was cut at ``MAX_ECHO_BYTES``."""
+
+
+def quote(value: str | bytes) -> str:
+    """``value`` quoted (``repr``) for an error message: at most ``MAX_ECHO_BYTES`` bytes of its
+    UTF-8 (never half a character), followed by ``CUT_MARK`` when longer. The one way an error
+    repeats client input, so that no message echoes a whole upload back."""
+    data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_ECHO_BYTES:
+        return repr(value)
+    head = data[:MAX_ECHO_BYTES]
+    if isinstance(value, bytes):
+        return repr(head) + CUT_MARK
+    return repr(head.decode("utf-8", "ignore")) + CUT_MARK
+
+
+class StartupError(RuntimeError):
+    """A server (or command) cannot start: a port in use, an address not of this host, ...
+    Never seen by a client; its message names the setting to change, and ``cli`` prints it as
+    the one line a failed start ends with (exit code 2)."""

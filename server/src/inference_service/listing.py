@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from inference_service.domain import InvocationFilter, PageCursor, State
-from inference_service.errors import InvalidArgumentError
+from inference_service.errors import InvalidArgumentError, quote
 
 SUPPORTED_FILTER = (
     'create_time >= "<RFC 3339>", create_time < "<RFC 3339>", model = "<name or alias>", '
@@ -67,9 +67,9 @@ def _timestamp(text: str, term: str) -> dt.datetime:
     try:
         stamp = dt.datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
-        raise _unsupported(f"{term}: {value!r} is not an RFC 3339 time") from None
+        raise _unsupported(f"{term}: {quote(value)} is not an RFC 3339 time") from None
     if stamp.tzinfo is None or "T" not in value.upper():
-        raise _unsupported(f"{term}: {value!r} needs a date, a time and a UTC offset")
+        raise _unsupported(f"{term}: {quote(value)} needs a date, a time and a UTC offset")
     return stamp.astimezone(dt.UTC)
 
 
@@ -90,22 +90,20 @@ def parse_filter(
         term = _TERM.match(text, position)
         if term is None:
             rest = text[position:].strip()
-            shown = rest if len(rest) <= 40 else rest[:40] + "..."
-            raise _unsupported(f"cannot read {shown!r}")
+            raise _unsupported(f"cannot read {quote(rest)}")
         terms.append(term)
         position = term.end()
         if position == len(text):
             break
         joiner = _AND.match(text, position)
         if joiner is None:
-            shown = text[position:].strip()[:40]
-            raise _unsupported(f"expected AND, found {shown!r}")
+            raise _unsupported(f"expected AND, found {quote(text[position:].strip())}")
         position = joiner.end()
     values: dict[str, object] = {}
     metadata: dict[str, str] = {}
     for term in terms:
         field, op, raw = term["field"], term["op"], term["value"]
-        label = f"{field} {op} {raw}"
+        label = quote(f"{field} {op} {raw}")
         if field == "create_time":
             if op not in (">=", "<"):
                 raise _unsupported(f"{label}: create_time takes >= and <")
@@ -135,7 +133,7 @@ def parse_filter(
             if not raw.startswith('"'):
                 raise _unsupported(f"{label}: a metadata value is a quoted string")
             if key in metadata:
-                raise _unsupported(f"{label}: metadata.{key} is given twice")
+                raise _unsupported(f"{label}: metadata.{quote(key)} is given twice")
             metadata[key] = _unquote(raw)
     return InvocationFilter(metadata=tuple(sorted(metadata.items())), **values)  # type: ignore[arg-type]
 

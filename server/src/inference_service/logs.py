@@ -43,6 +43,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+# The Cassandra driver's errors of reaching a node: logged with their traceback by the driver,
+# which says nothing its one-line message does not.
+_DRIVER_CONNECTION_ERRORS = ("NoHostAvailable", "ConnectionException", "OperationTimedOut")
+
+
+class DriverTracebackFilter(logging.Filter):
+    """A Cassandra driver record of a failed connection (``OSError`` or the driver's own
+    connection errors) keeps the error's type and message in one line, without the traceback:
+    an unreachable store at start-up ends in one clear line (issue 21), not pages of
+    tracebacks from the driver's threads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("cassandra") or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        if error is None or not (
+            isinstance(error, OSError) or type(error).__name__ in _DRIVER_CONNECTION_ERRORS
+        ):
+            return True
+        record.msg = f"{record.getMessage().rstrip(': ')}: {type(error).__name__}: {error}"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Configure the root logger once, on stderr; every record carries the request id of the
     call being served (``inference_service.grpc.request_id``)."""
@@ -50,6 +76,7 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdLogFilter())
+    handler.addFilter(DriverTracebackFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from inference_service.admission import UnlimitedAdmission
 from inference_service.domain import Invocation, ModelOutput, State
-from inference_service.errors import FailedPreconditionError, InvalidArgumentError
+from inference_service.errors import FailedPreconditionError, InvalidArgumentError, quote
 from inference_service.metrics import Metrics
 from inference_service.ports import Admission
 
@@ -151,7 +151,7 @@ class InvocationRenderer:
         invocation = await self._get(invocation_id, with_content=True)
         if invocation.state is not State.SUCCEEDED or invocation.output is None:
             raise FailedPreconditionError(
-                f"invocation {invocation_id!r} has no result to draw "
+                f"invocation {quote(invocation_id)} has no result to draw "
                 f"(state {invocation.state.value})"
             )
         # A render decodes the whole image, as an Invoke does: the same admission (work queue,

@@ -39,6 +39,7 @@ from inference_service.errors import (
     InvalidArgumentError,
     InvocationPendingError,
     NotFoundError,
+    quote,
 )
 from inference_service.images.formats import sniff_content_type
 from inference_service.images.validation import check_content, check_metadata, validate_id
@@ -203,7 +204,7 @@ class InferenceService:
                 return await self._run_model(pending, image, detector, model_run)
             if existing.content_sha256 != pending.content_sha256:
                 raise AlreadyExistsError(
-                    f"id {existing.id!r} is already used by an input with different content"
+                    f"id {quote(existing.id)} is already used by an input with different content"
                 )
             return await self._await_outcome(existing, pending, image, (detector, model_run))
         finally:
@@ -277,7 +278,7 @@ class InferenceService:
         validate_id(invocation_id)
         invocation = await self._store.get(invocation_id, with_content=with_content)
         if invocation is None:
-            raise NotFoundError(f"invocation {invocation_id!r} not found")
+            raise NotFoundError(f"invocation {quote(invocation_id)} not found")
         return invocation
 
     async def list_invocations(
@@ -354,7 +355,7 @@ class InferenceService:
                 )
             )
         if not deleted and not allow_missing:
-            raise NotFoundError(f"invocation {invocation_id!r} not found")
+            raise NotFoundError(f"invocation {quote(invocation_id)} not found")
 
     def _model_names(self, name: str) -> frozenset[str]:
         """What ``model = name`` in a filter matches: the name, and when a served model has it
@@ -394,14 +395,14 @@ class InferenceService:
                 continue
             if loop.time() >= deadline:
                 raise InvocationPendingError(
-                    f"invocation {existing.id!r} is still being processed; retry later"
+                    f"invocation {quote(existing.id)} is still being processed; retry later"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
             # Without the content, which the claim already returned.
             refreshed = await self._store.get(existing.id, with_content=False)
             if refreshed is None:  # expired meanwhile (TTL)
-                raise InvocationPendingError(f"invocation {existing.id!r} expired; retry")
+                raise InvocationPendingError(f"invocation {quote(existing.id)} expired; retry")
             existing = dataclasses.replace(refreshed, input=existing.input)
         # The stored content is the caller's, byte for byte (same hash): it may not be written
         # yet when the claim was read, and need not be read back.

@@ -286,7 +286,9 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     """Serve Prometheus metrics at ``http://<metrics_host>:<metrics_port>/metrics``."""
     metrics_host: str = "127.0.0.1"
-    """Address of the metrics endpoint (loopback by default: expose it deliberately)."""
+    """Address the metrics endpoint binds to: loopback by default, so only this host can
+    scrape it. For a Prometheus on another host (or outside the container), set ``0.0.0.0``
+    or an address of this host, deliberately: the endpoint has no authentication."""
     metrics_port: int = Field(9464, ge=0, le=65535)
     """Port of the metrics endpoint; 0 picks a free one (logged at start-up)."""
     otlp_endpoint: str | None = None

@@ -469,6 +469,8 @@ def render_config(
         "MAX_REQUEST_BYTES": _check_size(
             "the largest REST request body", limits.rest_request_body_bytes
         ),
+        # The raw upload route's body is the content itself.
+        "UPLOAD_MAX_BYTES": _check_size("the content limit", limits.max_content_bytes),
         "MAX_RESPONSE_BYTES": _check_size(
             "the largest REST response body", limits.rest_response_body_bytes
         ),

@@ -134,15 +134,59 @@ def grpc_on_rest_path_guards(service: ServiceDescriptor = SERVICE) -> list[dict[
 JSON_CONTENT_TYPE = r"(?i)application/json( *;.*)?"
 
 
+# What a raw body (a google.api.HttpBody request field, e.g. POST /v1/invocations:upload) may
+# not be declared as: JSON (the other route's body), text, or a form of parts (a browser's file
+# upload, whose body is not the file itself).
+NOT_RAW_CONTENT_TYPE = r"(?i)(application/([a-z0-9.+-]*\+)?json|text/[^;]*|multipart/[^;]*)( *;.*)?"
+
+
+def is_raw_body(message: Any, body: str) -> bool:
+    """Whether an HTTP rule's ``body`` is a ``google.api.HttpBody`` field of ``message``: the
+    request body is then the bytes themselves, not JSON."""
+    field = message.fields_by_name.get(body) if body and body != "*" else None
+    return (
+        field is not None
+        and field.message_type is not None
+        and field.message_type.full_name == "google.api.HttpBody"
+    )
+
+
+def _raw_body_guard(verb: str, regex: str) -> dict[str, Any]:
+    """A raw-body route (issue 21 item 5): a JSON, text or multipart body -> 415. Any other
+    Content-Type, or none, passes (curl's --data-binary sends form-urlencoded); the server
+    reads the image's format from its bytes."""
+    route = _refusal(
+        {
+            "safe_regex": {"regex": regex},
+            "headers": [
+                {"name": ":method", "string_match": {"exact": verb}},
+                {
+                    "name": "content-type",
+                    "string_match": {"safe_regex": {"regex": NOT_RAW_CONTENT_TYPE}},
+                },
+            ],
+        },
+        "the request body must be the image itself (e.g. Content-Type: image/jpeg or "
+        "application/octet-stream), not JSON, text or a multipart form; a JSON body goes to "
+        "POST /v1/invocations",
+    )
+    route["direct_response"]["status"] = 415
+    return route
+
+
 def content_type_guards(service: ServiceDescriptor = SERVICE) -> list[dict[str, Any]]:
-    """For every HTTP rule with a body: a Content-Type other than JSON, or none, -> 415.
+    """For every HTTP rule with a JSON body: a Content-Type other than JSON, or none, -> 415.
     Without it, a web page could make a browser POST an invocation as a "simple" request
-    (text/plain, form-urlencoded) that no CORS preflight stops."""
+    (text/plain, form-urlencoded) that no CORS preflight stops. For a rule whose body is raw
+    (``is_raw_body``), the reverse: JSON, text or multipart -> 415."""
     routes: list[dict[str, Any]] = []
-    for verb, template, body, _ in _http_rules(service):
+    for verb, template, body, message in _http_rules(service):
         if not body:
             continue
         regex, _ = _path_regex(template)
+        if is_raw_body(message, body):
+            routes.append(_raw_body_guard(verb, regex))
+            continue
         method = {"name": ":method", "string_match": {"exact": verb}}
         for content_type in (
             {"name": "content-type", "present_match": False},

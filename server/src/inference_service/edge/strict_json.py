@@ -25,10 +25,9 @@ from typing import Any, cast
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from inference_service.edge.guards import SERVICE, _http_rules
+from inference_service.errors import CUT_MARK, MAX_ECHO_BYTES
 
 FILTER_NAME = "strict_json"
-# The longest part of the input an error message repeats.
-MAX_ECHO_BYTES = 100
 
 
 def _schema(message: Descriptor, schemas: dict[str, Any]) -> str:
@@ -75,7 +74,11 @@ def lua_source() -> str:
     for _, _, body, message in _http_rules(SERVICE):
         if body == "*":
             _schema(message, schemas)
-    return _LUA.replace("@SCHEMAS@", _lua_value(schemas)).replace("@MAX_ECHO@", str(MAX_ECHO_BYTES))
+    return (
+        _LUA.replace("@SCHEMAS@", _lua_value(schemas))
+        .replace("@MAX_ECHO@", str(MAX_ECHO_BYTES))
+        .replace("@CUT_MARK@", json.dumps(CUT_MARK))
+    )
 
 
 def filter_config() -> dict[str, Any]:
@@ -114,7 +117,7 @@ local ESCAPES = {
 
 local function cut(text)
   if #text > @MAX_ECHO@ then
-    return sub(text, 1, @MAX_ECHO@) .. "...(cut)"
+    return sub(text, 1, @MAX_ECHO@) .. @CUT_MARK@
   end
   return text
 end

@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 from inference.v1 import inference_service_pb2 as pb
 
 from inference_service.domain import Invocation, ModelDescription, ModelInput, ModelOutput, State
-from inference_service.errors import InvalidArgumentError
+from inference_service.errors import InvalidArgumentError, quote
 
 _STATE_TO_PROTO = {
     State.PENDING: pb.Invocation.STATE_PENDING,
@@ -35,6 +35,23 @@ def caller_of(metadata: Sequence[tuple[str, Any]] | None) -> str:
 
 def model_input_from_proto(message: pb.ModelInput) -> ModelInput:
     return ModelInput(id=message.id, content=message.content, metadata=dict(message.metadata))
+
+
+def model_input_from_upload(message: pb.UploadInvocationRequest) -> ModelInput:
+    """The input of an UploadInvocation: the raw body is the content, and each ``metadata``
+    entry is ``key:value`` (split at the first colon). An entry without a colon, or a key given
+    twice, is ``InvalidArgumentError``; the sizes are checked by the service, as for Invoke."""
+    metadata: dict[str, str] = {}
+    for entry in message.metadata:
+        key, colon, value = entry.partition(":")
+        if not colon:
+            raise InvalidArgumentError(
+                f"metadata entry {quote(entry)} is not key:value (e.g. metadata=camera:front)"
+            )
+        if key in metadata:
+            raise InvalidArgumentError(f"metadata key {quote(key)} is given twice")
+        metadata[key] = value
+    return ModelInput(id=message.id, content=message.body.data, metadata=metadata)
 
 
 def wants_content(view: int, *, default: bool = True) -> bool:

@@ -13,6 +13,8 @@ from inference_service.grpc.calls import UnaryCallObserver, split_method
 from inference_service.metrics import Metrics
 
 INVOKE_SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+# The methods that invoke a model: Invoke, and UploadInvocation (its raw-body form).
+INVOKE_METHODS = ("Invoke", "UploadInvocation")
 
 
 class MetricsInterceptor(UnaryCallObserver):
@@ -40,7 +42,7 @@ class MetricsInterceptor(UnaryCallObserver):
         metrics.in_flight.labels(*state).dec()
         metrics.handled.labels(*state, code.name).inc()
         metrics.handling.labels(*state, code.name).observe(seconds)
-        if state[1] == "Invoke" and state[0] == INVOKE_SERVICE:
+        if state[1] in INVOKE_METHODS and state[0] == INVOKE_SERVICE:
             invocation = getattr(response, "invocation", None)
             if code == grpc.StatusCode.OK and invocation is not None:
                 model = metrics.model_label(invocation.model)

@@ -10,6 +10,7 @@ from google.protobuf import empty_pb2
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 
+from inference_service.domain import ModelInput
 from inference_service.grpc import converters
 from inference_service.grpc.request_id import current_request_id
 from inference_service.render import CONTENT_TYPES, InvocationRenderer
@@ -33,13 +34,31 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def Invoke(  # noqa: N802 - gRPC method name
         self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> pb.InvokeResponse:
-        invocation = await self._service.invoke(
-            converters.model_input_from_proto(request.input), request.model
+        return await self._invoke(
+            converters.model_input_from_proto(request.input), request.model, request.view, context
         )
+
+    async def UploadInvocation(  # noqa: N802 - gRPC method name
+        self, request: pb.UploadInvocationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InvokeResponse:
+        """Invoke, its input from a raw body and query parameters: the same call."""
+        return await self._invoke(
+            converters.model_input_from_upload(request), request.model, request.view, context
+        )
+
+    async def _invoke(
+        self,
+        model_input: ModelInput,
+        model: str,
+        view: int,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.InvokeResponse:
+        wants_content = converters.wants_content(view, default=False)
+        invocation = await self._service.invoke(model_input, model)
         if invocation.replayed:
             # Also as a header: REST clients get it as an HTTP response header.
             await context.send_initial_metadata(((REPLAYED_HEADER, "true"),))
-        if not converters.wants_content(request.view, default=False):
+        if not wants_content:
             invocation = invocation.without_content()
         return pb.InvokeResponse(
             invocation=converters.invocation_to_proto(invocation), replayed=invocation.replayed

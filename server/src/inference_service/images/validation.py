@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from inference_service.errors import ContentTooLargeError, InvalidArgumentError
+from inference_service.errors import ContentTooLargeError, InvalidArgumentError, quote
 from inference_service.limits import (
     MAX_ID_CHARS,
     MAX_METADATA_KEY_BYTES,
@@ -22,15 +22,15 @@ def validate_id(invocation_id: str) -> None:
     """Raise ``InvalidArgumentError`` unless the id is 1-128 chars of ``[A-Za-z0-9._~-]``
     (``MAX_ID_CHARS``) other than ``.`` and ``..``."""
     if not ID_PATTERN.fullmatch(invocation_id):
-        shown = invocation_id if len(invocation_id) <= 64 else invocation_id[:64] + "..."
         raise InvalidArgumentError(
-            f"id {shown!r} is invalid: it must be 1 to {MAX_ID_CHARS} characters of [A-Za-z0-9._~-]"
+            f"id {quote(invocation_id)} is invalid: it must be 1 to {MAX_ID_CHARS} characters "
+            "of [A-Za-z0-9._~-]"
         )
     if invocation_id in (".", ".."):
         # Valid characters, but a REST path cannot address them: /v1/invocations/.. is
         # normalized away before routing.
         raise InvalidArgumentError(
-            f"id {invocation_id!r} is invalid: '.' and '..' cannot be used in a REST path"
+            f"id {quote(invocation_id)} is invalid: '.' and '..' cannot be used in a REST path"
         )
 
 
@@ -56,9 +56,9 @@ def check_metadata(metadata: Mapping[str, str], limits: RequestLimits) -> None:
     for key, value in metadata.items():
         if not key or len(key.encode()) > MAX_METADATA_KEY_BYTES:
             raise InvalidArgumentError(
-                f"input.metadata key {key[:32]!r} must be 1 to {MAX_METADATA_KEY_BYTES} bytes"
+                f"input.metadata key {quote(key)} must be 1 to {MAX_METADATA_KEY_BYTES} bytes"
             )
         if len(value.encode()) > MAX_METADATA_VALUE_BYTES:
             raise InvalidArgumentError(
-                f"input.metadata[{key!r}] is longer than {MAX_METADATA_VALUE_BYTES} bytes"
+                f"input.metadata[{quote(key)}] is longer than {MAX_METADATA_VALUE_BYTES} bytes"
             )

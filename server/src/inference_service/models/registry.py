@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from inference_service.domain import ModelDescription, ModelInfo
-from inference_service.errors import NotFoundError
+from inference_service.errors import NotFoundError, quote
 from inference_service.ports import Detector
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class LoadedModelRegistry:
         canonical = catalog.names.get(name)
         if canonical is None:
             known = ", ".join(sorted(catalog.names))
-            raise NotFoundError(f"model {name[:128]!r} not found; this server serves: {known}")
+            raise NotFoundError(f"model {quote(name)} not found; this server serves: {known}")
         return catalog.models[canonical]
 
     def acquire(self, name: str) -> _Lease:

@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Callable
 
 from inference_service.domain import Invocation, InvocationPage, InvocationQuery, PageCursor, State
-from inference_service.errors import InvocationGoneError
+from inference_service.errors import InvocationGoneError, quote
 
 
 def _utcnow() -> dt.datetime:
@@ -48,7 +48,7 @@ class InMemoryInvocationStore:
         async with self._lock:
             stored = self._items.get(invocation.id)
             if stored is None:
-                raise InvocationGoneError(f"invocation {invocation.id!r} was removed")
+                raise InvocationGoneError(f"invocation {quote(invocation.id)} was removed")
             if stored.claim == invocation.claim:  # ours already (an earlier attempt won it)
                 return None
             if stored.state is not State.PENDING or stored.claim != stale.claim:

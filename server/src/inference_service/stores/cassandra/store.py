@@ -50,7 +50,7 @@ from inference_service.domain import (
     InvocationQuery,
     PageCursor,
 )
-from inference_service.errors import InvocationGoneError, StoreUnavailableError
+from inference_service.errors import InvocationGoneError, StoreUnavailableError, quote
 from inference_service.stores.cassandra import cql
 from inference_service.stores.cassandra.bridge import execute
 from inference_service.stores.cassandra.cluster import SERIAL_PROFILE, connect_with_schema
@@ -221,7 +221,9 @@ class CassandraInvocationStore:
         # The conditional update returns only the columns of its condition: read the row.
         stored = await self._stored_now(stale.id, "take over")
         if stored is None:
-            raise InvocationGoneError(f"invocation {stale.id!r} was removed; nothing taken over")
+            raise InvocationGoneError(
+                f"invocation {quote(stale.id)} was removed; nothing taken over"
+            )
         return stored
 
     async def complete(self, invocation: Invocation) -> Invocation | None:
