@@ -184,6 +184,8 @@ def test_every_request_body_and_json_response_has_an_example() -> None:
         for method, operation in operations.items():
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "body":
+                    if parameter["schema"].get("format") == "binary":  # the raw upload's image
+                        continue
                     ref = parameter["schema"]["$ref"].rsplit("/", 1)[-1]
                     assert "example" in spec["definitions"][ref], (method, path, ref)
             for code, response in operation["responses"].items():
