@@ -16,6 +16,8 @@
 // - Requests are named by their long summaries and sit in folders by path: here they are named
 //   by the RPC (Invoke, GetInvocation, ...) in one list, in the order of a session (Invoke,
 //   read, render, list, models, and DeleteInvocation last), the summaries kept as descriptions.
+// - The raw upload's body is the image file itself (Body, binary): `face.jpg` beside the
+//   collection (newman: `--working-dir`; in Postman, pick a file), with `id` = `{{id}}-upload`.
 // - Random ids of the collection, items and responses are dropped (Postman makes its own on
 //   import), so that the output is the same each time.
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
@@ -27,6 +29,7 @@ const OUT = process.argv[3] ?? "build/postman/inference-service.postman_collecti
 const BASE_URL = "http://127.0.0.1:8080";
 const ORDER = [
   "Invoke",
+  "UploadInvocation",
   "GetInvocation",
   "RenderInvocation",
   "ListInvocations",
@@ -106,6 +109,21 @@ const items = requests(collection.item).map((item) => {
     const body = structuredClone(invokeExample);
     body.input.id = "{{id}}";
     item.request.body.raw = JSON.stringify(body, null, 2);
+  }
+  if (item.name === "UploadInvocation") {
+    item.request.body = { mode: "file", file: { src: "face.jpg" } };
+    // One `metadata=key:value` entry (the converter repeats an array parameter).
+    const query = (item.request.url.query ?? []).filter(
+      (param, index, all) =>
+        param.key !== "metadata" || all.findIndex((p) => p.key === "metadata") === index,
+    );
+    for (const param of query) {
+      if (param.key === "id") Object.assign(param, { value: "{{id}}-upload", disabled: false });
+      if (param.key === "metadata") Object.assign(param, { value: "camera:lobby", disabled: false });
+    }
+    item.request.url.query = query;
+    const header = (item.request.header ?? []).filter((h) => h.key.toLowerCase() !== "content-type");
+    item.request.header = [...header, { key: "Content-Type", value: "image/jpeg" }];
   }
   return dropIds(item);
 });

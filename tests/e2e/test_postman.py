@@ -21,8 +21,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The collection as `make postman` makes it, from this checkout's spec and script."""
+def collection(tmp_path_factory: pytest.TempPathFactory, images_dir: Path) -> Path:
+    """The collection as `make postman` makes it, from this checkout's spec and script, with a
+    face photo beside it as `face.jpg` (the raw upload's file)."""
     node = shutil.which("node")
     if node is None or not NEWMAN.is_file():
         pytest.fail("node or newman missing: run `make setup`")
@@ -34,6 +35,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         timeout=120,
     )
+    shutil.copyfile(images_dir / "face-1.jpg", out.parent / "face.jpg")
     return out
 
 
@@ -41,6 +43,7 @@ def newman(collection: Path, report: Path, variables: dict[str, str], *requests:
     """newman's executions of the collection (only ``requests``, by name, when given), with
     ``variables`` set as environment variables (over the collection's)."""
     command = [str(NEWMAN), "run", str(collection), "--reporters", "json"]
+    command += ["--working-dir", str(collection.parent)]  # the upload's face.jpg
     command += ["--reporter-json-export", str(report), "--timeout-request", "60000"]
     for key, value in variables.items():
         command += ["--env-var", f"{key}={value}"]
@@ -71,6 +74,7 @@ def test_postman_collection_runs_against_the_stack(stack, collection, id_prefix,
     seen = {e["item"]["name"]: e for e in executions}
     assert [e["item"]["name"] for e in executions] == [
         "Invoke",
+        "UploadInvocation",
         "GetInvocation",
         "RenderInvocation",
         "ListInvocations",
@@ -95,6 +99,10 @@ def test_postman_collection_runs_against_the_stack(stack, collection, id_prefix,
     assert header(render["response"], "content-type") == "image/png"
     assert body(render["response"]).startswith(PNG_SIGNATURE)
     assert json.loads(body(seen["GetModel"]["response"]))["model"]["name"] == "ultraface-rfb-320"
+    uploaded = json.loads(body(seen["UploadInvocation"]["response"]))["invocation"]
+    assert (uploaded["id"], uploaded["state"]) == (f"{invocation_id}-upload", "STATE_SUCCEEDED")
+    assert uploaded["input"]["metadata"] == {"camera": "lobby"}
+    assert uploaded["output"]["detections"]
 
     (after,) = newman(collection, tmp_path / "after.json", variables, "GetInvocation")
     assert after["response"]["code"] == 404, body(after["response"])[:300]

@@ -7,7 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from test_service import FakeDetector, fake_decode
+from support.fakes import FakeDetector, fake_decode
 
 from inference_service.errors import (
     CUT_MARK,
