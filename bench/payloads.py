@@ -110,6 +110,22 @@ def write_rest_invoke_suffixes(directory: Path, mix: Sequence[MixImage]) -> Path
     return listing
 
 
+def write_raw_images(directory: Path, mix: Sequence[MixImage]) -> Path:
+    """One file per image of the mix, its encoded bytes as they are; returns their list.
+
+    ``bench/wrk/upload.lua`` sends each as the body of ``POST /v1/invocations:upload``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(mix):
+        path = directory / f"{index:02d}.image"
+        path.write_bytes(image.content)
+        paths.append(str(path))
+    listing = directory / "images.txt"
+    listing.write_text("\n".join(paths) + "\n")
+    return listing
+
+
 def write_rest_get_paths(path: Path, ids: Sequence[str], view: str) -> Path:
     """The REST paths of ``GET /v1/invocations/{id}?view=...``, one per line."""
     path.parent.mkdir(parents=True, exist_ok=True)

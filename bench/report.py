@@ -16,6 +16,7 @@ REQUIRED_KEYS = (
     "invoke_grpc_envoy_c16_p99_ms",
     "invoke_grpc_direct_c16_img_s",
     "invoke_rest_envoy_c16_img_s",
+    "invoke_rest_upload_envoy_c16_img_s",
     "get_rest_envoy_c16_rps",
     "get_grpc_direct_c16_rps",
     "get_rest_envoy_c16_p99_ms",
@@ -145,6 +146,13 @@ TARGETS = (
         lambda m: m["invoke_grpc_envoy_c1_p50_ms"] - m["single_image_inprocess_ms"],
         5.0,
         at_least=False,
+    ),
+    Target(
+        "rest_upload_vs_grpc",
+        "invoke_rest_upload_envoy_c16_img_s / invoke_grpc_envoy_c16_img_s",
+        _ratio("invoke_rest_upload_envoy_c16_img_s", "invoke_grpc_envoy_c16_img_s"),
+        0.95,
+        at_least=True,
     ),
     Target(
         "get_rest_vs_grpc",

@@ -506,6 +506,7 @@ class BenchRun:
             unique_id_field=payloads.INVOKE_ID_FIELD,
         )
         self.rest_bodies = payloads.write_rest_invoke_suffixes(w / "rest-invoke", self.mix)
+        self.raw_images = payloads.write_raw_images(w / "rest-upload", self.mix)
 
     def _service_phases(self, stack: BenchStack) -> None:
         groups = {
@@ -638,6 +639,15 @@ class BenchRun:
             return self.wrk.run(name, call, stack.rest_url, concurrency=cc, duration_s=duration)
 
         self.measure(f"invoke_rest_envoy_c{cc}", rest_run, groups)
+
+        # The raw upload route: the image itself as the body (no base64, no JSON to transcode).
+        def upload_run(name: str, duration: float) -> LoadResult:
+            prefix = f"{self.tag}-{name}-"
+            self.invoke_prefixes[name] = prefix
+            call = RestCall("upload.lua", (str(self.raw_images), prefix))
+            return self.wrk.run(name, call, stack.rest_url, concurrency=cc, duration_s=duration)
+
+        self.measure(f"invoke_rest_upload_envoy_c{cc}", upload_run, groups)
 
         # Open loop through Envoy at half the best closed-loop rate: latency without queueing
         # at saturation (and without coordinated omission: from each call's due time).
@@ -1075,6 +1085,7 @@ class BenchRun:
             "invoke_grpc_envoy_c16_p99_ms": lat(f"invoke_grpc_envoy_c{cc}", "p99_ms"),
             "invoke_grpc_direct_c16_img_s": rate(f"invoke_grpc_direct_c{cc}"),
             "invoke_rest_envoy_c16_img_s": rate(f"invoke_rest_envoy_c{cc}"),
+            "invoke_rest_upload_envoy_c16_img_s": rate(f"invoke_rest_upload_envoy_c{cc}"),
             "get_rest_envoy_c16_rps": rate(f"get_rest_envoy_c{cc}"),
             "get_grpc_direct_c16_rps": rate(f"get_grpc_direct_c{cc}"),
             "get_rest_envoy_c16_p99_ms": lat(f"get_rest_envoy_c{cc}", "p99_ms"),
@@ -1126,7 +1137,11 @@ class BenchRun:
             metrics[f"{name}_img_s"] = rate(name)
             for key in ("p50_ms", "p95_ms", "p99_ms"):
                 metrics[f"{name}_{key}"] = lat(name, key)
-        for name in (f"invoke_grpc_direct_c{cc}", f"invoke_rest_envoy_c{cc}"):
+        for name in (
+            f"invoke_grpc_direct_c{cc}",
+            f"invoke_rest_envoy_c{cc}",
+            f"invoke_rest_upload_envoy_c{cc}",
+        ):
             for key in ("p50_ms", "p95_ms", "p99_ms"):
                 metrics[f"{name}_{key}"] = lat(name, key)
         for name in (f"get_rest_envoy_c{cc}", f"get_grpc_direct_c{cc}"):
