@@ -6,6 +6,17 @@ statuses = {}
 samples = {}
 local threads = {}
 
+-- The contents of the files listed in `listing` (one path per line), in order.
+function read_listed_files(listing)
+  local contents = {}
+  for path in io.lines(listing) do
+    local file = assert(io.open(path, "rb"))
+    table.insert(contents, file:read("*a"))
+    file:close()
+  end
+  return contents
+end
+
 function setup(thread)
   table.insert(threads, thread)
 end

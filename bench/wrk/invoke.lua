@@ -7,11 +7,7 @@ dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "common.lua")
 local suffixes, id_prefix, counter, index = {}, "", 0, 0
 
 function init(args)
-  for path in io.lines(args[1]) do
-    local file = assert(io.open(path, "rb"))
-    table.insert(suffixes, file:read("*a"))
-    file:close()
-  end
+  suffixes = read_listed_files(args[1])
   id_prefix = args[2]
   wrk.headers["Content-Type"] = "application/json"
 end

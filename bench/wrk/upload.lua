@@ -6,11 +6,7 @@ dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "common.lua")
 local images, id_prefix, counter, index = {}, "", 0, 0
 
 function init(args)
-  for path in io.lines(args[1]) do
-    local file = assert(io.open(path, "rb"))
-    table.insert(images, file:read("*a"))
-    file:close()
-  end
+  images = read_listed_files(args[1])
   id_prefix = args[2]
   wrk.headers["Content-Type"] = "application/octet-stream"
 end

@@ -37,6 +37,17 @@ MAX_TTL_S = 630_720_000
 """Cassandra's largest TTL (20 years)."""
 
 
+def split_list(value: object) -> object:
+    """A list setting from the environment: a JSON array, or comma-separated items (blanks
+    dropped); any other value as it is, for pydantic to check."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 def parse_duration_s(text: str) -> int:
     """Seconds of a retention such as ``30d``, ``12h``, ``90m``, ``3600s``, ``2w`` or ``3600``;
     ``forever`` (or ``0``) is 0."""
@@ -301,12 +312,7 @@ class Settings(BaseSettings):
     @field_validator("cassandra_contact_points", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return json.loads(value)
-            return [host.strip() for host in value.split(",") if host.strip()]
-        return value
+        return split_list(value)
 
     @field_validator("list_page_token_secrets", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from inference_service.edge.guards import (
     path_field_guards,
 )
 from inference_service.limits import RequestLimits
+from inference_service.settings import split_list
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +138,7 @@ class EnvoySettings(BaseSettings):
     @field_validator("envoy_jwt_audiences", mode="before")
     @classmethod
     def _split_audiences(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.strip()
-            if value.startswith("["):
-                return json.loads(value)
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return split_list(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
