@@ -41,6 +41,10 @@ Usage (under the shared lock; the dev node at 127.0.0.1:9042)::
     flock /tmp/heavy.lock .venv/bin/python -m bench.invoke_latency invoke --calls 200
     flock /tmp/heavy.lock .venv/bin/python -m bench.invoke_latency get --rounds 2 --duration 10
 
+``invoke --compare-index`` adds a third path, direct calls with the list index entry written
+beside the claim instead of after it (a bench-only variant of the store: what taking the index
+write off the critical path would save).
+
 Options: ``--contact-points``, ``--keyspace`` (default ``bench_invoke_latency``, created when
 missing), ``--no-envoy``, ``--json FILE`` (every sample). Leaves nothing running.
 """
@@ -99,8 +103,12 @@ class Stamps:
         return taken
 
 
-def instrument_invoke(app: Any, store: Any, stamps: Stamps) -> None:
-    """Wrap the service's and the store's steps of an Invoke with stamps (bench only)."""
+def instrument_invoke(app: Any, store: Any, stamps: Stamps) -> dict[str, bool]:
+    """Wrap the service's and the store's steps of an Invoke with stamps (bench only).
+
+    Returns a switch: with ``switch["index_with_claim"]`` set, the list index entry is written
+    at once beside the claim instead of after it (the variant ``--compare-index`` prices;
+    bench only: a lost claim would leave its entry behind)."""
     service = app._service
     executor = service._executor
     decode_and_hash = service._decode_and_hash
@@ -154,6 +162,27 @@ def instrument_invoke(app: Any, store: Any, stamps: Stamps) -> None:
 
     store._conditional = timed_conditional
     store._index = timed_index
+
+    switch = {"index_with_claim": False}
+    claim = store.claim
+
+    async def skip_index(invocation: Any) -> None:
+        return None
+
+    async def claim_beside_index(invocation: Any) -> Any:
+        if not switch["index_with_claim"]:
+            return await claim(invocation)
+        entry = asyncio.ensure_future(timed_index(invocation))
+        store._index = skip_index
+        try:
+            existing = await claim(invocation)
+        finally:
+            store._index = timed_index
+        await entry
+        return existing
+
+    store.claim = claim_beside_index
+    return switch
 
 
 def stages(s: dict[str, float]) -> dict[str, float]:
@@ -257,10 +286,12 @@ async def run_invoke(args: argparse.Namespace) -> dict[str, Any]:
     stamps = Stamps()
     results: dict[str, list[dict[str, float]]] = {}
     async with server(args, envoy=not args.no_envoy) as (app, cassandra, proxy):
-        instrument_invoke(app, cassandra, stamps)
+        switch = instrument_invoke(app, cassandra, stamps)
         targets = {"direct": f"127.0.0.1:{app.port}"}
         if proxy is not None:
             targets["envoy"] = proxy.grpc_target
+        if args.compare_index:
+            targets["direct_index_with_claim"] = targets["direct"]
         channels = {k: grpc.insecure_channel(t, options=GRPC_OPTIONS) for k, t in targets.items()}
         stubs = {k: pb_grpc.InferenceServiceStub(c) for k, c in channels.items()}
         tag = uuid.uuid4().hex[:8]
@@ -270,6 +301,7 @@ async def run_invoke(args: argparse.Namespace) -> dict[str, Any]:
             request = pb.InvokeRequest(
                 input=pb.ModelInput(id=f"lat-{tag}-{n}", content=image.content)
             )
+            switch["index_with_claim"] = path.endswith("index_with_claim")
             stamps.take()
             stamps.mark("send")
             answer = stubs[path].Invoke(request, timeout=30)
@@ -528,11 +560,29 @@ async def run_get(args: argparse.Namespace) -> dict[str, Any]:
                             **recorder.summary(),
                         }
                         rounds.append(row)
-                        print(json.dumps(row), flush=True)
+                        print(compact(row), flush=True)
         finally:
             gc.unfreeze()
             watcher.cancel()
     return {"mode": "get", "rounds": rounds}
+
+
+def compact(row: dict[str, Any]) -> str:
+    """One round on one line: the call's latency, then what the server saw."""
+    gen = row["gc"]
+    full, young, nursery = gen.get("gen2", {}), gen.get("gen1", {}), gen.get("gen0", {})
+    return (
+        f"round {row['round']} {row['variant']:<6} {row['target']:<11} "
+        f"p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} p99.9 {row['p999_ms']:.2f} "
+        f"max {row['max_ms']:.2f} lag {row['max_send_lag_ms']:.1f} | "
+        f"gen2 {full.get('count', 0)} x max {full.get('max_ms', 0):.1f} ms, "
+        f"gen1 {young.get('count', 0)} x max {young.get('max_ms', 0):.1f}, "
+        f"gen0 {nursery.get('count', 0)} x p50 {nursery.get('p50_ms', 0):.2f} | "
+        f"loop late p99 {row['loop_late_ms']['p99']:.1f} max {row['loop_late_ms']['max']:.1f} | "
+        f"driver p50 {row['driver_ms']['p50']:.2f} p99 {row['driver_ms']['p99']:.2f} "
+        f"p99.9 {row['driver_ms']['p999']:.2f}, hop p99 {row['hop_ms']['p99']:.2f} "
+        f"max {row['hop_ms']['max']:.1f}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -552,6 +602,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=16, help="get: invocations to read")
     parser.add_argument(
         "--variant", action="append", choices=sorted(VARIANTS), help="get: default base and freeze"
+    )
+    parser.add_argument(
+        "--compare-index",
+        action="store_true",
+        help="invoke: also direct calls with the index entry written beside the claim",
     )
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args(argv)
