@@ -119,8 +119,9 @@ def freeze_startup_objects() -> None:
     Otherwise each full collection walks them all: 40-50 ms with the event loop stopped, every
     call in flight delayed by as much (docs/performance.md, "Round four: where a lone Invoke's
     time goes, and the open-loop tail"). Frozen objects are still freed by reference counting;
-    only cycles among them wait for ``gc.unfreeze`` (``Application.stop``). Process-wide, as
-    the collector is."""
+    only cycles among them wait for ``gc.unfreeze`` (``Application.stop``, and a reload, which
+    freezes again once the retired model versions are closed). Process-wide, as the collector
+    is."""
     gc.collect()
     gc.freeze()
 
@@ -383,9 +384,16 @@ class Application:
                 logger.exception("reload failed: the models loaded before go on serving")
                 return False
             self._instrument(loaded)
+            previous = registry.loaded().values()
             registry.replace(loaded, default=default)
             self.metrics.set_models(registry.list())
-            freeze_startup_objects()  # the new models' objects too
+            # The retired versions were frozen with everything else: make them collectable,
+            # then freeze the new ones too, unless a call still holds an old version (it closes
+            # later; frozen now, its cycles would stay until the next reload or stop).
+            gc.unfreeze()
+            kept = {id(model) for model in loaded}
+            if all(model.closed for model in previous if id(model) not in kept):
+                freeze_startup_objects()
         for model in registry.list():
             logger.info(
                 "reloaded: model %s version %s (%s)%s",
