@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import secrets
 from collections.abc import Iterable
@@ -110,6 +111,21 @@ def build_page_tokens(settings: Settings) -> PageTokens:
     )
 
 
+def freeze_startup_objects() -> None:
+    """Collect, then move every object alive now (the models' runtimes, TensorFlow's and
+    grpc's modules, the store's driver: hundreds of thousands of objects that live as long as
+    the process) out of the cyclic collector's reach (``gc.freeze``).
+
+    Otherwise each full collection walks them all: 40-50 ms with the event loop stopped, every
+    call in flight delayed by as much (docs/performance.md, "Round four: where a lone Invoke's
+    time goes, and the open-loop tail"). Frozen objects are still freed by reference counting;
+    only cycles among them wait for ``gc.unfreeze`` (``Application.stop``, and a reload, which
+    freezes again once the retired model versions are closed). Process-wide, as the collector
+    is."""
+    gc.collect()
+    gc.freeze()
+
+
 class Application:
     """The running server: detector, store, service, gRPC server, health and reflection."""
 
@@ -156,6 +172,7 @@ class Application:
         self._add_services(server, service, limits, decoder, admission)
         await self._serve(server)
         self._start_store_monitor(store)
+        freeze_startup_objects()
         logger.info("serving %s on %s:%d", SERVICE_NAME, self.settings.host, self.port)
 
     def _start_workers_and_tracing(self) -> list[grpc.aio.ServerInterceptor]:
@@ -367,8 +384,16 @@ class Application:
                 logger.exception("reload failed: the models loaded before go on serving")
                 return False
             self._instrument(loaded)
+            previous = registry.loaded().values()
             registry.replace(loaded, default=default)
             self.metrics.set_models(registry.list())
+            # The retired versions were frozen with everything else: make them collectable,
+            # then freeze the new ones too, unless a call still holds an old version (it closes
+            # later; frozen now, its cycles would stay until the next reload or stop).
+            gc.unfreeze()
+            kept = {id(model) for model in loaded}
+            if all(model.closed for model in previous if id(model) not in kept):
+                freeze_startup_objects()
         for model in registry.list():
             logger.info(
                 "reloaded: model %s version %s (%s)%s",
@@ -431,4 +456,5 @@ class Application:
             self._models.close()
         if self._tracer_provider is not None:
             self._tracer_provider.force_flush()
+        gc.unfreeze()  # what start froze is collectable again (tests start many applications)
         logger.info("stopped")
