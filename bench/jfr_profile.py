@@ -230,7 +230,7 @@ def apportion(threads: dict[str, Any], prof: dict[str, Any], invokes: int, key: 
         ms = seconds * 1000 / invokes
         counts = prof[key].get(group)
         if not counts:
-            table[group] = {"(no Java samples)": ms}
+            table[group] = {f"[{group}: no Java samples]": ms}
             continue
         n = sum(counts.values())
         table[group] = {part: ms * k / n for part, k in counts.items()}
