@@ -28,7 +28,8 @@ that writes the content with a plain write and the fenced outcome without it: th
 image in the Paxos proposal; a redesign's measurement, NOT safe as is: an owner taken over or
 a row deleted meanwhile would still get the content written), ``nocontent`` (the same node, no
 content stored at all: the floor of the two lightweight transactions and the index entry),
-``commitlog_direct`` (``commitlog_disk_access_mode: direct``), ``concurrent_writes_8``.
+``commitlog_direct`` (``commitlog_disk_access_mode: direct``), ``concurrent_writes_8``, ``same``
+(a second node with the baseline's settings: the A/A control of the node variants).
 
 ``--profile STORE`` (repeatable: ``base``, ``plaincontent``, ``nocontent``, ``noindex``) adds
 profiled blocks on one warm baseline node: ``--profile-invokes`` Invokes under a Java Flight
@@ -90,6 +91,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nocontent": {"store": "nocontent"},
     "commitlog_direct": {"yaml": "commitlog_disk_access_mode: direct"},
     "concurrent_writes_8": {"yaml": "concurrent_writes: 8"},
+    "same": {},
 }
 STORES = ("base", "noindex", "plaincontent", "nocontent")
 
