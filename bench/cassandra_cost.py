@@ -301,11 +301,13 @@ class Probe:
         self.recording.unlink(missing_ok=True)
         self._jcmd("JFR.start", "name=cassandra_cost", f"settings={self.jfc}")
         self._before, self._total0 = thread_cpu(self.pid), process_cpu(self.pid)
+        self.started = time.time()
 
     def stop(self) -> None:
         from bench.jfr_profile import process_cpu, thread_cpu, thread_delta
 
         after, total1 = thread_cpu(self.pid), process_cpu(self.pid)
+        self.window = (self.started, time.time())
         self._jcmd("JFR.stop", "name=cassandra_cost", f"filename={self.recording}")
         self.threads = thread_delta(self._before, after, total1 - self._total0)
 
@@ -355,11 +357,12 @@ def profiled(args: argparse.Namespace, node, store: str, images: list[bytes]) ->
     )
     work = logged_work(node, mark)
     saved = {"store": store, "invokes": args.profile_invokes, "block": result}
-    saved |= {"threads": probe.threads, "logged": work}
+    saved |= {"threads": probe.threads, "logged": work, "window": probe.window}
     (args.root / f"profile-{store}.threads.json").write_text(json.dumps(saved, indent=1))
     print(f"PROFILE {store}: {json.dumps(result)}", flush=True)
     print(f"logged flushes and compactions: {json.dumps(work)}", flush=True)
-    print(report(probe.threads, profile(recording), args.profile_invokes), flush=True)
+    prof = profile(recording, probe.window)
+    print(report(probe.threads, prof, args.profile_invokes), flush=True)
 
 
 def truncate(port: int) -> None:

@@ -27,6 +27,7 @@ Re-aggregate a saved recording::
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -195,14 +196,33 @@ def activity(frames: Sequence[str]) -> str:
     return "other"
 
 
-def profile(recording: Path) -> dict[str, Any]:
+def event_time(event: dict[str, Any]) -> float:
+    """An event's start, in seconds since the epoch (``jfr print --json`` writes it in ISO 8601
+    with up to nanoseconds)."""
+    text = event["values"]["startTime"].rstrip("Z")
+    whole, _, fraction = text.partition(".")
+    seconds = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.UTC).timestamp()
+    return seconds + float(f"0.{fraction or 0}")
+
+
+def profile(
+    recording: Path, window: tuple[float, float] | None = None, last_s: float | None = None
+) -> dict[str, Any]:
     """Samples of ``recording`` counted by (thread group, component) and by activity, and the
-    leaf-most Cassandra frames."""
+    leaf-most Cassandra frames; only those within ``window`` (epoch seconds) or the last
+    ``last_s`` seconds of the recording. A recording started while another one runs (the
+    node's own, from its start) also holds what the other had in its buffers then."""
+    events = list(samples(recording))
+    if last_s is not None and events:
+        end = max(event_time(e) for e in events)
+        window = (end - last_s, end)
+    if window is not None:
+        events = [e for e in events if window[0] <= event_time(e) <= window[1]]
     by_group: dict[str, Counter[str]] = defaultdict(Counter)
     by_activity: dict[str, Counter[str]] = defaultdict(Counter)
     top: Counter[str] = Counter()
     count = truncated = 0
-    for event in samples(recording):
+    for event in events:
         thread = event["values"].get("sampledThread") or {}
         name = thread.get("osName") or thread.get("javaName") or "?"
         frames = _frames(event)
@@ -282,9 +302,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=Path, required=True, help="the block's thread CPU (JSON, as saved)"
     )
+    parser.add_argument(
+        "--last-seconds",
+        type=float,
+        default=None,
+        help="only the recording's last seconds (for recordings saved without their window)",
+    )
     args = parser.parse_args(argv)
     saved = json.loads(args.threads.read_text())
-    print(report(saved["threads"], profile(args.recording), saved["invokes"]))
+    window = tuple(saved["window"]) if saved.get("window") else None
+    prof = profile(args.recording, window, args.last_seconds)
+    print(report(saved["threads"], prof, saved["invokes"]))
     return 0
 
 
