@@ -36,7 +36,9 @@ profiled blocks on one warm baseline node: ``--profile-invokes`` Invokes under a
 Recorder recording (``jcmd <pid> JFR.start``, ``jdk.ExecutionSample`` every
 ``--sample-ms``), with the CPU of every thread of the node (``/proc``) and the flushes and
 compactions the node logged, by table; ``bench/jfr_profile.py`` turns them into ms per Invoke
-by thread group and by component. The recordings stay in ``build/cassandra-cost``.
+by thread group and by component. That node records from its start too (started later, the
+recorder kept the JIT compiler busy through the block), so give it a long warm-up. The
+recordings stay in ``build/cassandra-cost`` (``profile-<store>.jfr`` and ``.threads.json``).
 
 Usage (under the shared lock; starts two nodes on ports 19342/19370 and 19442/19470 under
 ``build/cassandra-cost``, leaves nothing running)::
@@ -46,8 +48,9 @@ Usage (under the shared lock; starts two nodes on ports 19342/19370 and 19442/19
 
 The profile (docs/performance.md, "Round four: where Cassandra's CPU per Invoke goes (JFR)")::
 
-    flock /tmp/heavy.lock .venv/bin/python -m bench.cassandra_cost --profile base \
-        --profile plaincontent --variant plaincontent --variant nocontent
+    flock /tmp/heavy.lock .venv/bin/python -m bench.cassandra_cost --profile base \\
+        --profile plaincontent --profile nocontent --warmup-invokes 4000 \\
+        --profile-invokes 2000 --sample-ms 2
 
 Results go to stdout and ``build/cassandra-cost/results.jsonl`` (one line per block).
 """
