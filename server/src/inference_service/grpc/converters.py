@@ -102,13 +102,18 @@ def output_to_proto(output: ModelOutput) -> pb.ModelOutput:
     )
 
 
-def invocation_to_proto(invocation: Invocation) -> pb.Invocation:
-    message = pb.Invocation(
-        id=invocation.id,
+def invocation_to_proto(invocation: Invocation, *, with_content: bool = True) -> pb.Invocation:
+    """The message of ``invocation``; ``with_content=False``: with an empty ``input.content``
+    (the BASIC view), as of ``invocation.without_content()`` but without making that copy."""
+    model_input = invocation.input
+    output = invocation.output
+    complete_time = invocation.complete_time
+    return pb.Invocation(
+        id=model_input.id,
         input=pb.ModelInput(
-            id=invocation.input.id,
-            content=invocation.input.content,
-            metadata=dict(invocation.input.metadata),
+            id=model_input.id,
+            content=model_input.content if with_content else b"",
+            metadata=dict(model_input.metadata),
         ),
         state=_STATE_TO_PROTO[invocation.state],
         model=invocation.model.name,
@@ -116,12 +121,9 @@ def invocation_to_proto(invocation: Invocation) -> pb.Invocation:
         create_time=_timestamp(invocation.create_time),
         error=invocation.error,
         content_sha256=invocation.content_sha256,
+        output=output_to_proto(output) if output is not None else None,
+        complete_time=_timestamp(complete_time) if complete_time is not None else None,
     )
-    if invocation.output is not None:
-        message.output.CopyFrom(output_to_proto(invocation.output))
-    if invocation.complete_time is not None:
-        message.complete_time.CopyFrom(_timestamp(invocation.complete_time))
-    return message
 
 
 def model_to_proto(model: ModelDescription) -> pb.Model:
