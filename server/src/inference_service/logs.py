@@ -79,8 +79,9 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     Under load, one ``write`` per line (what ``StreamHandler`` does on a line-buffered stderr)
     costs the event loop far more than formatting the line: the system call lets go of the GIL,
     and taking it back from the busy worker threads is the cost (issue 24: about 0.09 ms of the
-    event loop's CPU per Invoke). A process killed outright (SIGKILL, out of memory) loses the
-    lines of its last ``interval_s``."""
+    event loop's CPU per Invoke on a loaded machine, none measurable on a quieter one). A
+    process killed outright (SIGKILL, out of memory) loses the lines of its last
+    ``interval_s``."""
 
     def __init__(self, stream: TextIO, interval_s: float) -> None:
         super().__init__(stream)
