@@ -23,6 +23,7 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from inference_service.admission import AdmissionController
 from inference_service.errors import StartupError
 from inference_service.grpc.errors import ErrorMappingInterceptor
+from inference_service.grpc.handler_cache import CachedHandlers
 from inference_service.grpc.metrics import MetricsInterceptor
 from inference_service.grpc.request_id import RequestIdInterceptor
 from inference_service.grpc.servicer import InferenceServicer
@@ -265,17 +266,23 @@ class Application:
         """The gRPC server (no services yet): its interceptors, in order, and its limits."""
         # Derived from the content and metadata limits, as Envoy's REST limits are.
         max_message = limits.grpc_message_bytes
+        # One request message per unary call, first of all (the outermost): the others still
+        # see unary handlers (grpc/single_message.py). Then the request id: the lines of the
+        # others carry it too. Ours wrap each method's handler once, not per call
+        # (grpc/handler_cache.py); tracing, which may look at a call's metadata, is not cached.
+        single = SingleMessageInterceptor()
+        inner = [
+            RequestIdInterceptor(),
+            MetricsInterceptor(self.metrics),
+            ErrorMappingInterceptor(),
+        ]
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [CachedHandlers([single]), *tracing, CachedHandlers(inner)]
+            if tracing
+            else [CachedHandlers([single, *inner])]
+        )
         return grpc.aio.server(
-            # One request message per unary call, first of all (the outermost): the others
-            # still see unary handlers (grpc/single_message.py). Then the request id: the lines
-            # of the others carry it too.
-            interceptors=[
-                SingleMessageInterceptor(),
-                *tracing,
-                RequestIdInterceptor(),
-                MetricsInterceptor(self.metrics),
-                ErrorMappingInterceptor(),
-            ],
+            interceptors=interceptors,
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", max_message),

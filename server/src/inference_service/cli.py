@@ -131,13 +131,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _configure_logging(level: str, log_format: str = "text") -> None:
+def _configure_logging(level: str, log_format: str = "text", flush_interval_s: float = 0.0) -> None:
     # TensorFlow warns at every tf.lite.Interpreter that it moves to ai-edge-litert; the
     # interpreter is what this version of the service runs, so say it once, not per worker.
     warnings.filterwarnings(
         "once", message=r"\s*Warning: tf.lite.Interpreter is deprecated", category=UserWarning
     )
-    configure_logging(level, "json" if log_format == "json" else "text")
+    configure_logging(
+        level, "json" if log_format == "json" else "text", flush_interval_s=flush_interval_s
+    )
 
 
 async def _serve(settings: Settings) -> None:
@@ -236,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         return _cannot_start(f"invalid setting {_setting_names(exc)}: {first['msg']}")
-    _configure_logging(settings.log_level, settings.log_format)
+    _configure_logging(settings.log_level, settings.log_format, settings.log_flush_interval_s)
     from inference_service.errors import StoreUnavailableError
     from inference_service.models.config import ModelConfigError
     from inference_service.models.loader import ModelLoadError

@@ -12,7 +12,8 @@ import datetime as dt
 import json
 import logging
 import sys
-from typing import Literal
+import threading
+from typing import Literal, TextIO
 
 LogFormat = Literal["text", "json"]
 # [request id]: Envoy's x-request-id of the call being served, "-" outside a call.
@@ -69,12 +70,78 @@ class DriverTracebackFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A ``StreamHandler`` that writes its lines in batches: a record below WARNING waits at
+    most ``interval_s`` (a daemon thread writes what is pending that often), a WARNING or worse
+    is written at once with every line before it, and so is everything at exit
+    (``logging.shutdown`` flushes and closes the handlers). Lines keep their order.
+
+    Under load, one ``write`` per line (what ``StreamHandler`` does on a line-buffered stderr)
+    costs the event loop far more than formatting the line: the system call lets go of the GIL,
+    and taking it back from the busy worker threads is the cost (issue 24: about 0.09 ms of the
+    event loop's CPU per Invoke on a loaded machine, none measurable on a quieter one). A
+    process killed outright (SIGKILL, out of memory) loses the lines of its last
+    ``interval_s``."""
+
+    def __init__(self, stream: TextIO, interval_s: float) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._stop = threading.Event()
+        self._interval_s = interval_s
+        self._writer = threading.Thread(target=self._write_periodically, name="log-writer")
+        self._writer.daemon = True
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (Handler.handle).
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self._write_pending()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # set by Handler.__init__
+            self._write_pending()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.stream.write(text)
+        if hasattr(self.stream, "flush"):
+            self.stream.flush()
+
+    def _write_periodically(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.flush()
+            except Exception:  # noqa: S112 - a closed stream at exit: nothing left to do
+                continue
+
+
+def configure_logging(
+    level: str, log_format: LogFormat = "text", *, flush_interval_s: float = 0.0
+) -> None:
     """Configure the root logger once, on stderr; every record carries the request id of the
-    call being served (``inference_service.grpc.request_id``)."""
+    call being served (``inference_service.grpc.request_id``). ``flush_interval_s`` > 0: lines
+    below WARNING are written in batches at most that much later (``BatchingStreamHandler``);
+    0: each line at once."""
     from inference_service.grpc.request_id import RequestIdLogFilter
 
-    handler = logging.StreamHandler(sys.stderr)
+    handler = (
+        BatchingStreamHandler(sys.stderr, flush_interval_s)
+        if flush_interval_s > 0
+        else logging.StreamHandler(sys.stderr)
+    )
     handler.addFilter(RequestIdLogFilter())
     handler.addFilter(DriverTracebackFilter())
     handler.setFormatter(

@@ -77,6 +77,11 @@ class UltraFaceDetector(abc.ABC):
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run a batch of one preprocessed image; return its boxes (N, 4) and scores (N, 2)."""
 
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocess ``image`` and run the network on it: its boxes (N, 4) and scores (N, 2).
+        A runtime that can take the input in place (TFLite) overrides it."""
+        return self._infer(self._input(image))
+
     def _input(self, image: np.ndarray) -> np.ndarray:
         x = self._preprocess(image)
         if self._layout == "nchw":
@@ -91,7 +96,7 @@ class UltraFaceDetector(abc.ABC):
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
         try:
-            boxes, scores = self._infer(self._input(image))
+            boxes, scores = self._run(image)
         except (RuntimeError, ValueError) as exc:
             raise ModelError("the model failed on the input") from exc
         detections: tuple[Detection, ...] = self._decode(boxes, scores, width, height)

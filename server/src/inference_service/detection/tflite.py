@@ -18,6 +18,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from inference_service.detection.base import UltraFaceDetector
+from inference_service.detection.preprocessing import Preprocessor
 from inference_service.domain import ModelInfo
 from inference_service.errors import ModelNotReadyError
 
@@ -60,6 +61,27 @@ class _Runner:
         self.input_shape = tuple(int(n) for n in input_detail["shape"][1:])
         self.boxes_index: int = outputs[4]
         self.scores_index: int = outputs[2]
+
+    def run_image(
+        self, preprocess: Preprocessor, image: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocess ``image`` straight into the interpreter's input tensor (no batch array,
+        no copy by ``set_tensor``: 0.9 MB less to allocate and copy per image), invoke, and
+        return (box offsets (N, 4), scores (N, 2))."""
+        interpreter = self.interpreter
+        if interpreter is None:
+            raise ModelNotReadyError("the model is closed")
+        # A view of the tensor's buffer: dropped before invoke(), which refuses to run while
+        # a view of its buffers is held.
+        slot = interpreter.tensor(self.input_index)()[0]
+        try:
+            preprocess(image, out=slot)
+        finally:
+            del slot
+        interpreter.invoke()
+        boxes = interpreter.get_tensor(self.boxes_index)[0]
+        scores = interpreter.get_tensor(self.scores_index)[0]
+        return boxes, scores
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Invoke on a batch of one preprocessed image and return (box offsets (N, 4), scores
@@ -157,6 +179,9 @@ class TFLiteFaceDetector(UltraFaceDetector):
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._runner().run(batch)
+
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._runner().run_image(self._preprocess, image)
 
     def close(self) -> None:
         """Release the interpreters; later ``detect`` calls raise ``ModelNotReadyError``."""

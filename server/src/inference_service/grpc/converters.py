@@ -86,29 +86,33 @@ def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
 
 
 def output_to_proto(output: ModelOutput) -> pb.ModelOutput:
-    return pb.ModelOutput(
-        detections=[
-            pb.Detection(
-                box=pb.BoundingBox(
-                    x_min=d.box.x_min, y_min=d.box.y_min, x_max=d.box.x_max, y_max=d.box.y_max
-                ),
-                score=d.score,
-                label=d.label,
-            )
-            for d in output.detections
-        ],
-        image_width=output.image_width,
-        image_height=output.image_height,
-    )
+    """The message of ``output``. Each detection is added in place and its box's fields set one
+    by one: with upb, a third of the cost of building a ``Detection`` and a ``BoundingBox``
+    per face and copying them in (a photo of a group has dozens of faces)."""
+    message = pb.ModelOutput(image_width=output.image_width, image_height=output.image_height)
+    add = message.detections.add
+    for detection in output.detections:
+        added = add(score=detection.score, label=detection.label)
+        box, target = detection.box, added.box
+        target.x_min = box.x_min
+        target.y_min = box.y_min
+        target.x_max = box.x_max
+        target.y_max = box.y_max
+    return message
 
 
-def invocation_to_proto(invocation: Invocation) -> pb.Invocation:
-    message = pb.Invocation(
-        id=invocation.id,
+def invocation_to_proto(invocation: Invocation, *, with_content: bool = True) -> pb.Invocation:
+    """The message of ``invocation``; ``with_content=False``: with an empty ``input.content``
+    (the BASIC view), as of ``invocation.without_content()`` but without making that copy."""
+    model_input = invocation.input
+    output = invocation.output
+    complete_time = invocation.complete_time
+    return pb.Invocation(
+        id=model_input.id,
         input=pb.ModelInput(
-            id=invocation.input.id,
-            content=invocation.input.content,
-            metadata=dict(invocation.input.metadata),
+            id=model_input.id,
+            content=model_input.content if with_content else b"",
+            metadata=dict(model_input.metadata),
         ),
         state=_STATE_TO_PROTO[invocation.state],
         model=invocation.model.name,
@@ -116,12 +120,9 @@ def invocation_to_proto(invocation: Invocation) -> pb.Invocation:
         create_time=_timestamp(invocation.create_time),
         error=invocation.error,
         content_sha256=invocation.content_sha256,
+        output=output_to_proto(output) if output is not None else None,
+        complete_time=_timestamp(complete_time) if complete_time is not None else None,
     )
-    if invocation.output is not None:
-        message.output.CopyFrom(output_to_proto(invocation.output))
-    if invocation.complete_time is not None:
-        message.complete_time.CopyFrom(_timestamp(invocation.complete_time))
-    return message
 
 
 def model_to_proto(model: ModelDescription) -> pb.Model:

@@ -58,10 +58,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if invocation.replayed:
             # Also as a header: REST clients get it as an HTTP response header.
             await context.send_initial_metadata(((REPLAYED_HEADER, "true"),))
-        if not wants_content:
-            invocation = invocation.without_content()
         return pb.InvokeResponse(
-            invocation=converters.invocation_to_proto(invocation), replayed=invocation.replayed
+            invocation=converters.invocation_to_proto(invocation, with_content=wants_content),
+            replayed=invocation.replayed,
         )
 
     async def GetInvocation(  # noqa: N802 - gRPC method name
