@@ -96,13 +96,7 @@ OPEN_LOOP_LAG_WARNING_MS = 5.0
 each call's due time, so its own delay counts in them)."""
 OPEN_LOOP_SHARE = 0.5
 """The open-loop Invoke runs at this share of the best closed-loop Invoke rate through Envoy."""
-SPLIT_KEYS = (
-    "invoke_split_grpc_envoy_c16_img_s",
-    "split_server_cpu_ms_per_invoke",
-    "split_cassandra_cpu_ms_per_invoke",
-    "mlserver_1cpu_best_c16_img_s",
-    "mlserver_1cpu_best_cpu_ms_per_infer",
-)
+SPLIT_KEYS = tuple(key for key in REQUIRED_KEYS if "split_" in key or "_1cpu_" in key)
 
 
 @dataclasses.dataclass(frozen=True)
