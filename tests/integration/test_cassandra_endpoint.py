@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from support.cassandra_fixtures import TESTCONTAINERS_IMAGE, testcontainers_image
+from support.cassandra_fixtures import TESTCONTAINERS_IMAGE, cassandra_image_for_testcontainers
 
 from inference_service.stores.cassandra import CassandraConfig
 
@@ -21,7 +21,7 @@ from inference_service.stores.cassandra import CassandraConfig
 def test_the_endpoint_is_a_container_of_the_projects_image(
     cassandra_endpoint: CassandraConfig,
 ) -> None:
-    image = testcontainers_image()
+    image = cassandra_image_for_testcontainers()
     running = subprocess.run(
         ["docker", "ps", "--filter", f"ancestor={image}", "--format", "{{.ID}}"],
         capture_output=True,

@@ -56,7 +56,7 @@ def _external_cluster() -> Iterator[CassandraConfig]:
     yield CassandraConfig.from_settings(Settings())
 
 
-def testcontainers_image() -> str:
+def cassandra_image_for_testcontainers() -> str:
     """The image of the testcontainers path: ``INFERENCE_TEST_CASSANDRA_IMAGE``, else the one of
     ``make docker-images`` when it is there (once a build of it that still runs has ended),
     else the official ``cassandra:5.0``."""
@@ -71,7 +71,7 @@ def _testcontainer() -> Iterator[CassandraConfig]:
     """A Cassandra container (testcontainers): the image of ``INFERENCE_TEST_CASSANDRA_IMAGE``,
     else the locally built one of ``make docker-images`` when it is there, else the official
     ``cassandra:5.0`` (from a registry, on a bridge network with a mapped port)."""
-    image = testcontainers_image()
+    image = cassandra_image_for_testcontainers()
     if image == TESTCONTAINERS_IMAGE:
         from testcontainers.community.cassandra import CassandraContainer
 
