@@ -391,15 +391,13 @@ class Application:
                 logger.exception("reload failed: the models loaded before go on serving")
                 return False
             self._instrument(loaded)
-            previous = registry.loaded().values()
-            registry.replace(loaded, default=default)
+            retired = registry.replace(loaded, default=default)
             self.metrics.set_models(registry.list())
             # The retired versions were frozen with everything else: make them collectable,
             # then freeze the new ones too, unless a call still holds an old version (it closes
             # later; frozen now, its cycles would stay until the next reload or stop).
             gc.unfreeze()
-            kept = {id(model) for model in loaded}
-            if all(model.closed for model in previous if id(model) not in kept):
+            if all(model.closed for model in retired):
                 freeze_startup_objects()
         for model in registry.list():
             logger.info(

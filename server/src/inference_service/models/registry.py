@@ -186,17 +186,18 @@ class LoadedModelRegistry:
 
     # -- changes ---------------------------------------------------------------
 
-    def replace(self, models: Iterable[LoadedModel], *, default: str) -> None:
+    def replace(self, models: Iterable[LoadedModel], *, default: str) -> tuple[LoadedModel, ...]:
         """Serve ``models`` from now on (all at once); versions no longer served are retired:
         closed when the calls that hold them have finished. A model object kept (the same
-        ``LoadedModel``) goes on unchanged."""
+        ``LoadedModel``) goes on unchanged. Returns the retired versions."""
         catalog = _catalog(models, default)
         with self._lock:
             old, self._catalog = self._catalog, catalog
         kept = {id(model) for model in catalog.models.values()}
-        for model in old.models.values():
-            if id(model) not in kept:
-                model.retire()
+        retired = tuple(model for model in old.models.values() if id(model) not in kept)
+        for model in retired:
+            model.retire()
+        return retired
 
     def close(self) -> None:
         """Retire every model (each closes once no call holds it)."""
