@@ -626,22 +626,20 @@ class BenchRun:
             self.measure(f"invoke_grpc_envoy_c{c}", grpc_run([stack.envoy_target], c), groups)
         self.measure(f"invoke_grpc_direct_c{cc}", grpc_run(stack.server_targets, cc), groups)
 
-        def rest_run(name: str, duration: float) -> LoadResult:
-            prefix = f"{self.tag}-{name}-"
-            self.invoke_prefixes[name] = prefix
-            call = RestCall("invoke.lua", (str(self.rest_bodies), prefix))
-            return self.wrk.run(name, call, stack.rest_url, concurrency=cc, duration_s=duration)
+        def wrk_run(script: str, listing: Path) -> Callable[[str, float], LoadResult]:
+            def run(name: str, duration: float) -> LoadResult:
+                prefix = f"{self.tag}-{name}-"
+                self.invoke_prefixes[name] = prefix
+                call = RestCall(script, (str(listing), prefix))
+                return self.wrk.run(name, call, stack.rest_url, concurrency=cc, duration_s=duration)
 
-        self.measure(f"invoke_rest_envoy_c{cc}", rest_run, groups)
+            return run
 
+        self.measure(f"invoke_rest_envoy_c{cc}", wrk_run("invoke.lua", self.rest_bodies), groups)
         # The raw upload route: the image itself as the body (no base64, no JSON to transcode).
-        def upload_run(name: str, duration: float) -> LoadResult:
-            prefix = f"{self.tag}-{name}-"
-            self.invoke_prefixes[name] = prefix
-            call = RestCall("upload.lua", (str(self.raw_images), prefix))
-            return self.wrk.run(name, call, stack.rest_url, concurrency=cc, duration_s=duration)
-
-        self.measure(f"invoke_rest_upload_envoy_c{cc}", upload_run, groups)
+        self.measure(
+            f"invoke_rest_upload_envoy_c{cc}", wrk_run("upload.lua", self.raw_images), groups
+        )
 
         # Open loop through Envoy at half the best closed-loop rate: latency without queueing
         # at saturation (and without coordinated omission: from each call's due time).
