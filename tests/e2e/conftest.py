@@ -23,9 +23,11 @@ import pytest
 from support.http import RestClient
 from support.model_fixtures import E2E_MODELS, write_models_toml
 from support.stacks import stack_settings
+from test_limits import check_png, noise_png, png_of_size
 
 from devstack.process import pid_alive
 from devstack.stack import LocalStack
+from inference_service.limits import RequestLimits
 from inference_service.stores.cassandra import CassandraConfig
 
 logger = logging.getLogger(__name__)
@@ -157,3 +159,31 @@ def direct_channel(stack: LocalStack) -> Iterator[grpc.Channel]:
 def id_prefix() -> str:
     """A prefix for input ids unique to this run: the keyspace is shared with other suites."""
     return f"e2e-{uuid.uuid4().hex[:8]}"
+
+
+# -- the content limit, shared by the limit and upload tests (made once: about 8 MiB each) ------
+
+
+@pytest.fixture(scope="package")
+def limits(e2e_stack: LocalStack) -> RequestLimits:
+    """The limits of the stack's servers (and of its Envoy, rendered from the same settings)."""
+    return RequestLimits.from_settings(e2e_stack.settings)
+
+
+@pytest.fixture(scope="package")
+def noise(limits: RequestLimits) -> bytes:
+    return noise_png(limits.max_content_bytes - 12)
+
+
+@pytest.fixture(scope="package")
+def content_at_limit(limits: RequestLimits, noise: bytes) -> bytes:
+    content = png_of_size(noise, limits.max_content_bytes)
+    check_png(content)
+    return content
+
+
+@pytest.fixture(scope="package")
+def content_over_limit(limits: RequestLimits, noise: bytes) -> bytes:
+    content = png_of_size(noise, limits.max_content_bytes + 1)
+    check_png(content)
+    return content

@@ -41,7 +41,6 @@ from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from PIL import Image
 from support.http import Reply, RestClient, assert_status_json
 
-from devstack.stack import LocalStack
 from inference_service.limits import (
     MAX_ID_CHARS,
     MAX_METADATA_KEY_BYTES,
@@ -120,31 +119,6 @@ def check_png(content: bytes, size: tuple[int, int] | None = None) -> None:
         if size is not None:
             assert image.size == size
         image.load()
-
-
-@pytest.fixture(scope="module")
-def limits(e2e_stack: LocalStack) -> RequestLimits:
-    """The limits of the stack's servers (and of its Envoy, rendered from the same settings)."""
-    return RequestLimits.from_settings(e2e_stack.settings)
-
-
-@pytest.fixture(scope="module")
-def noise(limits: RequestLimits) -> bytes:
-    return noise_png(limits.max_content_bytes - 12)
-
-
-@pytest.fixture(scope="module")
-def content_at_limit(limits: RequestLimits, noise: bytes) -> bytes:
-    content = png_of_size(noise, limits.max_content_bytes)
-    check_png(content)
-    return content
-
-
-@pytest.fixture(scope="module")
-def content_over_limit(limits: RequestLimits, noise: bytes) -> bytes:
-    content = png_of_size(noise, limits.max_content_bytes + 1)
-    check_png(content)
-    return content
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,6 @@ import pytest
 from inference.v1 import inference_service_pb2 as pb
 from inference.v1 import inference_service_pb2_grpc as pb_grpc
 from support.http import RestClient, assert_status_json
-from test_limits import check_png, noise_png, png_of_size
-
-from devstack.stack import LocalStack
-from inference_service.limits import RequestLimits
 
 UPLOAD = "/v1/invocations:upload"
 CURL_DEFAULT = "application/x-www-form-urlencoded"  # what curl --data-binary sends
@@ -43,11 +39,6 @@ def upload(
 @pytest.fixture(scope="module")
 def face(shared_dir: Path) -> bytes:
     return (shared_dir / "images" / "face-1.jpg").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def limits(e2e_stack: LocalStack) -> RequestLimits:
-    return RequestLimits.from_settings(e2e_stack.settings)
 
 
 def test_curl_data_binary_upload_runs_the_model(api, face, id_prefix):
@@ -176,30 +167,14 @@ def test_other_methods_are_405(api):
 # -- the content limit, at it and one over, on every path -----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def noise(limits: RequestLimits) -> bytes:
-    return noise_png(limits.max_content_bytes - 12)
-
-
-@pytest.fixture(scope="module")
-def at_limit(limits: RequestLimits, noise: bytes) -> bytes:
-    content = png_of_size(noise, limits.max_content_bytes)
-    check_png(content)
-    return content
-
-
-@pytest.fixture(scope="module")
-def over_limit(limits: RequestLimits, noise: bytes) -> bytes:
-    return png_of_size(noise, limits.max_content_bytes + 1)
-
-
 def test_rest_upload_at_the_content_limit_passes_and_one_over_is_413(
-    api, at_limit, over_limit, limits, id_prefix
+    api, content_at_limit, content_over_limit, limits, id_prefix
 ):
-    reply = upload(api, at_limit, "image/png", id=f"{id_prefix}-up-at")
+    reply = upload(api, content_at_limit, "image/png", id=f"{id_prefix}-up-at")
     assert reply.status == 200, reply.body[:300]
-    assert reply.json()["invocation"]["content_sha256"] == hashlib.sha256(at_limit).hexdigest()
-    reply = upload(api, over_limit, "image/png", id=f"{id_prefix}-up-over")
+    stored = reply.json()["invocation"]["content_sha256"]
+    assert stored == hashlib.sha256(content_at_limit).hexdigest()
+    reply = upload(api, content_over_limit, "image/png", id=f"{id_prefix}-up-over")
     message = assert_status_json(reply, 413, grpc.StatusCode.RESOURCE_EXHAUSTED)["message"]
     assert str(limits.max_content_bytes) in message
     missing = api.get(f"/v1/invocations/{id_prefix}-up-over")
@@ -208,7 +183,7 @@ def test_rest_upload_at_the_content_limit_passes_and_one_over_is_413(
 
 @pytest.mark.parametrize("target", ["direct_channel", "channel"])
 def test_grpc_upload_at_the_content_limit_passes_and_one_over_is_resource_exhausted(
-    request, target, at_limit, over_limit, id_prefix
+    request, target, content_at_limit, content_over_limit, id_prefix
 ):
     stub = pb_grpc.InferenceServiceStub(request.getfixturevalue(target))
 
@@ -222,9 +197,9 @@ def test_grpc_upload_at_the_content_limit_passes_and_one_over_is_resource_exhaus
             timeout=TIMEOUT_S,
         )
 
-    response = call(at_limit, "at")
-    assert response.invocation.content_sha256 == hashlib.sha256(at_limit).hexdigest()
+    response = call(content_at_limit, "at")
+    assert response.invocation.content_sha256 == hashlib.sha256(content_at_limit).hexdigest()
     assert dict(response.invocation.input.metadata) == {"k": "v"}
     with pytest.raises(grpc.RpcError) as caught:
-        call(over_limit, "over")
+        call(content_over_limit, "over")
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
